@@ -1,0 +1,853 @@
+//! The DESIGN §5 benchmark: each figure of the daemon next to the raw limit
+//! measured in the same run, printed as a table and written to
+//! `target/bench/report.json`.
+//!
+//!   bin/bench.sh            # full sizes (release build)
+//!   bin/bench.sh --quick    # small sizes, a couple of minutes (run by CI)
+//!
+//! Everything is real: its own anvil, the local RabbitMQ, fresh SQLite stores,
+//! the daemon in-process (and as a process where its memory is measured).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::Provider;
+use anyhow::{Context, Result, ensure};
+use common::*;
+use futures::StreamExt;
+use lapin::BasicProperties;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use m2pool_payment::listen::WatchSet;
+use m2pool_payment::store::{Store, WatchRow};
+use m2pool_payment::wallet::Label;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Sizes of one run.
+struct Sizes {
+    ingest: usize,
+    watched: usize,
+    block_transfers: usize,
+    watch_set: usize,
+    payouts: usize,
+    pending: [usize; 2],
+    maturing: usize,
+    e2e: usize,
+}
+
+const FULL: Sizes = Sizes {
+    ingest: 50_000,
+    watched: 1_000_000,
+    block_transfers: 2_000,
+    watch_set: 1_000_000,
+    payouts: 2_000,
+    pending: [10_000, 100_000],
+    maturing: 100,
+    e2e: 10_000,
+};
+
+const QUICK: Sizes = Sizes {
+    ingest: 2_000,
+    watched: 20_000,
+    block_transfers: 200,
+    watch_set: 50_000,
+    payouts: 200,
+    pending: [1_000, 5_000],
+    maturing: 20,
+    e2e: 300,
+};
+
+/// One line of the report.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Row {
+    name: String,
+    daemon: f64,
+    raw: Option<f64>,
+    ratio: Option<f64>,
+    unit: String,
+    target: String,
+    met: Option<bool>,
+    note: String,
+}
+
+impl Row {
+    fn new(name: &str, daemon: f64, raw: Option<f64>, unit: &str) -> Self {
+        Self {
+            name: name.into(),
+            daemon,
+            raw,
+            ratio: raw.filter(|r| *r > 0.0).map(|r| daemon / r),
+            unit: unit.into(),
+            target: String::new(),
+            met: None,
+            note: String::new(),
+        }
+    }
+    fn target(mut self, t: &str, met: bool) -> Self {
+        self.target = t.into();
+        self.met = Some(met);
+        self
+    }
+    fn note(mut self, n: impl Into<String>) -> Self {
+        self.note = n.into();
+        self
+    }
+}
+
+fn per_sec(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+/// A world for benchmarking: tracing quiet, the given config edits.
+async fn world(name: &str, anvil_args: &[&str], edit: impl FnOnce(&mut Value)) -> Result<World> {
+    World::with(name, anvil_args, |c| {
+        if std::env::var_os("BENCH_NO_TXLOG").is_some() {
+            c["log_config"]["dir"] = "".into();
+        }
+        edit(c)
+    })
+    .await
+}
+
+/// Publishes `bodies` to the request queue `kind` of `w`, confirms awaited at the end.
+async fn publish_all(w: &World, kind: &str, bodies: &[Vec<u8>]) -> Result<()> {
+    let e = &w.config_json["rmq_config"][kind];
+    publish_to(
+        w,
+        e["exchange"].as_str().unwrap_or_default(),
+        e["routing"][0].as_str().unwrap_or_default(),
+        bodies,
+    )
+    .await
+}
+
+/// Publishes `bodies` persistent to `exchange` with `routing`, all in flight
+/// at once, and waits until the broker has confirmed each.
+async fn publish_to(w: &World, exchange: &str, routing: &str, bodies: &[Vec<u8>]) -> Result<()> {
+    let mut confirms = Vec::with_capacity(bodies.len());
+    for b in bodies {
+        confirms.push(
+            w.publisher
+                .basic_publish(
+                    exchange.into(),
+                    routing.into(),
+                    BasicPublishOptions::default(),
+                    b,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await?,
+        );
+    }
+    for c in confirms {
+        ensure!(c.await?.is_ack(), "publish not confirmed");
+    }
+    Ok(())
+}
+
+/// Row 1: requests consumed, verified, committed and acked per second, next to
+/// a consumer that only acks.
+/// Consumes `n` deliveries from `queue`, acknowledging every `every`-th with
+/// `multiple` (and the last); returns deliveries per second.
+async fn raw_consume(ch: &lapin::Channel, queue: &str, n: usize, every: usize) -> Result<f64> {
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            format!("raw-{every}").as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let start = Instant::now();
+    let mut got = 0;
+    while got < n {
+        let d = consumer.next().await.context("raw stream ended")??;
+        got += 1;
+        if got % every == 0 || got == n {
+            d.ack(BasicAckOptions {
+                multiple: every > 1,
+            })
+            .await?;
+        }
+    }
+    let rate = per_sec(n, start.elapsed());
+    ch.basic_cancel(format!("raw-{every}").as_str().into(), Default::default())
+        .await?;
+    Ok(rate)
+}
+
+async fn ingest(n: usize) -> Result<Vec<Row>> {
+    let w = world("bench-ingest", &[], |_| {}).await?;
+    // Raw: a consumer that only acks, same count, same broker, same prefetch;
+    // once acknowledging each delivery, once in batches of 100 (`multiple`,
+    // as the daemon does), which is the broker's own ceiling.
+    let raw_queue = format!("{}.raw", w.name);
+    let ch = w.amqp.create_channel().await?;
+    ch.queue_declare(
+        raw_queue.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let bodies: Vec<Vec<u8>> = (0..n)
+        .map(|_| signed(topup(&hex_addr(Address::random()), "USDT")))
+        .collect::<Result<_>>()?;
+    publish_to(&w, "", &raw_queue, &bodies).await?;
+    ch.basic_qos(1000, BasicQosOptions::default()).await?;
+    let raw = raw_consume(&ch, &raw_queue, n, 1).await?;
+    publish_to(&w, "", &raw_queue, &bodies).await?;
+    let raw_batched = raw_consume(&ch, &raw_queue, n, 100).await?;
+    ch.queue_delete(raw_queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+
+    // The daemon: the same count of signed topups, pre-loaded.
+    publish_all(&w, "topup", &bodies).await?;
+    let daemon = w.start().await?;
+    let mut store = None;
+    let started = Instant::now();
+    let (first, last) = loop {
+        if store.is_none() {
+            store = w.store().await.ok();
+        }
+        if let Some(s) = &store
+            && let Ok((count, first, last)) = inbox_span(s).await
+            && count >= n as i64
+        {
+            break (first, last);
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "ingest did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = Duration::from_millis((last - first).max(1) as u64);
+    let rate = per_sec(n, took);
+    daemon.stop().await?;
+    w.cleanup().await?;
+    let ratio = rate / raw;
+    Ok(vec![
+        Row::new(
+            "ingest (consume, verify, commit, ack)",
+            rate,
+            Some(raw),
+            "msg/s",
+        )
+        .target(
+            ">= 10000 msg/s and >= 0.5 of raw",
+            rate >= 10_000.0 && ratio >= 0.5,
+        )
+        .note(format!(
+            "{n} signed topups pre-loaded; raw: a consumer that only acks, each delivery"
+        )),
+        Row::new(
+            "ingest vs. the broker's ceiling",
+            rate,
+            Some(raw_batched),
+            "msg/s",
+        )
+        .note("raw: a consumer that only acks, 100 deliveries per ack (multiple)"),
+    ])
+}
+
+async fn inbox_span(s: &Store) -> Result<(i64, i64, i64)> {
+    Ok(s.inbox_span().await?)
+}
+
+/// Adds `n` random watched addresses straight into the store (the daemon loads
+/// them at start), and returns them.
+async fn preload_watches(w: &World, n: usize) -> Result<Vec<Address>> {
+    let store = Store::open(&w.config()?.msg_store).await?;
+    let all: Vec<Address> = (0..n).map(|_| Address::random()).collect();
+    for chunk in all.chunks(100_000) {
+        let rows: Vec<WatchRow> = chunk
+            .iter()
+            .map(|a| WatchRow {
+                chain: "ETH".into(),
+                symbol: "USDT".into(),
+                address: *a,
+            })
+            .collect();
+        let refs: Vec<&WatchRow> = rows.iter().collect();
+        let mut tx = store.begin().await?;
+        tx.add_watches(&refs).await?;
+        tx.commit().await?;
+    }
+    store.close().await;
+    Ok(all)
+}
+
+fn http_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn metrics(port: u16) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await?;
+    Ok(raw)
+}
+
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Row 2: a block with `transfers` USDT transfers to watched addresses out of
+/// `watched`; block mined to the last status 2 received, next to eth_getLogs of
+/// that block.
+/// Blocks measured by the detection row.
+const ROUNDS: usize = 3;
+
+async fn detection(watched: usize, transfers: usize) -> Result<Row> {
+    let w = world("bench-detect", &["--gas-limit", "1000000000"], |_| {}).await?;
+    let mut replies = w.replies("topup_resp").await?;
+    let addrs = preload_watches(&w, watched).await?;
+    let daemon = w.start().await?;
+    // The daemon is up and has read the head when a topup of its own is committed.
+    let probe = Address::random();
+    w.publish("topup", topup(&hex_addr(probe), "USDT")).await?;
+    w.wait_watched("USDT", probe, true).await?;
+
+    // Three blocks, each to other addresses; the median is reported.
+    let token = ITestUSDT::new(w.token, &w.eth);
+    let step = (watched / transfers).max(1);
+    let mut runs = Vec::with_capacity(ROUNDS);
+    let mut raws = Vec::with_capacity(ROUNDS);
+    let mut minings = Vec::with_capacity(ROUNDS);
+    for round in 0..ROUNDS {
+        let targets: Vec<Address> = addrs
+            .iter()
+            .skip(round % step)
+            .step_by(step)
+            .take(transfers)
+            .copied()
+            .collect();
+        let amounts: Vec<U256> = targets.iter().map(|_| U256::from(1_000_000u64)).collect();
+        let _: Value = w
+            .eth
+            .raw_request("evm_setAutomine".into(), (false,))
+            .await?;
+        let pending = token
+            .batchTransfer(targets.clone(), amounts)
+            .from(w.user())
+            .gas(900_000_000)
+            .send()
+            .await?;
+        let tx = *pending.tx_hash();
+        // The clock starts when the block exists: anvil_mine returns once it
+        // is mined (executing 2,000 transfers takes anvil a while of its own).
+        let asked = Instant::now();
+        w.mine(1).await?;
+        let mined = Instant::now();
+        minings.push(mined.duration_since(asked).as_secs_f64() * 1000.0);
+        let receipt = w.eth.get_transaction_receipt(tx).await?.context("mined")?;
+        let block = receipt.block_number.context("block")?;
+        let got = replies
+            .wait_count("status 2 of the block", targets.len(), |v| {
+                v["status"] == 2 && v["block_height"] == block
+            })
+            .await?;
+        let last = got.iter().map(|r| r.at).max().unwrap_or(mined);
+        runs.push(last.duration_since(mined).as_secs_f64() * 1000.0);
+        // Raw: eth_getLogs for that block.
+        let filter = alloy::rpc::types::Filter::new()
+            .from_block(block)
+            .to_block(block)
+            .address(w.token);
+        let t = Instant::now();
+        let logs = w.eth.get_logs(&filter).await?;
+        raws.push(t.elapsed().as_secs_f64() * 1000.0);
+        ensure!(
+            logs.len() == targets.len(),
+            "{} logs in the block",
+            logs.len()
+        );
+    }
+    let _: Value = w.eth.raw_request("evm_setAutomine".into(), (true,)).await?;
+    daemon.stop().await?;
+    w.cleanup().await?;
+    let all = runs
+        .iter()
+        .map(|r| format!("{r:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ms = percentile(&mut runs, 0.5);
+    Ok(Row::new(
+        "deposit detection (block mined to last status 2)",
+        ms,
+        Some(percentile(&mut raws, 0.5)),
+        "ms",
+    )
+    .target("< 300 ms", ms < 300.0)
+    .note(format!(
+        "{transfers} transfers in one block, {watched} watched; median of {ROUNDS} blocks ({all} ms); raw: eth_getLogs of that block; anvil took {:.0} ms to mine one",
+        percentile(&mut minings, 0.5)
+    )))
+}
+
+fn rss_mb(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")?;
+    Ok(kb / 1024.0)
+}
+
+/// Row 3: resident memory of the daemon with `n` watched addresses, and
+/// lookups per second of the watch set.
+async fn watch_set(n: usize) -> Result<(Row, Row)> {
+    let w = world("bench-watchset", &[], |_| {}).await?;
+    let addrs = preload_watches(&w, n).await?;
+    let empty = world("bench-watchset-empty", &[], |_| {}).await?;
+    // The daemon binary as a process, with and without the addresses.
+    let measure = async |w: &World| -> Result<f64> {
+        let mut child = w.spawn_process(&[])?;
+        let log = w.daemon_log_path();
+        eventually("the daemon has loaded its watch set", || async {
+            Ok(std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("consuming"))
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let rss = rss_mb(child.0.id())?;
+        child.0.kill()?;
+        child.0.wait()?;
+        Ok(rss)
+    };
+    let with = measure(&w).await?;
+    let base = measure(&empty).await?;
+    w.cleanup().await?;
+    empty.cleanup().await?;
+
+    let mut set = WatchSet::new(vec!["ETH".into(), "USDT".into()]);
+    for a in &addrs {
+        set.insert(*a, "USDT");
+    }
+    let probes: Vec<Address> = (0..1_000_000)
+        .map(|i| {
+            if i % 2 == 0 {
+                addrs[i % addrs.len()]
+            } else {
+                Address::random()
+            }
+        })
+        .collect();
+    let t = Instant::now();
+    let mut hits = 0usize;
+    for a in &probes {
+        hits += usize::from(set.contains(a, "USDT"));
+    }
+    let rate = per_sec(probes.len(), t.elapsed());
+    ensure!(hits >= probes.len() / 2, "lookups found the watched half");
+    Ok((
+        Row::new("watched addresses: resident memory", with, Some(base), "MB")
+            .target(&format!("< 300 MB with {n}"), with < 300.0)
+            .note(format!(
+                "{n} watched; raw column: the same daemon watching nothing"
+            )),
+        Row::new("watch set lookups", rate, None, "lookups/s").note("O(1): half hits, half misses"),
+    ))
+}
+
+/// Row 4: withdrawals from one hot wallet signed, persisted and accepted per
+/// second, next to a plain loop that signs and sends the same transfers.
+async fn payouts(n: usize) -> Result<Row> {
+    let w = world("bench-payout", &["--block-time", "1"], |_| {}).await?;
+    let mut replies = w.replies("withdraw_resp").await?;
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, n as u64 * 2_000_000, ether(100)).await?;
+    let to = Address::random();
+    let bodies: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            signed(json!({"queue_id": format!("bp-{i}"), "from_address": hex_addr(user), "to_address": hex_addr(to),
+                "amount": 1, "chain": "ETH", "symbol": "USDT", "timestamp": 1}))
+        })
+        .collect::<Result<_>>()?;
+    publish_all(&w, "withdraw", &bodies).await?;
+    let daemon = w.start().await?;
+    let mut first = None;
+    let mut last = Instant::now();
+    for i in 0..n {
+        let q = format!("bp-{i}");
+        let r = replies
+            .wait("status 2", move |v| {
+                v["queue_id"] == q.as_str() && v["status"] == 2
+            })
+            .await?;
+        first = Some(first.map_or(r.at, |f: Instant| f.min(r.at)));
+        last = last.max(r.at);
+    }
+    let rate = per_sec(n - 1, last.duration_since(first.context("first")?));
+    // Gap-free nonces: after they are all mined, the wallet's nonce is n.
+    eventually("all payouts mined", || async {
+        Ok(w.nonce(user).await? == n as u64)
+    })
+    .await?;
+    daemon.stop().await?;
+
+    // Raw: a plain loop signing and sending the same transfers, one by one.
+    let raw_wallet = alloy::signers::local::PrivateKeySigner::random();
+    w.fund(raw_wallet.address(), n as u64 * 2_000_000, ether(100))
+        .await?;
+    let provider = alloy::providers::ProviderBuilder::new()
+        .wallet(alloy::network::EthereumWallet::from(raw_wallet.clone()))
+        .connect_http(w.anvil.http().parse()?);
+    let token = ITestUSDT::new(w.token, &provider);
+    let chain_id = w.eth.get_chain_id().await?;
+    let fees = w.eth.estimate_eip1559_fees().await?;
+    let start_nonce = w.eth.get_transaction_count(raw_wallet.address()).await?;
+    let t = Instant::now();
+    for i in 0..n as u64 {
+        let _ = token
+            .transfer(to, U256::from(1_000_000u64))
+            .nonce(start_nonce + i)
+            .gas(100_000)
+            .max_fee_per_gas(fees.max_fee_per_gas)
+            .max_priority_fee_per_gas(fees.max_priority_fee_per_gas)
+            .chain_id(chain_id)
+            .send()
+            .await?;
+    }
+    let raw = per_sec(n, t.elapsed());
+    w.cleanup().await?;
+    let ratio = rate / raw;
+    Ok(Row::new("payout broadcast (one hot wallet)", rate, Some(raw), "tx/s")
+        .target(">= 1000 tx/s, gap-free, >= 0.5 of raw", rate >= 1000.0 && ratio >= 0.5)
+        .note(format!("{n} withdrawals, anvil --block-time 1; nonces gap-free; raw: sign-and-send loop with alloy")))
+}
+
+/// Row 5: listen's work per block with `pending` undecided deposits of which
+/// `maturing` mature at each block.
+async fn confirm_work(pending: usize, maturing: usize) -> Result<Row> {
+    let port = http_port()?;
+    let w = world("bench-confirm", &[], |c| {
+        c["http_config"] = json!({"listen": format!("127.0.0.1:{port}")});
+    })
+    .await?;
+    let daemon = w.start().await?;
+    let probe = Address::random();
+    w.publish("topup", topup(&hex_addr(probe), "USDT")).await?;
+    w.wait_watched("USDT", probe, true).await?;
+    daemon.stop().await?;
+    // Pending deposits straight into the store: `maturing` due at each of the
+    // next blocks, the rest far in the future.
+    let head = w.head().await?;
+    let store = Store::open(&w.config()?.msg_store).await?;
+    let blocks = 20u64;
+    let mut tx = store.begin().await?;
+    for i in 0..pending {
+        let due = if i < maturing * blocks as usize {
+            head + 1 + (i / maturing) as u64
+        } else {
+            head + 1_000_000
+        };
+        let d = m2pool_payment::store::NewDeposit {
+            chain: "ETH",
+            tx_hash: B256::random(),
+            log_index: 0,
+            symbol: "USDT",
+            address: Address::random(),
+            from: Address::random(),
+            amount: U256::from(1u64),
+            block_number: head,
+            block_hash: B256::ZERO,
+            due,
+        };
+        tx.deposit_seen(&d).await?;
+    }
+    tx.commit().await?;
+    store.close().await;
+    let daemon = w.start().await?;
+    eventually("the endpoint answers", || async {
+        Ok(metrics(port).await.is_ok())
+    })
+    .await?;
+    let before = metrics(port).await?;
+    for _ in 0..blocks {
+        w.mine(1).await?;
+    }
+    let target = head + blocks;
+    let before_count = sample(&before, "m2pool_block_apply_seconds_count");
+    eventually("the blocks are applied", || async {
+        let m = metrics(port).await?;
+        Ok(sample(&m, "m2pool_block_apply_seconds_count") >= before_count + blocks as f64)
+    })
+    .await?;
+    ensure!(w.head().await? >= target);
+    let after = metrics(port).await?;
+    let (sum, count) = (
+        sample(&after, "m2pool_block_apply_seconds_sum")
+            - sample(&before, "m2pool_block_apply_seconds_sum"),
+        sample(&after, "m2pool_block_apply_seconds_count")
+            - sample(&before, "m2pool_block_apply_seconds_count"),
+    );
+    daemon.stop().await?;
+    w.cleanup().await?;
+    let ms = sum / count.max(1.0) * 1000.0;
+    Ok(Row::new(
+        &format!("confirmation work per block, {pending} pending"),
+        ms,
+        None,
+        "ms/block",
+    )
+    .note(format!(
+        "{maturing} mature per block (decided, answered, committed); {count} blocks"
+    )))
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Row 6: `n` deposits across `n` addresses, first transfer to last status 1,
+/// confirm_height 20, blocks mined on demand.
+async fn end_to_end(n: usize) -> Result<Vec<Row>> {
+    let w = world("bench-e2e", &["--gas-limit", "1000000000"], |_| {}).await?;
+    let mut replies = w.replies("topup_resp").await?;
+    let daemon = w.start().await?;
+    let addrs: Vec<Address> = (0..n).map(|_| Address::random()).collect();
+    let bodies: Vec<Vec<u8>> = addrs
+        .iter()
+        .map(|a| signed(topup(&hex_addr(*a), "USDT")))
+        .collect::<Result<_>>()?;
+    publish_all(&w, "topup", &bodies).await?;
+    w.wait_watched("USDT", addrs[n - 1], true).await?;
+    for a in addrs.iter().step_by((n / 20).max(1)) {
+        w.wait_watched("USDT", *a, true).await?;
+    }
+    let token = ITestUSDT::new(w.token, &w.eth);
+    let chunk = 500;
+    let started = Instant::now();
+    let mut mined_at: Vec<(u64, Instant)> = Vec::new();
+    for part in addrs.chunks(chunk) {
+        // With automine, the block is mined when the node accepts the transaction.
+        let pending = token
+            .batchTransfer(
+                part.to_vec(),
+                part.iter().map(|_| U256::from(1_000_000u64)).collect(),
+            )
+            .from(w.user())
+            .gas(500_000_000)
+            .send()
+            .await?;
+        let at = Instant::now();
+        let r = pending.get_receipt().await?;
+        mined_at.push((r.block_number.context("block")?, at));
+    }
+    let first_block = mined_at[0].0;
+    let mut seen = Vec::with_capacity(n);
+    for r in replies
+        .wait_count("status 2", n, |v| v["status"] == 2)
+        .await?
+    {
+        let block = r.v["block_height"].as_u64().unwrap_or(0);
+        let t0 = mined_at
+            .iter()
+            .find(|(b, _)| *b == block)
+            .map(|(_, t)| *t)
+            .unwrap_or(started);
+        seen.push(r.at.duration_since(t0).as_secs_f64() * 1000.0);
+    }
+    // Mine to maturity one block at a time, remembering when each was mined.
+    let last_block = mined_at.last().map(|(b, _)| *b).unwrap_or(first_block);
+    let head = w.head().await?;
+    for _ in head..last_block + 20 {
+        w.mine(1).await?;
+        mined_at.push((w.head().await?, Instant::now()));
+    }
+    let mut finals = Vec::with_capacity(n);
+    let mut last = started;
+    for r in replies
+        .wait_count("status 1", n, |v| v["status"] == 1)
+        .await?
+    {
+        let due = r.v["block_height"].as_u64().unwrap_or(0) + 20;
+        let t0 = mined_at
+            .iter()
+            .find(|(b, _)| *b == due)
+            .map(|(_, t)| *t)
+            .unwrap_or(started);
+        finals.push(r.at.duration_since(t0).as_secs_f64() * 1000.0);
+        last = last.max(r.at);
+    }
+    let total = last.duration_since(started);
+    daemon.stop().await?;
+    w.cleanup().await?;
+    Ok(vec![
+        Row::new(
+            "end to end: deposits to last status 1",
+            per_sec(n, total),
+            None,
+            "deposits/s",
+        )
+        .note(format!(
+            "{n} deposits to {n} addresses in {} blocks, confirm_height 20, {:.1} s in all",
+            n.div_ceil(chunk),
+            total.as_secs_f64()
+        )),
+        Row::new(
+            "end to end: status 2 latency p50",
+            percentile(&mut seen.clone(), 0.5),
+            None,
+            "ms",
+        )
+        .note("block mined to status 2 received"),
+        Row::new(
+            "end to end: status 2 latency p99",
+            percentile(&mut seen, 0.99),
+            None,
+            "ms",
+        ),
+        Row::new(
+            "end to end: status 1 latency p50",
+            percentile(&mut finals.clone(), 0.5),
+            None,
+            "ms",
+        )
+        .note("maturing block mined to status 1 received"),
+        Row::new(
+            "end to end: status 1 latency p99",
+            percentile(&mut finals, 0.99),
+            None,
+            "ms",
+        ),
+    ])
+}
+
+fn print(rows: &[Row]) {
+    println!(
+        "\n{:<52} {:>14} {:>14} {:>7}  {:<10} target",
+        "measure", "daemon", "raw limit", "ratio", "unit"
+    );
+    println!("{}", "-".repeat(130));
+    for r in rows {
+        let raw = r.raw.map_or("—".to_owned(), |v| format!("{v:.1}"));
+        let ratio = r.ratio.map_or("—".to_owned(), |v| format!("{v:.2}"));
+        let met = match r.met {
+            Some(true) => format!("met: {}", r.target),
+            Some(false) => format!("NOT MET: {}", r.target),
+            None => String::new(),
+        };
+        println!(
+            "{:<52} {:>14.1} {:>14} {:>7}  {:<10} {}",
+            r.name, r.daemon, raw, ratio, r.unit, met
+        );
+    }
+    println!();
+    for r in rows.iter().filter(|r| !r.note.is_empty()) {
+        println!("  {}: {}", r.name, r.note);
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<f64>()
+                    .unwrap_or(0.0)
+                    / 1024.0
+                    / 1024.0
+            })
+        })
+        .unwrap_or(0.0);
+    format!(
+        "{} cores, {cpu}, {mem:.0} GiB",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    )
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    // `cargo bench` passes --bench; only --quick matters here.
+    let quick = std::env::args().any(|a| a == "--quick");
+    let s = if quick { QUICK } else { FULL };
+    if std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: set once, before any thread reads the environment.
+        unsafe { std::env::set_var("RUST_LOG", "error") };
+    }
+    // BENCH_ONLY=ingest,detection,watchset,payouts,confirm,e2e picks rows.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let run = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
+    let mut rows = Vec::new();
+    if run("ingest") {
+        eprintln!("ingest…");
+        rows.extend(ingest(s.ingest).await?);
+    }
+    if run("detection") {
+        eprintln!("deposit detection…");
+        rows.push(detection(s.watched, s.block_transfers).await?);
+    }
+    if run("watchset") {
+        eprintln!("watch set…");
+        let (mem, lookups) = watch_set(s.watch_set).await?;
+        rows.extend([mem, lookups]);
+    }
+    if run("payouts") {
+        eprintln!("payout broadcast…");
+        rows.push(payouts(s.payouts).await?);
+    }
+    if run("confirm") {
+        eprintln!("confirmation work…");
+        let small = confirm_work(s.pending[0], s.maturing).await?;
+        let large = confirm_work(s.pending[1], s.maturing).await?;
+        let flat = large.daemon <= small.daemon * 2.0 + 1.0;
+        rows.push(small);
+        rows.push(large.target(
+            &format!("flat from {} to {} pending", s.pending[0], s.pending[1]),
+            flat,
+        ));
+    }
+    if run("e2e") {
+        eprintln!("end to end…");
+        rows.extend(end_to_end(s.e2e).await?);
+    }
+
+    print(&rows);
+    let report = json!({
+        "quick": quick,
+        "machine": machine(),
+        "rows": rows,
+    });
+    std::fs::create_dir_all("target/bench")?;
+    std::fs::write(
+        "target/bench/report.json",
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    println!("machine: {}\nreport: target/bench/report.json", machine());
+    Ok(())
+}

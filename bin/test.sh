@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs and starts what the
+# tests need where it is absent (anvil pinned to 1.7.1 from npm into .tools/;
+# RabbitMQ and MariaDB from Debian packages; Go and a JDK for the signing
+# snippets), checks formatting and lints, and
+# runs every test against the real services.
+#
+#   bin/test.sh                 # everything
+#   bin/test.sh -E 'test(remove)'   # extra arguments go to cargo nextest
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+ensure_anvil
+ensure_rabbitmq
+ensure_mariadb
+ensure_snippet_toolchains
+export ANVIL_BIN
+
+cd "$ROOT"
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy"
+cargo clippy --quiet --all-targets -- -D warnings
+say "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --no-fail-fast --test-threads 4 "$@"
+else
+    cargo test --no-fail-fast "$@" -- --test-threads 4
+fi

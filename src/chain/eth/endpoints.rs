@@ -1,0 +1,133 @@
+//! The node's JSON-RPC endpoints: the configured one and its fallbacks, used
+//! one at a time. A task that keeps failing on the current one moves everyone
+//! to the next; each new connection is checked to be on the expected chain.
+
+use alloy::network::Ethereum;
+use alloy::providers::{Provider, RootProvider};
+use std::sync::{Arc, Mutex};
+use tracing::{error, warn};
+
+/// Why an endpoint cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum EndpointError {
+    /// It does not answer.
+    #[error("{url}: {source}")]
+    Unreachable {
+        /// The endpoint.
+        url: String,
+        /// What the transport said.
+        source: alloy::transports::TransportError,
+    },
+    /// It serves another chain.
+    #[error("{url} is on chain id {got}, expected {expected}")]
+    WrongChain {
+        /// The endpoint.
+        url: String,
+        /// Expected chain id.
+        expected: u64,
+        /// What it said.
+        got: u64,
+    },
+}
+
+#[derive(Debug)]
+struct Current {
+    index: usize,
+    provider: Option<RootProvider<Ethereum>>,
+}
+
+/// The endpoints of one chain; cheap to clone.
+#[derive(Debug, Clone)]
+pub(super) struct Endpoints {
+    chain: Arc<str>,
+    urls: Arc<Vec<String>>,
+    expected: Arc<Mutex<Option<u64>>>,
+    current: Arc<Mutex<Current>>,
+}
+
+impl Endpoints {
+    pub fn new(chain: Arc<str>, urls: Vec<String>, expected: Option<u64>) -> Self {
+        Self {
+            chain,
+            urls: Arc::new(urls),
+            expected: Arc::new(Mutex::new(expected)),
+            current: Arc::new(Mutex::new(Current {
+                index: 0,
+                provider: None,
+            })),
+        }
+    }
+
+    /// The chain id every endpoint must serve (the configured one, or the
+    /// first endpoint's).
+    pub fn chain_id(&self) -> Option<u64> {
+        *self.expected.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current endpoint's provider and index, connecting (and checking its
+    /// chain id) when needed.
+    pub async fn get(&self) -> Result<(usize, RootProvider<Ethereum>), EndpointError> {
+        let index = {
+            let c = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(p) = &c.provider {
+                return Ok((c.index, p.clone()));
+            }
+            c.index
+        };
+        let url = self.urls[index].clone();
+        let unreachable = |source| EndpointError::Unreachable {
+            url: url.clone(),
+            source,
+        };
+        let provider = RootProvider::<Ethereum>::connect(&url)
+            .await
+            .map_err(unreachable)?;
+        let got = provider.get_chain_id().await.map_err(unreachable)?;
+        {
+            let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+            match *expected {
+                Some(e) if e != got => {
+                    error!(target: "m2pool::eth", chain = %self.chain, %url, expected = e, got,
+                           "endpoint serves another chain; skipped");
+                    drop(expected);
+                    self.failed(index);
+                    return Err(EndpointError::WrongChain {
+                        url,
+                        expected: e,
+                        got,
+                    });
+                }
+                Some(_) => {}
+                None => *expected = Some(got),
+            }
+        }
+        let mut c = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if c.index == index {
+            c.provider = Some(provider.clone());
+        }
+        Ok((index, provider))
+    }
+
+    /// Reports that endpoint `index` keeps failing: the next one becomes current.
+    pub fn failed(&self, index: usize) {
+        let mut c = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if c.index != index || self.urls.len() < 2 {
+            c.provider = None;
+            return;
+        }
+        c.index = (index + 1) % self.urls.len();
+        c.provider = None;
+        warn!(target: "m2pool::eth", chain = %self.chain, from = %self.urls[index], to = %self.urls[c.index],
+              "switching node endpoint");
+    }
+
+    /// The index of the current endpoint.
+    pub fn current_index(&self) -> usize {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).index
+    }
+
+    /// How many endpoints there are.
+    pub fn len(&self) -> usize {
+        self.urls.len()
+    }
+}

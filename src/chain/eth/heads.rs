@@ -1,0 +1,70 @@
+//! New-head notifications over WebSocket. They only wake the watcher: the
+//! persisted cursor, not the notification, decides what is read, so a missed
+//! or duplicated notification costs nothing. The subscription is re-made
+//! without limit when it drops, with a `warn` per attempt, moving through the
+//! configured WebSocket endpoints in turn.
+
+use crate::backoff::{Backoff, sleep_or_shutdown};
+use alloy::network::Ethereum;
+use alloy::providers::{Provider, RootProvider};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Subscribes to new heads and calls `wake` for each, until `shutdown`.
+pub(super) async fn follow(
+    chain: Arc<str>,
+    urls: Vec<String>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+    let mut index = 0usize;
+    while !urls.is_empty() {
+        let url = &urls[index % urls.len()];
+        let subscribed = async {
+            let provider = RootProvider::<Ethereum>::connect(url).await?;
+            let sub = provider.subscribe_blocks().await?;
+            Ok::<_, alloy::transports::TransportError>((provider, sub))
+        };
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = subscribed => r,
+        };
+        match outcome {
+            Ok((_provider, sub)) => {
+                info!(target: "m2pool::eth", chain = %chain, %url, "new-heads subscription open");
+                backoff.reset();
+                // A connection that was down may have missed heads: look now.
+                wake.notify_one();
+                let mut heads = sub.into_stream();
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        head = heads.next() => match head {
+                            Some(_) => wake.notify_one(),
+                            None => break,
+                        },
+                    }
+                }
+                warn!(target: "m2pool::eth", chain = %chain, %url, "new-heads subscription ended; reconnecting");
+                let (delay, _) = backoff.next_delay();
+                if sleep_or_shutdown(delay, &shutdown).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                let (delay, attempt) = backoff.next_delay();
+                warn!(target: "m2pool::eth", chain = %chain, attempt, %url, error = %e,
+                      "cannot subscribe to new heads; retrying");
+                index += 1;
+                if sleep_or_shutdown(delay, &shutdown).await {
+                    return;
+                }
+            }
+        }
+    }
+}

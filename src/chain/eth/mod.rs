@@ -1,0 +1,232 @@
+//! Ethereum: follows one node over JSON-RPC (and WebSocket new heads when
+//! configured) and reports blocks, transfers and reorganisations.
+//!
+//! The loop: read every block from the cursor to the head ([`scan`]), then wait
+//! for a new-head notification ([`heads`]) or the poll interval, whichever comes
+//! first. Node failures are retried without limit with a `warn` per attempt;
+//! only a node on the wrong chain, or listen going away, stops it.
+
+mod endpoints;
+mod heads;
+mod scan;
+mod sender;
+
+pub use sender::SenderError;
+
+use crate::backoff::{Backoff, sleep_or_shutdown};
+use crate::chain::{Chain, ChainContext, ChainError, ChainEvent};
+use crate::config::EthConfig;
+use crate::store::BlockRef;
+use alloy::network::Ethereum;
+use alloy::primitives::Address;
+use alloy::providers::RootProvider;
+use endpoints::{EndpointError, Endpoints};
+use futures::future::BoxFuture;
+use scan::{ScanError, Scanner};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Blocks kept to find a reorganisation's fork point: twice the confirmation
+/// depth, and never fewer than 128.
+pub fn block_window(confirm_height: u64) -> u64 {
+    (confirm_height * 2).max(128)
+}
+
+/// The Ethereum chain: a watcher following the node, and the payout sender.
+pub struct EthChain {
+    name: Arc<str>,
+    cfg: EthConfig,
+    recent: Vec<BlockRef>,
+    tracked: Vec<Address>,
+    ctx: ChainContext,
+}
+
+impl EthChain {
+    /// Prepares to follow the node of `cfg` from the cursor in the store.
+    pub async fn new(name: &str, cfg: &EthConfig, ctx: ChainContext) -> Result<Self, ChainError> {
+        let keep = block_window(cfg.confirm_height);
+        let recent = ctx
+            .store
+            .recent_blocks(name, u32::try_from(keep).unwrap_or(u32::MAX))
+            .await?;
+        let tracked = ctx.store.payers_in_flight(name).await?;
+        Ok(Self {
+            name: Arc::from(name),
+            cfg: cfg.clone(),
+            recent,
+            tracked,
+            ctx,
+        })
+    }
+
+    /// Connects to a node endpoint on the expected chain, trying each in turn
+    /// without limit; `None` on shutdown.
+    async fn connect(
+        &self,
+        endpoints: &Endpoints,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<(u64, RootProvider<Ethereum>)>, ChainError> {
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        loop {
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                r = endpoints.get() => r,
+            };
+            match outcome {
+                Ok((index, rpc)) => {
+                    let id = endpoints.chain_id().unwrap_or_default();
+                    info!(target: "m2pool::eth", chain = %self.name, chain_id = id, endpoint = index, "node connected");
+                    self.ctx
+                        .health
+                        .chain(&self.name, |c| c.node_connected = true);
+                    return Ok(Some((id, rpc)));
+                }
+                Err(EndpointError::WrongChain { url, expected, got }) if endpoints.len() == 1 => {
+                    return Err(ChainError::WrongChain {
+                        chain: self.name.to_string(),
+                        url,
+                        expected,
+                        got,
+                    });
+                }
+                Err(e) => {
+                    let (delay, attempt) = backoff.next_delay();
+                    warn!(target: "m2pool::eth", chain = %self.name, attempt, error = %e,
+                          "cannot reach the node; retrying");
+                    if attempt % 3 == 0 {
+                        endpoints.failed(endpoints.current_index());
+                    }
+                    if sleep_or_shutdown(delay, shutdown).await {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn follow(
+        self: Box<Self>,
+        events: mpsc::Sender<ChainEvent>,
+        shutdown: CancellationToken,
+    ) -> Result<(), ChainError> {
+        let endpoints = Endpoints::new(self.name.clone(), self.cfg.rpc_urls(), self.cfg.chain_id);
+        let Some((chain_id, rpc)) = self.connect(&endpoints, &shutdown).await? else {
+            return Ok(());
+        };
+        let wake = Arc::new(Notify::new());
+        let helpers_stop = shutdown.child_token();
+        let ws_urls = self.cfg.ws_urls();
+        let heads = (!ws_urls.is_empty()).then(|| {
+            tokio::spawn(heads::follow(
+                self.name.clone(),
+                ws_urls,
+                wake.clone(),
+                helpers_stop.clone(),
+            ))
+        });
+        let (track_tx, track_rx) = mpsc::channel(1024);
+        let deps = sender::SenderDeps {
+            chain: self.name.clone(),
+            cfg: self.cfg.clone(),
+            store: self.ctx.store.clone(),
+            wallets: self.ctx.wallets.clone(),
+            kek: self.ctx.kek.clone(),
+            wake: self.ctx.payout_wake.clone(),
+            outbox: self.ctx.outbox_wake.clone(),
+            track: track_tx,
+            metrics: self.ctx.metrics.clone(),
+        };
+        let mut payouts = tokio::spawn(
+            sender::Sender::new(deps, endpoints.clone(), chain_id).run(helpers_stop.clone()),
+        );
+        let keep = block_window(self.cfg.confirm_height);
+        let mut scanner = Scanner::new(
+            self.name.clone(),
+            endpoints.clone(),
+            rpc,
+            &self.cfg,
+            self.recent,
+            keep,
+            self.tracked,
+            track_rx,
+            self.ctx.health.clone(),
+        );
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        let result = loop {
+            match scanner.catch_up(&events, &shutdown).await {
+                Ok(()) => {
+                    backoff.reset();
+                    self.ctx
+                        .health
+                        .chain(&self.name, |c| c.node_connected = true);
+                }
+                Err(ScanError::Closed) => {
+                    break Err(ChainError::Closed {
+                        chain: self.name.to_string(),
+                    });
+                }
+                Err(e) => {
+                    let (delay, attempt) = backoff.next_delay();
+                    self.ctx
+                        .health
+                        .chain(&self.name, |c| c.node_connected = false);
+                    warn!(target: "m2pool::eth", chain = %self.name, attempt, error = %e,
+                          cursor = scanner.cursor().map(|b| b.number), "node request failed; retrying");
+                    if attempt % 3 == 0 {
+                        endpoints.failed(endpoints.current_index());
+                    }
+                    if sleep_or_shutdown(delay, &shutdown).await {
+                        break Ok(());
+                    }
+                    continue;
+                }
+            }
+            if self.ctx.health.check_stall(&self.name, self.cfg.head_stall) {
+                warn!(target: "m2pool::eth", chain = %self.name, limit_secs = self.cfg.head_stall.as_secs(),
+                      "the node's head has not advanced for longer than the limit; is the node syncing?");
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Ok(()),
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(self.cfg.poll_interval) => {}
+                done = &mut payouts => break Err(ChainError::Sender {
+                    chain: self.name.to_string(),
+                    source: match done {
+                        Ok(Err(e)) => e,
+                        Ok(Ok(())) => SenderError::Actor { wallet: "-".into(), message: "the payout sender stopped".into() },
+                        Err(e) => SenderError::Actor { wallet: "-".into(), message: format!("the payout sender panicked: {e}") },
+                    },
+                }),
+            }
+        };
+        helpers_stop.cancel();
+        if let Some(h) = heads {
+            let _ = h.await;
+        }
+        if !payouts.is_finished()
+            && let Ok(Err(e)) = payouts.await
+        {
+            tracing::error!(target: "m2pool::eth", chain = %self.name, error = %e,
+                            "payout sender failed while stopping");
+        }
+        result
+    }
+}
+
+impl Chain for EthChain {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn run(
+        self: Box<Self>,
+        events: mpsc::Sender<ChainEvent>,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'static, Result<(), ChainError>> {
+        Box::pin(self.follow(events, shutdown))
+    }
+}

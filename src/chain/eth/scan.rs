@@ -1,0 +1,519 @@
+//! Reads blocks from the cursor to the head, verifies each links to the one
+//! before it, and extracts the transfers of known assets.
+//!
+//! Per range of blocks: one `eth_getLogs` for the token contracts' `Transfer`
+//! events, then every block with its transactions (fetched a few at a time, in
+//! order), and `eth_getBlockReceipts` only for blocks that carry ether
+//! transfers, so that only successful ones count. A block whose parent hash is
+//! not the cursor's hash means a reorganisation: the scanner walks its window of
+//! recent blocks back to the fork point and reports it. A log whose block hash
+//! is not the block's means the chain moved between two calls: the range is read
+//! again.
+
+use super::endpoints::Endpoints;
+use crate::chain::{ChainEvent, OwnTx, Transfer};
+use crate::config::EthConfig;
+use crate::health::Health;
+use crate::store::BlockRef;
+use alloy::consensus::Transaction as _;
+use alloy::eips::BlockNumberOrTag;
+use alloy::network::{Ethereum, ReceiptResponse, TransactionResponse};
+use alloy::primitives::{
+    Address, B256, U256,
+    map::{AddressMap, AddressSet},
+};
+use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::types::{Block, Filter, Log};
+use alloy::sol_types::SolEvent;
+use alloy::transports::{RpcError, TransportErrorKind};
+use futures::{StreamExt, stream};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+mod erc20 {
+    alloy::sol! {
+        /// The ERC20 Transfer event.
+        event Transfer(address indexed from, address indexed to, uint256 value);
+    }
+}
+
+/// Blocks fetched concurrently while scanning a range.
+const BLOCK_FETCH_CONCURRENCY: usize = 8;
+
+/// Why a scan step stopped.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ScanError {
+    /// A node request failed; retry later.
+    #[error("node request {what} failed: {source}")]
+    Node {
+        /// What was asked.
+        what: &'static str,
+        /// Transport or RPC error.
+        source: RpcError<TransportErrorKind>,
+    },
+    /// The node answered something unusable.
+    #[error("node answered {what} without {missing}")]
+    Incomplete {
+        /// What was asked.
+        what: &'static str,
+        /// What was missing.
+        missing: &'static str,
+    },
+    /// No endpoint could be used.
+    #[error(transparent)]
+    Endpoint(#[from] super::endpoints::EndpointError),
+    /// The listen task is gone.
+    #[error("listen task stopped")]
+    Closed,
+}
+
+fn node(what: &'static str) -> impl FnOnce(RpcError<TransportErrorKind>) -> ScanError {
+    move |source| ScanError::Node { what, source }
+}
+
+/// Whether an `eth_getLogs` error asks for a smaller range.
+fn is_range_error(e: &RpcError<TransportErrorKind>) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    [
+        "range",
+        "too many",
+        "limit",
+        "exceed",
+        "results",
+        "too large",
+        "timeout",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
+}
+
+/// Follows one Ethereum node from the cursor.
+pub(super) struct Scanner {
+    chain: Arc<str>,
+    endpoints: Endpoints,
+    /// The current endpoint's provider, refreshed at each catch-up.
+    rpc: RootProvider<Ethereum>,
+    health: Health,
+    /// Token contract → symbol.
+    tokens: AddressMap<Arc<str>>,
+    contracts: Vec<Address>,
+    ether: Arc<str>,
+    /// Recent verified blocks; the last is the cursor.
+    window: BTreeMap<u64, BlockRef>,
+    keep: u64,
+    range: u64,
+    max_range: u64,
+    start_block: Option<u64>,
+    /// Hot wallets whose transactions are reported as [`OwnTx`].
+    tracked: AddressSet,
+    /// New hot wallets to track, from the payout sender.
+    track: mpsc::Receiver<Address>,
+}
+
+impl Scanner {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        chain: Arc<str>,
+        endpoints: Endpoints,
+        rpc: RootProvider<Ethereum>,
+        cfg: &EthConfig,
+        recent: Vec<BlockRef>,
+        keep: u64,
+        tracked: Vec<Address>,
+        track: mpsc::Receiver<Address>,
+        health: Health,
+    ) -> Self {
+        Self {
+            chain,
+            endpoints,
+            rpc,
+            health,
+            tokens: cfg
+                .tokens
+                .iter()
+                .map(|t| (t.contract, Arc::from(t.symbol.as_str())))
+                .collect(),
+            contracts: cfg.tokens.iter().map(|t| t.contract).collect(),
+            ether: Arc::from("ETH"),
+            window: recent.into_iter().map(|b| (b.number, b)).collect(),
+            keep,
+            range: cfg.max_block_range,
+            max_range: cfg.max_block_range,
+            start_block: cfg.start_block,
+            tracked: tracked.into_iter().collect(),
+            track,
+        }
+    }
+
+    /// The block cursor, if there is one yet.
+    pub(super) fn cursor(&self) -> Option<BlockRef> {
+        self.window.last_key_value().map(|(_, b)| *b)
+    }
+
+    async fn send(
+        &self,
+        events: &mpsc::Sender<ChainEvent>,
+        e: ChainEvent,
+    ) -> Result<(), ScanError> {
+        events.send(e).await.map_err(|_| ScanError::Closed)
+    }
+
+    /// On a fresh store, anchors the cursor at `start_block - 1` or the head.
+    async fn anchor(&mut self, events: &mpsc::Sender<ChainEvent>) -> Result<(), ScanError> {
+        let number = match self.start_block {
+            Some(n) => n.saturating_sub(1),
+            None => self
+                .rpc
+                .get_block_number()
+                .await
+                .map_err(node("eth_blockNumber"))?,
+        };
+        let block = self.header(number).await?.ok_or(ScanError::Incomplete {
+            what: "eth_getBlockByNumber",
+            missing: "the anchor block",
+        })?;
+        debug!(target: "m2pool::eth", chain = %self.chain, number, "block cursor anchored");
+        self.window.insert(number, block);
+        self.send(
+            events,
+            ChainEvent::Block {
+                chain: self.chain.clone(),
+                block,
+                transfers: Vec::new(),
+                own: Vec::new(),
+            },
+        )
+        .await
+    }
+
+    async fn header(&self, number: u64) -> Result<Option<BlockRef>, ScanError> {
+        let b = self
+            .rpc
+            .get_block_by_number(BlockNumberOrTag::Number(number))
+            .await
+            .map_err(node("eth_getBlockByNumber"))?;
+        Ok(b.map(|b| BlockRef {
+            number: b.header.number,
+            hash: b.header.hash,
+            parent_hash: b.header.parent_hash,
+        }))
+    }
+
+    /// Reads and reports every block from the cursor to the node's head.
+    pub(super) async fn catch_up(
+        &mut self,
+        events: &mpsc::Sender<ChainEvent>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ScanError> {
+        self.rpc = self.endpoints.get().await?.1;
+        if self.window.is_empty() {
+            self.anchor(events).await?;
+        }
+        let head = self
+            .rpc
+            .get_block_number()
+            .await
+            .map_err(node("eth_blockNumber"))?;
+        if let Some(was) = self.health.saw_head(&self.chain, head) {
+            info!(target: "m2pool::eth", chain = %self.chain, head, stalled_secs = was.as_secs(),
+                  "the node's head advances again");
+        }
+        self.verify_cursor(head, events).await?;
+        while let Some(cursor) = self.cursor() {
+            if cursor.number >= head || shutdown.is_cancelled() {
+                break;
+            }
+            let from = cursor.number + 1;
+            let to = head.min(from + self.range - 1);
+            let logs = match self.logs(from, to).await {
+                Ok(logs) => logs,
+                Err(ScanError::Node { source, .. })
+                    if is_range_error(&source) && self.range > 1 =>
+                {
+                    self.range = (self.range / 2).max(1);
+                    warn!(target: "m2pool::eth", chain = %self.chain, from, to, range = self.range,
+                          error = %source, "eth_getLogs refused the range; halving it");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            self.scan_range(from, to, logs, events, shutdown).await?;
+            self.range = (self.range * 2).min(self.max_range);
+        }
+        Ok(())
+    }
+
+    async fn logs(&self, from: u64, to: u64) -> Result<HashMap<u64, Vec<Log>>, ScanError> {
+        let mut by_block: HashMap<u64, Vec<Log>> = HashMap::new();
+        if self.contracts.is_empty() {
+            return Ok(by_block);
+        }
+        let filter = Filter::new()
+            .from_block(from)
+            .to_block(to)
+            .address(self.contracts.clone())
+            .event_signature(erc20::Transfer::SIGNATURE_HASH);
+        let logs = self
+            .rpc
+            .get_logs(&filter)
+            .await
+            .map_err(node("eth_getLogs"))?;
+        for log in logs {
+            if log.removed {
+                continue;
+            }
+            let Some(n) = log.block_number else {
+                return Err(ScanError::Incomplete {
+                    what: "eth_getLogs",
+                    missing: "a block number",
+                });
+            };
+            by_block.entry(n).or_default().push(log);
+        }
+        Ok(by_block)
+    }
+
+    /// Verifies and reports blocks `from..=to`; stops early at a reorganisation
+    /// or when the node does not have a block yet.
+    async fn scan_range(
+        &mut self,
+        from: u64,
+        to: u64,
+        mut logs: HashMap<u64, Vec<Log>>,
+        events: &mpsc::Sender<ChainEvent>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ScanError> {
+        let rpc = self.rpc.clone();
+        let mut blocks = stream::iter(from..=to)
+            .map(move |n| {
+                let rpc = rpc.clone();
+                async move {
+                    rpc.get_block_by_number(BlockNumberOrTag::Number(n))
+                        .full()
+                        .await
+                        .map_err(node("eth_getBlockByNumber"))
+                }
+            })
+            .buffered(BLOCK_FETCH_CONCURRENCY);
+        while let Some(block) = blocks.next().await {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let Some(block) = block? else {
+                // The node's head moved back under us; the next step sorts it out.
+                return Ok(());
+            };
+            let Some(cursor) = self.cursor() else {
+                return Ok(());
+            };
+            let this = BlockRef {
+                number: block.header.number,
+                hash: block.header.hash,
+                parent_hash: block.header.parent_hash,
+            };
+            if this.number != cursor.number + 1 {
+                return Ok(());
+            }
+            if this.parent_hash != cursor.hash {
+                return self.reorg(events).await;
+            }
+            let block_logs = logs.remove(&this.number).unwrap_or_default();
+            if block_logs.iter().any(|l| l.block_hash != Some(this.hash)) {
+                debug!(target: "m2pool::eth", chain = %self.chain, number = this.number,
+                       "logs came from another fork; reading the range again");
+                return Ok(());
+            }
+            // A wallet the sender tracks from now on is tracked before any
+            // block that can hold its first transaction is read.
+            while let Ok(a) = self.track.try_recv() {
+                self.tracked.insert(a);
+            }
+            let mut transfers = self.token_transfers(&block_logs);
+            let (ether, own) = self.transactions(&block).await?;
+            transfers.extend(ether);
+            self.window.insert(this.number, this);
+            while self.window.len() as u64 > self.keep {
+                self.window.pop_first();
+            }
+            self.health.chain(&self.chain, |c| c.cursor = this.number);
+            self.send(
+                events,
+                ChainEvent::Block {
+                    chain: self.chain.clone(),
+                    block: this,
+                    transfers,
+                    own,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn token_transfers(&self, logs: &[Log]) -> Vec<Transfer> {
+        let mut out = Vec::with_capacity(logs.len());
+        for log in logs {
+            let Some(symbol) = self.tokens.get(&log.address()) else {
+                continue;
+            };
+            let (Some(tx_hash), Some(index)) = (log.transaction_hash, log.log_index) else {
+                continue;
+            };
+            match erc20::Transfer::decode_log_data(log.data()) {
+                Ok(t) => out.push(Transfer {
+                    symbol: symbol.clone(),
+                    tx_hash,
+                    log_index: index as i64,
+                    from: t.from,
+                    to: t.to,
+                    value: t.value,
+                }),
+                Err(e) => {
+                    warn!(target: "m2pool::eth", chain = %self.chain, tx = %tx_hash, log_index = index,
+                          error = %e, "Transfer log does not decode; skipped");
+                }
+            }
+        }
+        out
+    }
+
+    /// Successful plain ether transfers in `block` (value > 0, to an address),
+    /// and every transaction sent from a tracked hot wallet with its receipt.
+    async fn transactions(&self, block: &Block) -> Result<(Vec<Transfer>, Vec<OwnTx>), ScanError> {
+        if block.transactions.is_hashes() && !block.transactions.is_empty() {
+            return Err(ScanError::Incomplete {
+                what: "eth_getBlockByNumber(full)",
+                missing: "the block's transactions",
+            });
+        }
+        let mut ether = Vec::new();
+        let mut own = Vec::new();
+        for tx in block.transactions.txns() {
+            let from = tx.from();
+            if self.tracked.contains(&from) {
+                own.push((from, tx.nonce(), tx.tx_hash()));
+            }
+            let Some(to) = tx.to() else { continue };
+            let value = tx.value();
+            if !value.is_zero() {
+                ether.push(Transfer {
+                    symbol: self.ether.clone(),
+                    tx_hash: tx.tx_hash(),
+                    log_index: -1,
+                    from,
+                    to,
+                    value,
+                });
+            }
+        }
+        if ether.is_empty() && own.is_empty() {
+            return Ok((ether, Vec::new()));
+        }
+        let receipts = self
+            .rpc
+            .get_block_receipts(block.header.hash.into())
+            .await
+            .map_err(node("eth_getBlockReceipts"))?
+            .ok_or(ScanError::Incomplete {
+                what: "eth_getBlockReceipts",
+                missing: "the block's receipts",
+            })?;
+        let by_hash: HashMap<B256, (bool, U256)> = receipts
+            .iter()
+            .map(|r| {
+                let fee = U256::from(r.gas_used()) * U256::from(r.effective_gas_price());
+                (r.transaction_hash(), (r.status(), fee))
+            })
+            .collect();
+        ether.retain(|t| by_hash.get(&t.tx_hash).is_some_and(|(ok, _)| *ok));
+        let own = own
+            .into_iter()
+            .map(|(from, nonce, tx_hash)| {
+                let (success, fee) =
+                    by_hash
+                        .get(&tx_hash)
+                        .copied()
+                        .ok_or(ScanError::Incomplete {
+                            what: "eth_getBlockReceipts",
+                            missing: "a receipt of a hot wallet's transaction",
+                        })?;
+                Ok(OwnTx {
+                    from,
+                    nonce,
+                    tx_hash,
+                    success,
+                    fee,
+                })
+            })
+            .collect::<Result<Vec<_>, ScanError>>()?;
+        Ok((ether, own))
+    }
+
+    /// Checks that the cursor (or, when the node's head is below it, the
+    /// block at the head) is still the node's; if not, the chain was
+    /// reorganised (or rolled back) under us.
+    async fn verify_cursor(
+        &mut self,
+        head: u64,
+        events: &mpsc::Sender<ChainEvent>,
+    ) -> Result<(), ScanError> {
+        let Some(cursor) = self.cursor() else {
+            return Ok(());
+        };
+        let n = cursor.number.min(head);
+        let Some(stored) = self.window.get(&n).copied() else {
+            return Ok(());
+        };
+        if self.header(n).await?.map(|b| b.hash) != Some(stored.hash) {
+            return self.reorg(events).await;
+        }
+        Ok(())
+    }
+
+    /// Finds the highest block of the window the node still has and reports it
+    /// as the fork point.
+    async fn reorg(&mut self, events: &mpsc::Sender<ChainEvent>) -> Result<(), ScanError> {
+        let tip = self.cursor().map(|b| b.number).unwrap_or_default();
+        let mut fork = None;
+        for (&n, stored) in self.window.iter().rev() {
+            if self.header(n).await?.map(|b| b.hash) == Some(stored.hash) {
+                fork = Some(*stored);
+                break;
+            }
+        }
+        let fork = match fork {
+            Some(f) => f,
+            None => {
+                // Deeper than the window: trust the node from below the window.
+                let lowest = self
+                    .window
+                    .first_key_value()
+                    .map(|(n, _)| *n)
+                    .unwrap_or(tip);
+                let number = lowest.saturating_sub(1);
+                let anchor = self.header(number).await?.ok_or(ScanError::Incomplete {
+                    what: "eth_getBlockByNumber",
+                    missing: "a block below the reorganisation",
+                })?;
+                error!(target: "m2pool::eth", chain = %self.chain, tip, window_from = lowest,
+                       "reorganisation deeper than the verified window; rescanning from below it");
+                anchor
+            }
+        };
+        warn!(target: "m2pool::eth", chain = %self.chain, fork = fork.number,
+              depth = tip.saturating_sub(fork.number), "chain reorganisation");
+        self.window.retain(|&n, _| n < fork.number);
+        self.window.insert(fork.number, fork);
+        self.send(
+            events,
+            ChainEvent::Reorg {
+                chain: self.chain.clone(),
+                fork,
+            },
+        )
+        .await
+    }
+}

@@ -1,0 +1,498 @@
+//! The nonce actor: one task per sending wallet, the only owner of that
+//! wallet's next nonce and of what its in-flight payouts reserve.
+//!
+//! Per batch of payouts: read the wallet's balances and nonce at one block,
+//! claim the payouts (a claimed payout can no longer be cancelled, and holds no
+//! nonce yet), check each against what is left after in-flight reservations,
+//! sign with consecutive nonces, store the signed bytes (before
+//! any broadcast: DESIGN §3), broadcast them in nonce order, and record the
+//! accepted ones as sent with their `status=2`. A payout the wallet cannot
+//! cover goes to the collection wallet's actor; one nobody can pay, or whose
+//! payer lacks gas, is refused with a plain-words error.
+
+use super::sign::{self, Draft, NodeError, View};
+use super::{ActorMsg, Job, SenderDeps};
+use crate::backoff::{Backoff, sleep_or_shutdown};
+use crate::chain::eth::endpoints::Endpoints;
+use crate::msg::{Status, addr_hex, amount::format_units};
+use crate::reply;
+use crate::store::{Payout, PayoutState, SignedTx, StoreError};
+use crate::wallet::WalletError;
+use alloy::network::Ethereum;
+use alloy::primitives::{Address, U256};
+use alloy::providers::RootProvider;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// Payouts signed per batch.
+const BATCH: usize = 512;
+
+/// What an in-flight payout holds back from its wallet's balance.
+#[derive(Debug, Clone)]
+pub(super) struct Reservation {
+    symbol: String,
+    amount: U256,
+    /// Wei: gas at the signed max fee, plus the value of an ether payout.
+    ether: U256,
+}
+
+/// A nonce actor failure: only the message store failing stops it.
+#[derive(Debug, thiserror::Error)]
+pub(in crate::chain) enum ActorError {
+    /// The message store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub(super) struct Actor {
+    pub wallet: Address,
+    pub deps: Arc<SenderDeps>,
+    pub endpoints: Endpoints,
+    pub chain_id: u64,
+    /// The collection wallet's actor, for payouts this wallet cannot cover.
+    pub collection: Option<(Address, mpsc::Sender<ActorMsg>)>,
+    next_nonce: Option<u64>,
+    pub(super) inflight: BTreeMap<u64, Reservation>,
+}
+
+pub(super) fn reservation(p: &Payout, tx: &SignedTx) -> Reservation {
+    let gas = U256::from(tx.gas_limit) * U256::from(tx.max_fee_per_gas);
+    Reservation {
+        symbol: p.symbol.clone(),
+        amount: p.amount,
+        ether: if p.symbol == "ETH" {
+            gas + p.amount
+        } else {
+            gas
+        },
+    }
+}
+
+impl Actor {
+    pub fn new(
+        wallet: Address,
+        deps: Arc<SenderDeps>,
+        endpoints: Endpoints,
+        chain_id: u64,
+        collection: Option<(Address, mpsc::Sender<ActorMsg>)>,
+    ) -> Self {
+        Self {
+            wallet,
+            deps,
+            endpoints,
+            chain_id,
+            collection,
+            next_nonce: None,
+            inflight: BTreeMap::new(),
+        }
+    }
+
+    /// Takes batches of payouts (and replacements of stuck ones) until the
+    /// channel closes or `shutdown`.
+    pub async fn run(
+        mut self,
+        mut jobs: mpsc::Receiver<ActorMsg>,
+        shutdown: CancellationToken,
+    ) -> Result<(), ActorError> {
+        // Tracked before anything is signed, so the watcher reports our transactions.
+        let _ = self.deps.track.send(self.wallet).await;
+        for (p, tx) in self
+            .deps
+            .store
+            .in_flight(&self.deps.chain, self.wallet)
+            .await?
+        {
+            if let Some(n) = p.nonce {
+                self.inflight.insert(n, reservation(&p, &tx));
+            }
+        }
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            let n = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                n = jobs.recv_many(&mut batch, BATCH) => n,
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            let mut pays = Vec::with_capacity(n);
+            let mut replacements = Vec::new();
+            for msg in batch.drain(..) {
+                match msg {
+                    ActorMsg::Pay(job) => pays.push(job),
+                    ActorMsg::Replace { payout, tx } => replacements.push((payout, tx)),
+                }
+            }
+            if !pays.is_empty() {
+                self.process(pays, &shutdown).await?;
+            }
+            for (payout, tx) in replacements {
+                self.replace(payout, tx, &shutdown).await?;
+            }
+        }
+    }
+
+    /// Retries `f` on the current node endpoint until it succeeds, moving to
+    /// the next endpoint every third failure; `None` on shutdown.
+    pub(super) async fn patiently<T, F, Fut>(
+        &self,
+        what: &str,
+        shutdown: &CancellationToken,
+        mut f: F,
+    ) -> Option<T>
+    where
+        F: FnMut(RootProvider<Ethereum>) -> Fut,
+        Fut: Future<Output = Result<T, NodeError>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+        loop {
+            let (index, error) = match self.endpoints.get().await {
+                Ok((index, rpc)) => match f(rpc).await {
+                    Ok(v) => return Some(v),
+                    Err(e) => (Some(index), e.to_string()),
+                },
+                Err(e) => (None, e.to_string()),
+            };
+            let (delay, attempt) = backoff.next_delay();
+            warn!(target: "m2pool::payout", wallet = %addr_hex(&self.wallet), attempt, error = %error, what,
+                  "node request failed; retrying");
+            if let Some(i) = index
+                && attempt % 3 == 0
+            {
+                self.endpoints.failed(i);
+            }
+            if sleep_or_shutdown(delay, shutdown).await {
+                return None;
+            }
+        }
+    }
+
+    async fn process(
+        &mut self,
+        jobs: Vec<Job>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ActorError> {
+        // 1. Balances and nonce at one block, and fees. While the node cannot
+        // be reached the payouts stay queued, so they can still be cancelled.
+        let mut symbols: Vec<(String, Address)> = Vec::new();
+        for j in &jobs {
+            if let Some(t) = self.deps.cfg.token(&j.payout.symbol)
+                && !symbols.iter().any(|(s, _)| *s == t.symbol)
+            {
+                symbols.push((t.symbol.clone(), t.contract));
+            }
+        }
+        let wallet = self.wallet;
+        let Some(view) = self
+            .patiently("balances", shutdown, |rpc| {
+                sign::view(rpc, wallet, &symbols)
+            })
+            .await
+        else {
+            return Ok(());
+        };
+        let ceiling = self.deps.cfg.payout.max_fee_per_gas;
+        let Some(fees) = self
+            .patiently("fees", shutdown, |rpc| sign::fees(rpc, ceiling))
+            .await
+        else {
+            return Ok(());
+        };
+        if self.next_nonce.is_none() {
+            let Some(pending) = self
+                .patiently("nonce", shutdown, |rpc| sign::pending_nonce(rpc, wallet))
+                .await
+            else {
+                return Ok(());
+            };
+            let stored = self.deps.store.max_nonce(&self.deps.chain, wallet).await?;
+            self.next_nonce = Some(stored.map_or(pending, |n| pending.max(n + 1)));
+        }
+        self.inflight.retain(|n, _| *n >= view.nonce);
+
+        // 2. Claim: from here on a remove can no longer cancel them.
+        let mut tx = self.deps.store.begin().await?;
+        let mut claimed = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if job.claimed
+                || tx
+                    .move_payout(
+                        job.payout.id,
+                        PayoutState::Queued,
+                        PayoutState::Claimed,
+                        None,
+                    )
+                    .await?
+            {
+                claimed.push(job);
+            }
+        }
+        tx.commit().await?;
+        if claimed.is_empty() {
+            return Ok(());
+        }
+
+        // 3. The key, decrypted for this batch only.
+        let signer = loop {
+            match self
+                .deps
+                .wallets
+                .signer(&self.deps.kek, &self.deps.chain, self.wallet)
+                .await
+            {
+                Ok(Some(s)) => break s,
+                Ok(None) => {
+                    let e = format!("this gateway holds no key for {}", addr_hex(&self.wallet));
+                    return self.refuse_all(claimed, &e).await;
+                }
+                Err(e @ (WalletError::Crypto(_) | WalletError::Corrupt { .. })) => {
+                    error!(target: "m2pool::payout", wallet = %addr_hex(&self.wallet), error = %e, "wallet key unusable");
+                    let e = format!("the key of {} cannot be used: {e}", addr_hex(&self.wallet));
+                    return self.refuse_all(claimed, &e).await;
+                }
+                Err(e) => {
+                    warn!(target: "m2pool::payout", error = %e, "wallet store unavailable; retrying");
+                    if sleep_or_shutdown(Duration::from_secs(1), shutdown).await {
+                        return Ok(());
+                    }
+                }
+            }
+        };
+
+        // 4. Decide and sign each, in order.
+        let mut signed: Vec<(Job, u64, SignedTx)> = Vec::new();
+        let mut refused: Vec<(Job, String)> = Vec::new();
+        let mut forward: Vec<Job> = Vec::new();
+        for job in claimed {
+            match self.check(&job, &view, fees, shutdown).await {
+                Check::Pay(draft) => {
+                    let nonce = self.next_nonce.unwrap_or(view.nonce);
+                    match sign::sign(&signer, self.chain_id, &job.payout, nonce, draft, fees) {
+                        Ok(stx) => {
+                            self.inflight.insert(nonce, reservation(&job.payout, &stx));
+                            self.next_nonce = Some(nonce + 1);
+                            signed.push((job, nonce, stx));
+                        }
+                        Err(e) => refused.push((job, format!("signing failed: {e}"))),
+                    }
+                }
+                Check::Forward(note) => {
+                    let mut job = job;
+                    job.shortfall = Some(note);
+                    job.claimed = true;
+                    forward.push(job);
+                }
+                Check::Refuse(e) => refused.push((job, e)),
+                Check::Shutdown => return Ok(()),
+            }
+        }
+        drop(signer);
+
+        // 5. Store signed bytes and refusals before anything leaves.
+        let mut tx = self.deps.store.begin().await?;
+        let mut stored: Vec<(i64, SignedTx)> = Vec::with_capacity(signed.len());
+        for (job, nonce, stx) in signed {
+            if tx.mark_signed(self.wallet, nonce, &stx).await? {
+                info!(target: "m2pool::payout", id = job.payout.id, queue_id = %job.payout.queue_id,
+                      order_id = %job.payout.order_id, payer = %addr_hex(&self.wallet), nonce,
+                      tx = %format!("{:#x}", stx.tx_hash), "payout signed");
+                stored.push((job.payout.id, stx));
+            }
+        }
+        let mut replies = 0;
+        for (job, e) in &refused {
+            replies += self.refuse(&mut tx, &job.payout, e).await?;
+        }
+        tx.commit().await?;
+        if replies > 0 {
+            self.deps.outbox.notify_one();
+        }
+        if std::env::var("M2POOL_FAILPOINT").as_deref() == Ok("after_sign") && !stored.is_empty() {
+            // Test-only: die between storing the signed bytes and the broadcast.
+            error!(target: "m2pool::payout", "fail point after_sign: aborting");
+            std::process::abort();
+        }
+
+        // 6. Broadcast in nonce order; record what the node accepted.
+        let refs: Vec<&SignedTx> = stored.iter().map(|(_, s)| s).collect();
+        let results = sign::broadcast(&self.endpoints, &refs).await;
+        let accepted: Vec<i64> = stored
+            .iter()
+            .zip(&results)
+            .filter_map(|((id, stx), r)| match r {
+                Ok(()) => Some(*id),
+                Err(e) => {
+                    warn!(target: "m2pool::payout", id, tx = %format!("{:#x}", stx.tx_hash), error = %e,
+                          "broadcast not accepted; it will be sent again, same bytes");
+                    None
+                }
+            })
+            .collect();
+        super::announce(&self.deps, &accepted).await?;
+
+        // 7. What this wallet cannot cover goes to the collection wallet.
+        if let Some((_, to)) = &self.collection {
+            for job in forward {
+                if to.send(ActorMsg::Pay(job)).await.is_err() {
+                    warn!(target: "m2pool::payout", "collection wallet's actor is gone");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn check(
+        &self,
+        job: &Job,
+        view: &View,
+        fees: (u128, u128),
+        shutdown: &CancellationToken,
+    ) -> Check {
+        let p = &job.payout;
+        let reserved = |symbol: &str| -> U256 {
+            self.inflight
+                .values()
+                .filter(|r| r.symbol == symbol)
+                .map(|r| r.amount)
+                .fold(U256::ZERO, |a, b| a.saturating_add(b))
+        };
+        let reserved_ether = self
+            .inflight
+            .values()
+            .map(|r| r.ether)
+            .fold(U256::ZERO, |a, b| a.saturating_add(b));
+        let decimals = self.deps.decimals(&p.symbol);
+        let is_ether = p.symbol == "ETH";
+        let holds = if is_ether {
+            view.ether.saturating_sub(reserved_ether)
+        } else {
+            view.tokens
+                .get(&p.symbol)
+                .copied()
+                .unwrap_or_default()
+                .saturating_sub(reserved(&p.symbol))
+        };
+        let amount_text = format!("{} {}", format_units(p.amount, decimals), p.symbol);
+        let holds_text = format!(
+            "{} holds {} {}",
+            addr_hex(&self.wallet),
+            format_units(holds, decimals),
+            p.symbol
+        );
+        if holds < p.amount {
+            let may_forward = p.from == self.wallet
+                && self
+                    .collection
+                    .as_ref()
+                    .is_some_and(|(c, _)| *c != self.wallet);
+            if may_forward {
+                return Check::Forward(holds_text);
+            }
+            let e = match (&job.shortfall, &self.collection) {
+                (Some(first), _) => format!(
+                    "neither {first} nor the collection wallet ({holds_text}) can pay {amount_text}"
+                ),
+                (None, None) => format!(
+                    "{holds_text}, not enough for {amount_text}, and no collection wallet is configured"
+                ),
+                (None, Some(_)) => format!("{holds_text}, not enough for {amount_text}"),
+            };
+            return Check::Refuse(e);
+        }
+        let gas_limit = if is_ether {
+            let (from, to, value, plain) = (
+                self.wallet,
+                p.to,
+                p.amount,
+                self.deps.cfg.payout.gas_limit_eth,
+            );
+            match self
+                .patiently("gas estimate", shutdown, |rpc| {
+                    sign::ether_gas_limit(rpc, from, to, value, plain)
+                })
+                .await
+            {
+                Some(g) => g,
+                None => return Check::Shutdown,
+            }
+        } else {
+            self.deps.cfg.payout.gas_limit_token
+        };
+        let gas = U256::from(gas_limit) * U256::from(fees.0);
+        let need = if is_ether { gas + p.amount } else { gas };
+        let ether_left = view.ether.saturating_sub(reserved_ether);
+        if ether_left < need {
+            return Check::Refuse(format!(
+                "{} has {} ETH free, not enough for gas ({} ETH at {} gwei × {gas_limit}{})",
+                addr_hex(&self.wallet),
+                format_units(ether_left, 18),
+                format_units(gas, 18),
+                format_units(U256::from(fees.0), 9),
+                if is_ether { " plus the amount" } else { "" },
+            ));
+        }
+        match self.deps.cfg.token(&p.symbol) {
+            Some(t) => Check::Pay(Draft::token(t.contract, p.to, p.amount, gas_limit)),
+            None if is_ether => Check::Pay(Draft::ether(p.to, p.amount, gas_limit)),
+            None => Check::Refuse(format!("symbol {} is no longer configured", p.symbol)),
+        }
+    }
+
+    async fn refuse_all(&self, jobs: Vec<Job>, error: &str) -> Result<(), ActorError> {
+        let mut tx = self.deps.store.begin().await?;
+        let mut replies = 0;
+        for job in &jobs {
+            replies += self.refuse(&mut tx, &job.payout, error).await?;
+        }
+        tx.commit().await?;
+        if replies > 0 {
+            self.deps.outbox.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn refuse(
+        &self,
+        tx: &mut crate::store::StoreTx,
+        p: &Payout,
+        error: &str,
+    ) -> Result<usize, ActorError> {
+        if !tx
+            .move_payout(
+                p.id,
+                PayoutState::Claimed,
+                PayoutState::Refused,
+                Some(error),
+            )
+            .await?
+        {
+            return Ok(0);
+        }
+        warn!(target: "m2pool::payout", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id, error,
+              "payout refused");
+        let reply = reply::payout(
+            p,
+            Status::Failed,
+            Some(error.to_owned()),
+            self.deps.decimals(&p.symbol),
+        );
+        tx.push_outbox(reply.kind, &reply.body).await?;
+        Ok(1)
+    }
+}
+
+/// What to do with one payout.
+enum Check {
+    /// Sign this.
+    Pay(Draft),
+    /// Ask the collection wallet; the note says what this wallet holds.
+    Forward(String),
+    /// Refuse with this error.
+    Refuse(String),
+    /// Shutting down.
+    Shutdown,
+}

@@ -1,0 +1,126 @@
+//! Replacing a stuck payout: the same nonce, the same transfer, both fee
+//! fields raised by at least 12.5% (what nodes require of a replacement) up to
+//! the fee ceiling. Every transaction signed for a payout stays known, and the
+//! first of them that is mined and confirmed is the payout's answer.
+
+use super::actor::{Actor, ActorError, reservation};
+use super::sign::{self, Draft};
+use crate::msg::hash_hex;
+use crate::store::{Payout, SignedTx};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// `v` raised by 12.5%, rounded up.
+fn bumped(v: u128) -> u128 {
+    v.saturating_add(v.div_ceil(8)).max(v.saturating_add(1))
+}
+
+/// The fees of a replacement for a transaction signed with `old`, given the
+/// node's estimate and the ceiling; `None` when the ceiling leaves no room.
+pub(super) fn replacement_fees(
+    old: (u128, u128),
+    estimate: (u128, u128),
+    ceiling: u128,
+) -> Option<(u128, u128)> {
+    let (min_max, min_prio) = (bumped(old.0), bumped(old.1));
+    let max_fee = min_max.max(estimate.0).min(ceiling);
+    let priority = min_prio.max(estimate.1).min(max_fee);
+    (max_fee >= min_max && priority >= min_prio).then_some((max_fee, priority))
+}
+
+impl Actor {
+    /// Replaces payout `p`'s current transaction `old` if it is still current.
+    pub(super) async fn replace(
+        &mut self,
+        p: Payout,
+        old: SignedTx,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ActorError> {
+        let Some(nonce) = p.nonce else { return Ok(()) };
+        let ceiling = self.deps.cfg.payout.max_fee_per_gas;
+        let Some(estimate) = self
+            .patiently("fees", shutdown, |rpc| sign::fees(rpc, ceiling))
+            .await
+        else {
+            return Ok(());
+        };
+        let Some(fees) =
+            replacement_fees((old.max_fee_per_gas, old.priority_fee), estimate, ceiling)
+        else {
+            warn!(target: "m2pool::payout", id = p.id, tx = %hash_hex(&old.tx_hash), ceiling,
+                  "stuck payout is at the fee ceiling; it is broadcast again as it is");
+            return Ok(());
+        };
+        let draft = match self.deps.cfg.token(&p.symbol) {
+            Some(t) => Draft::token(t.contract, p.to, p.amount, old.gas_limit),
+            None => Draft::ether(p.to, p.amount, old.gas_limit),
+        };
+        let signer = match self
+            .deps
+            .wallets
+            .signer(&self.deps.kek, &self.deps.chain, self.wallet)
+            .await
+        {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                warn!(target: "m2pool::payout", id = p.id, error = %e, "cannot sign a replacement now");
+                return Ok(());
+            }
+        };
+        let new = match sign::sign(&signer, self.chain_id, &p, nonce, draft, fees) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(target: "m2pool::payout", id = p.id, error = %e, "signing a replacement failed");
+                return Ok(());
+            }
+        };
+        drop(signer);
+        let mut tx = self.deps.store.begin().await?;
+        let current = tx.replace_tx(old.tx_hash, &new).await?;
+        tx.commit().await?;
+        if !current {
+            // Mined, or replaced already, in the meantime.
+            return Ok(());
+        }
+        self.inflight.insert(nonce, reservation(&p, &new));
+        info!(target: "m2pool::payout", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id, nonce,
+              old = %hash_hex(&old.tx_hash), new = %hash_hex(&new.tx_hash),
+              max_fee_per_gas = fees.0, priority_fee = fees.1, "stuck payout replaced");
+        if sign::broadcast(&self.endpoints, &[&new])
+            .await
+            .first()
+            .is_some_and(|r| r.is_ok())
+        {
+            super::announce(&self.deps, &[p.id]).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacements_raise_both_fees_by_an_eighth_within_the_ceiling() {
+        // The estimate is lower: the bump decides.
+        assert_eq!(
+            replacement_fees((800, 80), (100, 10), 10_000),
+            Some((900, 90))
+        );
+        // The estimate is higher: it decides.
+        assert_eq!(
+            replacement_fees((800, 80), (5_000, 500), 10_000),
+            Some((5_000, 500))
+        );
+        // Rounding up: 12.5% of 1 is still 1.
+        assert_eq!(replacement_fees((1, 1), (0, 0), 100), Some((2, 2)));
+        // The ceiling caps the estimate but never goes below the bump.
+        assert_eq!(
+            replacement_fees((800, 80), (5_000, 500), 1_000),
+            Some((1_000, 500))
+        );
+        assert_eq!(replacement_fees((950, 80), (100, 10), 1_000), None);
+    }
+}

@@ -1,0 +1,263 @@
+//! Building and signing payout transactions (EIP-1559), reading a wallet's
+//! balances and nonce at one block, and broadcasting signed bytes.
+
+use crate::chain::eth::endpoints::Endpoints;
+use crate::store::{Payout, SignedTx};
+use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+use alloy::eips::eip2718::Encodable2718;
+use alloy::network::{Ethereum, TxSignerSync};
+use alloy::primitives::{Address, B256, Bytes, TxKind, U256};
+use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::types::TransactionRequest;
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::SolCall;
+use alloy::transports::{RpcError, TransportErrorKind};
+use std::collections::HashMap;
+
+mod erc20 {
+    alloy::sol! {
+        function transfer(address to, uint256 value);
+        function balanceOf(address owner) returns (uint256);
+    }
+}
+
+/// A node error, with what was asked.
+#[derive(Debug, thiserror::Error)]
+#[error("node request {what} failed: {source}")]
+pub(super) struct NodeError {
+    /// What was asked.
+    pub what: &'static str,
+    /// Transport or RPC error.
+    pub source: RpcError<TransportErrorKind>,
+}
+
+fn node(what: &'static str) -> impl FnOnce(RpcError<TransportErrorKind>) -> NodeError {
+    move |source| NodeError { what, source }
+}
+
+/// A wallet's balances and confirmed nonce, all read at one block.
+#[derive(Debug, Clone)]
+pub(super) struct View {
+    /// Ether, wei.
+    pub ether: U256,
+    /// Token balances by symbol, base units.
+    pub tokens: HashMap<String, U256>,
+    /// Transactions of the wallet included up to that block.
+    pub nonce: u64,
+}
+
+/// Reads `wallet`'s ether, the `tokens` it needs (symbol, contract) and its
+/// nonce at the node's current head.
+pub(super) async fn view(
+    rpc: RootProvider<Ethereum>,
+    wallet: Address,
+    tokens: &[(String, Address)],
+) -> Result<View, NodeError> {
+    let block = rpc
+        .get_block_number()
+        .await
+        .map_err(node("eth_blockNumber"))?;
+    let ether = rpc
+        .get_balance(wallet)
+        .number(block)
+        .await
+        .map_err(node("eth_getBalance"))?;
+    let nonce = rpc
+        .get_transaction_count(wallet)
+        .number(block)
+        .await
+        .map_err(node("eth_getTransactionCount"))?;
+    let mut balances = HashMap::with_capacity(tokens.len());
+    for (symbol, contract) in tokens {
+        let input = erc20::balanceOfCall { owner: wallet }.abi_encode();
+        let out = rpc
+            .call(
+                TransactionRequest::default()
+                    .to(*contract)
+                    .input(input.into()),
+            )
+            .block(block.into())
+            .await
+            .map_err(node("eth_call balanceOf"))?;
+        let bal = erc20::balanceOfCall::abi_decode_returns(&out).unwrap_or_default();
+        balances.insert(symbol.clone(), bal);
+    }
+    Ok(View {
+        ether,
+        tokens: balances,
+        nonce,
+    })
+}
+
+/// The next nonce the node would give `wallet` (pending transactions counted).
+pub(super) async fn pending_nonce(
+    rpc: RootProvider<Ethereum>,
+    wallet: Address,
+) -> Result<u64, NodeError> {
+    rpc.get_transaction_count(wallet)
+        .pending()
+        .await
+        .map_err(node("eth_getTransactionCount(pending)"))
+}
+
+/// EIP-1559 fees from the node, capped by `ceiling` (wei).
+pub(super) async fn fees(
+    rpc: RootProvider<Ethereum>,
+    ceiling: u128,
+) -> Result<(u128, u128), NodeError> {
+    let est = rpc
+        .estimate_eip1559_fees()
+        .await
+        .map_err(node("eth_feeHistory"))?;
+    let max_fee = est.max_fee_per_gas.min(ceiling);
+    let priority = est.max_priority_fee_per_gas.min(max_fee);
+    Ok((max_fee, priority))
+}
+
+/// The gas limit of an ether payout to `to`: the configured one for an account
+/// without code, an estimate with 20% headroom for a contract.
+pub(super) async fn ether_gas_limit(
+    rpc: RootProvider<Ethereum>,
+    from: Address,
+    to: Address,
+    value: U256,
+    plain: u64,
+) -> Result<u64, NodeError> {
+    let code = rpc.get_code_at(to).await.map_err(node("eth_getCode"))?;
+    if code.is_empty() {
+        return Ok(plain);
+    }
+    let est = rpc
+        .estimate_gas(TransactionRequest::default().from(from).to(to).value(value))
+        .await
+        .map_err(node("eth_estimateGas"))?;
+    Ok(est.saturating_mul(12) / 10)
+}
+
+/// What a payout transaction carries.
+pub(super) struct Draft {
+    /// Call target: the recipient for ether, the token contract otherwise.
+    pub to: Address,
+    /// Wei sent.
+    pub value: U256,
+    /// Call data.
+    pub input: Bytes,
+    /// Gas limit.
+    pub gas_limit: u64,
+}
+
+impl Draft {
+    /// A token transfer of `amount` to `recipient` on `contract`.
+    pub fn token(contract: Address, recipient: Address, amount: U256, gas_limit: u64) -> Self {
+        Self {
+            to: contract,
+            value: U256::ZERO,
+            input: erc20::transferCall {
+                to: recipient,
+                value: amount,
+            }
+            .abi_encode()
+            .into(),
+            gas_limit,
+        }
+    }
+
+    /// An ether transfer.
+    pub fn ether(recipient: Address, amount: U256, gas_limit: u64) -> Self {
+        Self {
+            to: recipient,
+            value: amount,
+            input: Bytes::new(),
+            gas_limit,
+        }
+    }
+}
+
+/// Signs `draft` for payout `p` with `nonce` and the given fees.
+pub(super) fn sign(
+    signer: &PrivateKeySigner,
+    chain_id: u64,
+    p: &Payout,
+    nonce: u64,
+    draft: Draft,
+    (max_fee, priority): (u128, u128),
+) -> Result<SignedTx, alloy::signers::Error> {
+    let mut tx = TxEip1559 {
+        chain_id,
+        nonce,
+        gas_limit: draft.gas_limit,
+        max_fee_per_gas: max_fee,
+        max_priority_fee_per_gas: priority,
+        to: TxKind::Call(draft.to),
+        value: draft.value,
+        access_list: Default::default(),
+        input: draft.input,
+    };
+    let sig = signer.sign_transaction_sync(&mut tx)?;
+    let envelope: TxEnvelope = tx.into_signed(sig).into();
+    Ok(SignedTx {
+        payout_id: p.id,
+        tx_hash: *envelope.tx_hash(),
+        raw: envelope.encoded_2718(),
+        gas_limit: draft.gas_limit,
+        max_fee_per_gas: max_fee,
+        priority_fee: priority,
+        signed_at: crate::store::now_ms(),
+    })
+}
+
+/// Broadcasts `txs` in order in one JSON-RPC batch; for each, whether the node
+/// has it now ("already known", or "nonce too low" for a transaction the node
+/// can find, count as accepted).
+pub(super) async fn broadcast(endpoints: &Endpoints, txs: &[&SignedTx]) -> Vec<Result<(), String>> {
+    if txs.is_empty() {
+        return Vec::new();
+    }
+    let rpc = match endpoints.get().await {
+        Ok((_, rpc)) => rpc,
+        Err(e) => return txs.iter().map(|_| Err(e.to_string())).collect(),
+    };
+    let rpc = &rpc;
+    let mut batch = alloy::rpc::client::BatchRequest::new(rpc.client());
+    let mut waiters = Vec::with_capacity(txs.len());
+    for tx in txs {
+        let params = (Bytes::copy_from_slice(&tx.raw),);
+        waiters.push(batch.add_call::<_, B256>("eth_sendRawTransaction", &params));
+    }
+    if let Err(e) = batch.send().await {
+        return txs
+            .iter()
+            .map(|_| Err(format!("batch send failed: {e}")))
+            .collect();
+    }
+    let mut out = Vec::with_capacity(txs.len());
+    for (tx, waiter) in txs.iter().zip(waiters) {
+        let result = match waiter {
+            Err(e) => Err(e.to_string()),
+            Ok(w) => match w.await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let text = e.to_string();
+                    let lower = text.to_ascii_lowercase();
+                    if lower.contains("already known")
+                        || lower.contains("known transaction")
+                        || lower.contains("alreadyknown")
+                    {
+                        Ok(())
+                    } else if lower.contains("nonce too low") || lower.contains("nonce is too low")
+                    {
+                        // Ours, already in or through the pool? Then it is accepted.
+                        match rpc.get_transaction_by_hash(tx.tx_hash).await {
+                            Ok(Some(_)) => Ok(()),
+                            _ => Err(text),
+                        }
+                    } else {
+                        Err(text)
+                    }
+                }
+            },
+        };
+        out.push(result);
+    }
+    out
+}

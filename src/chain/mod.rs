@@ -1,0 +1,156 @@
+//! Chains: what the daemon reads from (and, later, sends to) a blockchain.
+//!
+//! A chain implementation follows its node from a persisted block cursor and
+//! reports, in order, every verified block with the transfers in it and every
+//! reorganisation, as [`ChainEvent`]s to the listen task. It decides nothing
+//! about money: matching transfers against watched addresses, deposit state and
+//! responses all happen in listen, in one transaction with the cursor.
+//!
+//! [`Chain`] is the seam for more chains: the config's `net` list picks which
+//! run; `ETH` ([`eth`]) is the one implementation today.
+
+pub mod eth;
+
+use crate::config::Config;
+use crate::store::{BlockRef, Store, StoreError};
+use crate::wallet::{Kek, WalletStore};
+use alloy::primitives::{Address, B256, U256};
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A transfer found in a verified block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// Symbol of what moved (`ETH` for native ether).
+    pub symbol: Arc<str>,
+    /// Transaction hash.
+    pub tx_hash: B256,
+    /// Log index of the Transfer event; `-1` for native ether.
+    pub log_index: i64,
+    /// Sender.
+    pub from: Address,
+    /// Recipient.
+    pub to: Address,
+    /// Base units.
+    pub value: U256,
+}
+
+/// A transaction sent from one of the daemon's hot wallets, found in a
+/// verified block: how payouts learn they were mined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnTx {
+    /// The hot wallet.
+    pub from: Address,
+    /// Its nonce.
+    pub nonce: u64,
+    /// Transaction hash.
+    pub tx_hash: B256,
+    /// Receipt status.
+    pub success: bool,
+    /// Gas paid, in wei (gas used × effective gas price).
+    pub fee: U256,
+}
+
+/// What a chain reports to listen, in order.
+#[derive(Debug, Clone)]
+pub enum ChainEvent {
+    /// The next canonical block (its parent is the previous cursor), with every
+    /// transfer of a known asset in it; it becomes the new cursor.
+    Block {
+        /// Chain name.
+        chain: Arc<str>,
+        /// The block.
+        block: BlockRef,
+        /// Transfers in it (successful transactions only).
+        transfers: Vec<Transfer>,
+        /// Transactions in it sent from tracked hot wallets.
+        own: Vec<OwnTx>,
+    },
+    /// Blocks above `fork` left the canonical chain; `fork` is the new cursor.
+    Reorg {
+        /// Chain name.
+        chain: Arc<str>,
+        /// Highest block that is still canonical.
+        fork: BlockRef,
+    },
+}
+
+/// A chain failure that stops the chain's task.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The node serves another chain than the config says.
+    #[error("{chain}: the node at {url} is on chain id {got}, the config expects {expected}")]
+    WrongChain {
+        /// Chain name.
+        chain: String,
+        /// RPC URL asked.
+        url: String,
+        /// `eth_config.chain_id`.
+        expected: u64,
+        /// What the node said.
+        got: u64,
+    },
+    /// Reading the cursor failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The listen task is gone.
+    #[error("{chain}: the listen task stopped taking chain events")]
+    Closed {
+        /// Chain name.
+        chain: String,
+    },
+    /// The payout sender failed.
+    #[error("{chain}: payouts: {source}")]
+    Sender {
+        /// Chain name.
+        chain: String,
+        /// What failed.
+        source: eth::SenderError,
+    },
+}
+
+/// A chain the daemon runs.
+pub trait Chain: Send {
+    /// Its name in requests and the config's `net` list (`ETH`).
+    fn name(&self) -> &str;
+
+    /// Follows the node until `shutdown`, sending events to listen. Transient
+    /// node failures are retried without limit; an error return is fatal.
+    fn run(
+        self: Box<Self>,
+        events: mpsc::Sender<ChainEvent>,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'static, Result<(), ChainError>>;
+}
+
+/// Builds the chain named `net` (one of [`crate::config::SUPPORTED_NETS`]).
+pub async fn build(
+    net: &str,
+    config: &Config,
+    ctx: ChainContext,
+) -> Result<Box<dyn Chain>, ChainError> {
+    // Config validation admits only supported names, and ETH is the only one.
+    Ok(Box::new(eth::EthChain::new(net, &config.eth, ctx).await?))
+}
+
+/// What a chain shares with the rest of the daemon.
+#[derive(Debug, Clone)]
+pub struct ChainContext {
+    /// The message store.
+    pub store: Store,
+    /// The wallet store (keys of the hot wallets).
+    pub wallets: WalletStore,
+    /// Decrypts the hot wallets' keys.
+    pub kek: Kek,
+    /// Woken by listen when payouts of this chain are queued or unmined.
+    pub payout_wake: Arc<Notify>,
+    /// Wakes the outbox relay.
+    pub outbox_wake: Arc<Notify>,
+    /// Where the chain reports its condition.
+    pub health: crate::health::Health,
+    /// Payout latencies.
+    pub metrics: crate::metrics::SharedMetrics,
+}

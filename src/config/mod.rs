@@ -1,0 +1,644 @@
+//! Configuration: the Go version's `config.json`, loaded unchanged, plus optional
+//! new settings with defaults.
+//!
+//! Loading is two steps. serde reads the file into the raw structs of [`raw`]
+//! (with `serde_path_to_error`, so a type error names its key, e.g.
+//! `eth_config.confirm_height`); then [`Config::from_raw`] fills defaults and
+//! checks every value, naming the key of the first one that is wrong. The result
+//! is a fully validated [`Config`]: the rest of the daemon never re-checks it.
+
+mod raw;
+
+use crate::msg::parse_address;
+use crate::secret::Secret;
+use alloy::primitives::Address;
+use raw::{RawConfig, RawMysql, RawQueue};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Mainnet USDT (TetherToken), the default token table's only entry.
+pub const MAINNET_USDT: &str = "0xdAC17F958D2ee523a2206206994597C13D831ec7";
+
+/// The chains this build can run (the config's `net` list picks among them).
+pub const SUPPORTED_NETS: &[&str] = &["ETH"];
+
+/// What went wrong while loading a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not JSON of the expected shape.
+    #[error("config key `{key}`: {message}")]
+    Parse {
+        /// Dotted path of the key where parsing stopped (`.` for the top level).
+        key: String,
+        /// What serde said.
+        message: String,
+    },
+    /// A value is present but unusable.
+    #[error("config key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted path of the offending key.
+        key: String,
+        /// Plain-words reason.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Chains to run, from `net` (default `["ETH"]`).
+    pub nets: Vec<String>,
+    /// RabbitMQ connection and topology.
+    pub rmq: RmqConfig,
+    /// SQLite file of the message store (inbox, outbox, watches, deposits,
+    /// block cursor): `msg_config.sqlite_path`, default `./msg.db`.
+    pub msg_store: PathBuf,
+    /// Where the wallets and their ledger live.
+    pub wallet_store: WalletStore,
+    /// Ethereum node and tokens.
+    pub eth: EthConfig,
+    /// Logs.
+    pub log: LogConfig,
+    /// Health and metrics endpoint (`http_config.listen`, e.g.
+    /// `127.0.0.1:9100`; off by default).
+    pub http_listen: Option<std::net::SocketAddr>,
+}
+
+/// Logging (`log_config`).
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Folder of the per-address transaction logs (`dir`, default `./logs`;
+    /// an empty string turns them off).
+    pub txlog_dir: Option<PathBuf>,
+    /// Transaction log files kept open at once (`max_open_files`, default 256).
+    pub max_open_files: usize,
+    /// Folder for daily main-log files (`main_log_dir`; default: stdout only).
+    pub main_log_dir: Option<PathBuf>,
+    /// `json` for JSON lines (`format`, default `text`).
+    pub json: bool,
+}
+
+/// RabbitMQ settings (`rmq_config`).
+#[derive(Debug, Clone)]
+pub struct RmqConfig {
+    /// AMQP URI (`sub_addr`); may carry a password, hence secret.
+    pub url: Secret<String>,
+    /// Unacknowledged deliveries per consumer (`prefetch`, default 1000).
+    pub prefetch: u16,
+    /// Where requests that cannot be answered are published
+    /// (`dead_letter_exchange`, a durable fanout exchange; none by default:
+    /// they are then only recorded and logged).
+    pub dead_letter_exchange: Option<String>,
+    /// Deposit-watch requests.
+    pub topup: QueueEntry,
+    /// Withdrawal requests.
+    pub withdraw: QueueEntry,
+    /// Payment requests.
+    pub pay: QueueEntry,
+    /// Remove-watch requests; absent in the older layout.
+    pub remove: Option<QueueEntry>,
+    /// Deposit notifications.
+    pub topup_resp: QueueEntry,
+    /// Withdrawal results.
+    pub withdraw_resp: QueueEntry,
+    /// Payment results.
+    pub pay_resp: QueueEntry,
+    /// Remove results; absent in the older layout.
+    pub remove_resp: Option<QueueEntry>,
+}
+
+impl RmqConfig {
+    /// Every configured entry with its config key, requests first.
+    pub fn entries(&self) -> Vec<(&'static str, &QueueEntry)> {
+        let mut all = vec![
+            ("topup", &self.topup),
+            ("withdraw", &self.withdraw),
+            ("pay", &self.pay),
+        ];
+        all.extend(self.remove.as_ref().map(|q| ("remove", q)));
+        all.extend([
+            ("topup_resp", &self.topup_resp),
+            ("withdraw_resp", &self.withdraw_resp),
+            ("pay_resp", &self.pay_resp),
+        ]);
+        all.extend(self.remove_resp.as_ref().map(|q| ("remove_resp", q)));
+        all
+    }
+}
+
+/// One queue with its exchange and bindings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueEntry {
+    /// Durable queue name.
+    pub queue: String,
+    /// Exchange the queue is bound to.
+    pub exchange: String,
+    /// Binding keys; responses are published with the first.
+    pub routing: Vec<String>,
+    /// Exchange type (`exchange_type`, default `direct`; plugin types start with `x-`).
+    pub exchange_type: String,
+    /// Queue arguments (`arguments`, e.g. `x-queue-type`), passed to the broker as given.
+    pub arguments: Map<String, Value>,
+}
+
+/// The wallet store: MySQL in production, an embedded SQLite file otherwise.
+#[derive(Debug, Clone)]
+pub enum WalletStore {
+    /// `mysql_config.wallet` (or the older `eth_config.dbConfig`).
+    Mysql(MysqlConfig),
+    /// No MySQL configured: SQLite at `eth_config.sqlite_path`, default `./wallet.db`.
+    Sqlite(PathBuf),
+}
+
+/// MySQL connection settings.
+#[derive(Debug, Clone)]
+pub struct MysqlConfig {
+    /// User name.
+    pub user: String,
+    /// Password (may be empty).
+    pub password: Secret<String>,
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Database (schema) name.
+    pub database: String,
+    /// Pool size (`maxOpenConns`, default 20).
+    pub max_open_conns: u32,
+    /// Connections kept idle (`maxIdleConns`, default 10).
+    pub max_idle_conns: u32,
+    /// Connection lifetime (`connMaxLife`; Go nanoseconds, or seconds when under 10^9).
+    pub conn_max_life: Duration,
+}
+
+/// An ERC20 token the daemon knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    /// Symbol as requests spell it, upper case (`USDT`).
+    pub symbol: String,
+    /// Contract address.
+    pub contract: Address,
+    /// Decimals of the token's base unit.
+    pub decimals: u8,
+}
+
+/// Ethereum settings (`eth_config`).
+#[derive(Debug, Clone)]
+pub struct EthConfig {
+    /// JSON-RPC endpoint (http, https, ws or wss).
+    pub rpc_url: String,
+    /// WebSocket endpoint for new-head notifications; without it the watcher polls.
+    pub ws_url: Option<String>,
+    /// More JSON-RPC endpoints, tried in turn when the current one keeps failing
+    /// (`fallback_rpc_urls`).
+    pub fallback_rpc_urls: Vec<String>,
+    /// More WebSocket endpoints for new heads (`fallback_ws_urls`).
+    pub fallback_ws_urls: Vec<String>,
+    /// A head that has not advanced for this long is reported (`head_stall_secs`, default 120).
+    pub head_stall: Duration,
+    /// Blocks a transaction must be buried under before it is final (default 20).
+    pub confirm_height: u64,
+    /// Expected chain id; when set, the daemon refuses a node on another chain.
+    pub chain_id: Option<u64>,
+    /// ERC20 tokens (default: mainnet USDT). `ETH` is native ether, implicit.
+    pub tokens: Vec<Token>,
+    /// First block to scan on a fresh message store (default: the node's head then).
+    pub start_block: Option<u64>,
+    /// How often the watcher asks for the head when no WebSocket wakes it (default 2000 ms).
+    pub poll_interval: Duration,
+    /// Most blocks asked for in one `eth_getLogs` (default 500).
+    pub max_block_range: u64,
+    /// Payouts, gas and fees.
+    pub payout: PayoutConfig,
+}
+
+/// How payouts are paid (`eth_config` keys).
+#[derive(Debug, Clone)]
+pub struct PayoutConfig {
+    /// The wallet that pays when the requested one holds too little
+    /// (`collection_address`; default: the wallet store's collection wallet).
+    pub collection: Option<Address>,
+    /// Ceiling on `maxFeePerGas`, in wei (`max_fee_per_gas_gwei`, default 200 gwei).
+    pub max_fee_per_gas: u128,
+    /// Gas limit of a token transfer (`gas_limit_token`, default 100000).
+    pub gas_limit_token: u64,
+    /// Gas limit of an ether transfer to an address without code (`gas_limit_eth`, default 21000).
+    pub gas_limit_eth: u64,
+    /// How often payouts sent but not yet mined are broadcast again, same bytes
+    /// (`rebroadcast_secs`, default 30).
+    pub rebroadcast: Duration,
+    /// A payout not mined this long after its last transaction was signed is
+    /// replaced with the same nonce and higher fees (`stuck_payout_secs`, default 180).
+    pub stuck_after: Duration,
+}
+
+impl EthConfig {
+    /// Every JSON-RPC endpoint, the configured one first.
+    pub fn rpc_urls(&self) -> Vec<String> {
+        std::iter::once(self.rpc_url.clone())
+            .chain(self.fallback_rpc_urls.iter().cloned())
+            .collect()
+    }
+
+    /// Every WebSocket endpoint, the configured one first.
+    pub fn ws_urls(&self) -> Vec<String> {
+        self.ws_url
+            .iter()
+            .cloned()
+            .chain(self.fallback_ws_urls.iter().cloned())
+            .collect()
+    }
+}
+
+impl EthConfig {
+    /// Decimals of `symbol`: 18 for `ETH`, the token's otherwise.
+    pub fn decimals(&self, symbol: &str) -> Option<u8> {
+        if symbol.eq_ignore_ascii_case("ETH") {
+            Some(18)
+        } else {
+            self.token(symbol).map(|t| t.decimals)
+        }
+    }
+
+    /// The token with this symbol (case-insensitive), if configured.
+    pub fn token(&self, symbol: &str) -> Option<&Token> {
+        self.tokens
+            .iter()
+            .find(|t| t.symbol.eq_ignore_ascii_case(symbol))
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_json(&text)
+    }
+
+    /// Parses and validates a config from JSON text.
+    pub fn from_json(text: &[u8]) -> Result<Self, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_slice(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Parse {
+                key,
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        Self::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        let nets = raw.net.unwrap_or_else(|| vec!["ETH".to_owned()]);
+        if nets.is_empty() {
+            return Err(invalid("net", "lists no chain; use [\"ETH\"]"));
+        }
+        let nets = nets
+            .into_iter()
+            .map(|n| {
+                let up = n.to_ascii_uppercase();
+                if SUPPORTED_NETS.contains(&up.as_str()) {
+                    Ok(up)
+                } else {
+                    Err(invalid(
+                        "net",
+                        format!(
+                            "unknown chain `{n}`; this build supports {}",
+                            SUPPORTED_NETS.join(", ")
+                        ),
+                    ))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let r = raw.rmq_config;
+        if !r.sub_addr.starts_with("amqp://") && !r.sub_addr.starts_with("amqps://") {
+            return Err(invalid(
+                "rmq_config.sub_addr",
+                "must be an amqp:// or amqps:// URI",
+            ));
+        }
+        if (r.remove.is_some()) != (r.remove_resp.is_some()) {
+            return Err(invalid(
+                "rmq_config.remove_resp",
+                "`remove` and `remove_resp` must be given together",
+            ));
+        }
+        let q = |key: &str, raw: RawQueue| queue_entry(&format!("rmq_config.{key}"), raw);
+        let rmq = RmqConfig {
+            url: Secret::new(r.sub_addr),
+            prefetch: r.prefetch.unwrap_or(1000).max(1),
+            dead_letter_exchange: r.dead_letter_exchange.filter(|x| !x.trim().is_empty()),
+            topup: q("topup", r.topup)?,
+            withdraw: q("withdraw", r.withdraw)?,
+            pay: q("pay", r.pay)?,
+            remove: r.remove.map(|x| q("remove", x)).transpose()?,
+            topup_resp: q("topup_resp", r.topup_resp)?,
+            withdraw_resp: q("withdraw_resp", r.withdraw_resp)?,
+            pay_resp: q("pay_resp", r.pay_resp)?,
+            remove_resp: r.remove_resp.map(|x| q("remove_resp", x)).transpose()?,
+        };
+
+        let msg_store = raw
+            .msg_config
+            .and_then(|m| m.sqlite_path)
+            .unwrap_or_else(|| PathBuf::from("./msg.db"));
+
+        let mut e = raw.eth_config;
+        let mysql = match (raw.mysql_config.and_then(|m| m.wallet), e.db_config.take()) {
+            (Some(m), _) => Some(mysql("mysql_config.wallet", m)?),
+            (None, Some(m)) => Some(mysql("eth_config.dbConfig", m)?),
+            (None, None) => None,
+        };
+        let wallet_store = match mysql {
+            Some(m) => WalletStore::Mysql(m),
+            None => WalletStore::Sqlite(
+                e.sqlite_path
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("./wallet.db")),
+            ),
+        };
+
+        let eth = eth_config(e)?;
+        let l = raw.log_config;
+        let (dir, max_open, main, format) = match l {
+            Some(l) => (l.dir, l.max_open_files, l.main_log_dir, l.format),
+            None => (None, None, None, None),
+        };
+        let json = match format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(invalid(
+                    "log_config.format",
+                    format!("`{other}` is not text or json"),
+                ));
+            }
+        };
+        let log = LogConfig {
+            txlog_dir: match dir {
+                None => Some(PathBuf::from("./logs")),
+                Some(d) if d.as_os_str().is_empty() => None,
+                Some(d) => Some(d),
+            },
+            max_open_files: max_open.unwrap_or(256).max(1),
+            main_log_dir: main.filter(|d| !d.as_os_str().is_empty()),
+            json,
+        };
+        let http_listen = match raw
+            .http_config
+            .and_then(|h| h.listen)
+            .filter(|l| !l.trim().is_empty())
+        {
+            None => None,
+            Some(l) => Some(l.parse().map_err(|_| {
+                invalid(
+                    "http_config.listen",
+                    format!("`{l}` is not an address:port such as 127.0.0.1:9100"),
+                )
+            })?),
+        };
+        Ok(Self {
+            nets,
+            rmq,
+            msg_store,
+            wallet_store,
+            eth,
+            log,
+            http_listen,
+        })
+    }
+}
+
+fn queue_entry(key: &str, raw: RawQueue) -> Result<QueueEntry, ConfigError> {
+    if raw.queue.trim().is_empty() {
+        return Err(invalid(format!("{key}.queue"), "must not be empty"));
+    }
+    if raw.routing.is_empty() {
+        return Err(invalid(
+            format!("{key}.routing"),
+            "needs at least one routing key",
+        ));
+    }
+    let exchange_type = raw.exchange_type.unwrap_or_else(|| "direct".to_owned());
+    let known = ["direct", "fanout", "topic", "headers"].contains(&exchange_type.as_str());
+    if !known && !exchange_type.starts_with("x-") {
+        return Err(invalid(
+            format!("{key}.exchange_type"),
+            format!(
+                "`{exchange_type}` is not one of direct, fanout, topic, headers \
+                 or a plugin type starting with x-"
+            ),
+        ));
+    }
+    if raw.exchange.is_empty() {
+        return Err(invalid(
+            format!("{key}.exchange"),
+            "must name an exchange (the default exchange cannot be declared or bound)",
+        ));
+    }
+    Ok(QueueEntry {
+        queue: raw.queue,
+        exchange: raw.exchange,
+        routing: raw.routing,
+        exchange_type,
+        arguments: raw.arguments.unwrap_or_default(),
+    })
+}
+
+fn mysql(key: &str, m: RawMysql) -> Result<MysqlConfig, ConfigError> {
+    if m.host.is_empty() {
+        return Err(invalid(format!("{key}.host"), "must not be empty"));
+    }
+    if m.database.is_empty() {
+        return Err(invalid(format!("{key}.database"), "must not be empty"));
+    }
+    let life = m.conn_max_life.unwrap_or(120);
+    // Go marshals time.Duration as nanoseconds; the older layout wrote seconds.
+    let conn_max_life = if life >= 1_000_000_000 {
+        Duration::from_nanos(life)
+    } else {
+        Duration::from_secs(life)
+    };
+    Ok(MysqlConfig {
+        user: m.user,
+        password: Secret::new(m.password),
+        host: m.host,
+        port: m.port,
+        database: m.database,
+        max_open_conns: m.max_open_conns.unwrap_or(20).max(1),
+        max_idle_conns: m.max_idle_conns.unwrap_or(10),
+        conn_max_life,
+    })
+}
+
+fn eth_config(e: raw::RawEth) -> Result<EthConfig, ConfigError> {
+    check_url(
+        "eth_config.rpc_url",
+        &e.rpc_url,
+        &["http", "https", "ws", "wss"],
+    )?;
+    let ws_url = e.ws_url.filter(|u| !u.trim().is_empty());
+    if let Some(ws) = &ws_url {
+        check_url("eth_config.ws_url", ws, &["ws", "wss"])?;
+    }
+    let confirm_height = e.confirm_height.unwrap_or(20);
+    if !(1..=10_000).contains(&confirm_height) {
+        return Err(invalid(
+            "eth_config.confirm_height",
+            format!("{confirm_height} is out of range; use 1 to 10000 (20 is usual)"),
+        ));
+    }
+    let tokens = match e.tokens {
+        None => vec![Token {
+            symbol: "USDT".to_owned(),
+            contract: parse_address(MAINNET_USDT).map_err(|r| invalid("eth_config.tokens", r))?,
+            decimals: 6,
+        }],
+        Some(list) => {
+            let mut tokens: Vec<Token> = Vec::with_capacity(list.len());
+            for (i, t) in list.into_iter().enumerate() {
+                let key = format!("eth_config.tokens[{i}]");
+                let symbol = t.symbol.trim().to_ascii_uppercase();
+                if symbol.is_empty() || symbol == "ETH" {
+                    return Err(invalid(
+                        format!("{key}.symbol"),
+                        "must name an ERC20 token (ETH is native and always known)",
+                    ));
+                }
+                if tokens.iter().any(|x| x.symbol == symbol) {
+                    return Err(invalid(format!("{key}.symbol"), "appears twice"));
+                }
+                let contract =
+                    parse_address(&t.address).map_err(|r| invalid(format!("{key}.address"), r))?;
+                if t.decimals > 36 {
+                    return Err(invalid(format!("{key}.decimals"), "must be at most 36"));
+                }
+                tokens.push(Token {
+                    symbol,
+                    contract,
+                    decimals: t.decimals,
+                });
+            }
+            tokens
+        }
+    };
+    let poll = e.poll_interval_ms.unwrap_or(2000);
+    if poll == 0 {
+        return Err(invalid("eth_config.poll_interval_ms", "must be above 0"));
+    }
+    let max_block_range = e.max_block_range.unwrap_or(500);
+    if max_block_range == 0 {
+        return Err(invalid("eth_config.max_block_range", "must be above 0"));
+    }
+    let collection = e
+        .collection_address
+        .as_deref()
+        .map(|a| parse_address(a).map_err(|r| invalid("eth_config.collection_address", r)))
+        .transpose()?;
+    let gwei = e.max_fee_per_gas_gwei.unwrap_or(200);
+    if gwei == 0 {
+        return Err(invalid(
+            "eth_config.max_fee_per_gas_gwei",
+            "must be above 0",
+        ));
+    }
+    let gas_limit_token = e.gas_limit_token.unwrap_or(100_000);
+    let gas_limit_eth = e.gas_limit_eth.unwrap_or(21_000);
+    for (key, v) in [
+        ("eth_config.gas_limit_token", gas_limit_token),
+        ("eth_config.gas_limit_eth", gas_limit_eth),
+    ] {
+        if !(21_000..=30_000_000).contains(&v) {
+            return Err(invalid(
+                key,
+                format!("{v} is out of range; use 21000 to 30000000"),
+            ));
+        }
+    }
+    let positive = |key: &str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
+        match v.unwrap_or(default) {
+            0 => Err(invalid(key, "must be above 0")),
+            n => Ok(Duration::from_secs(n)),
+        }
+    };
+    let rebroadcast = positive("eth_config.rebroadcast_secs", e.rebroadcast_secs, 30)?;
+    let stuck_after = positive("eth_config.stuck_payout_secs", e.stuck_payout_secs, 180)?;
+    let head_stall = positive("eth_config.head_stall_secs", e.head_stall_secs, 120)?;
+    let fallback_rpc_urls = e.fallback_rpc_urls.unwrap_or_default();
+    for (i, u) in fallback_rpc_urls.iter().enumerate() {
+        check_url(
+            &format!("eth_config.fallback_rpc_urls[{i}]"),
+            u,
+            &["http", "https", "ws", "wss"],
+        )?;
+    }
+    let fallback_ws_urls = e.fallback_ws_urls.unwrap_or_default();
+    for (i, u) in fallback_ws_urls.iter().enumerate() {
+        check_url(
+            &format!("eth_config.fallback_ws_urls[{i}]"),
+            u,
+            &["ws", "wss"],
+        )?;
+    }
+    let payout = PayoutConfig {
+        collection,
+        max_fee_per_gas: u128::from(gwei) * 1_000_000_000,
+        gas_limit_token,
+        gas_limit_eth,
+        rebroadcast,
+        stuck_after,
+    };
+    Ok(EthConfig {
+        rpc_url: e.rpc_url,
+        ws_url,
+        fallback_rpc_urls,
+        fallback_ws_urls,
+        head_stall,
+        confirm_height,
+        chain_id: e.chain_id,
+        tokens,
+        start_block: e.start_block,
+        poll_interval: Duration::from_millis(poll),
+        max_block_range,
+        payout,
+    })
+}
+
+fn check_url(key: &str, value: &str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let url =
+        url::Url::parse(value).map_err(|e| invalid(key, format!("`{value}` is not a URL: {e}")))?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(invalid(
+            key,
+            format!(
+                "scheme `{}` is not one of {}",
+                url.scheme(),
+                schemes.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

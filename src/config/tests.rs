@@ -1,0 +1,186 @@
+use super::*;
+
+const V1: &[u8] = include_bytes!("../../tests/fixtures/compat/config.go-v1.json");
+const V2: &[u8] = include_bytes!("../../tests/fixtures/compat/config.go-v2.json");
+
+#[test]
+fn go_v2_config_loads_unchanged() {
+    let c = Config::from_json(V2).expect("v2 config loads");
+    assert_eq!(c.nets, vec!["ETH"]);
+    assert_eq!(c.rmq.url.expose(), "amqp://m2pool:m2pool@localhost:5672");
+    assert_eq!(c.rmq.topup.queue, "pay.recharge.queue");
+    assert_eq!(c.rmq.topup.exchange, "pay.exchange");
+    assert_eq!(c.rmq.topup.exchange_type, "direct");
+    assert_eq!(
+        c.rmq.remove_resp.as_ref().map(|q| q.routing[0].as_str()),
+        Some("pay.remove.return.routing.key")
+    );
+    assert_eq!(c.msg_store, PathBuf::from("./msg.db"));
+    assert_eq!(c.eth.rpc_url, "http://localhost:8545");
+    assert_eq!(c.eth.ws_url.as_deref(), Some("ws://localhost:8546"));
+    assert_eq!(c.eth.confirm_height, 20);
+    assert_eq!(c.eth.tokens.len(), 1);
+    assert_eq!(c.eth.tokens[0].symbol, "USDT");
+    assert_eq!(c.eth.tokens[0].decimals, 6);
+    match &c.wallet_store {
+        WalletStore::Mysql(m) => {
+            assert_eq!(m.user, "root");
+            assert_eq!(m.password.expose(), "your_password");
+            assert_eq!(m.database, "payment");
+            assert_eq!(m.max_open_conns, 20);
+            assert_eq!(m.max_idle_conns, 10);
+            assert_eq!(m.conn_max_life, Duration::from_secs(120));
+        }
+        other => panic!("expected MySQL wallet store, got {other:?}"),
+    }
+    assert_eq!(c.rmq.entries().len(), 8);
+}
+
+#[test]
+fn go_v1_config_loads_unchanged() {
+    let c = Config::from_json(V1).expect("v1 config loads");
+    assert_eq!(c.nets, vec!["ETH"]);
+    assert!(c.rmq.remove.is_none() && c.rmq.remove_resp.is_none());
+    assert_eq!(c.rmq.entries().len(), 6);
+    assert_eq!(c.eth.rpc_url, "http://localhost:8545");
+    assert_eq!(c.eth.ws_url.as_deref(), Some("ws://localhost:8546"));
+    assert_eq!(c.eth.confirm_height, 20);
+    assert_eq!(c.msg_store, PathBuf::from("./msg.db"));
+    match &c.wallet_store {
+        WalletStore::Mysql(m) => {
+            assert_eq!(m.port, 3306);
+            // `maxIdleCoons`, the older spelling, is read.
+            assert_eq!(m.max_idle_conns, 20);
+            assert_eq!(m.conn_max_life, Duration::from_secs(120));
+        }
+        other => panic!("expected MySQL wallet store, got {other:?}"),
+    }
+}
+
+#[test]
+fn secrets_do_not_print() {
+    let c = Config::from_json(V2).expect("v2 config loads");
+    let dump = format!("{c:?}");
+    assert!(!dump.contains("your_password"), "{dump}");
+    assert!(!dump.contains("m2pool:m2pool"), "{dump}");
+}
+
+fn v2_with(edit: impl FnOnce(&mut Value)) -> Result<Config, ConfigError> {
+    let mut v: Value = serde_json::from_slice(V2).expect("fixture is JSON");
+    edit(&mut v);
+    Config::from_json(&serde_json::to_vec(&v).expect("serializes"))
+}
+
+fn key_of(e: ConfigError) -> String {
+    match e {
+        ConfigError::Parse { key, .. } | ConfigError::Invalid { key, .. } => key,
+        ConfigError::Read { .. } => "<read>".into(),
+    }
+}
+
+#[test]
+fn without_mysql_the_wallet_store_is_embedded_sqlite() {
+    let c = v2_with(|v| {
+        v.as_object_mut().expect("object").remove("mysql_config");
+    })
+    .expect("loads");
+    match c.wallet_store {
+        WalletStore::Sqlite(p) => assert_eq!(p, PathBuf::from("./eth.db")),
+        other => panic!("expected SQLite, got {other:?}"),
+    }
+}
+
+#[test]
+fn new_settings_are_read() {
+    let c = v2_with(|v| {
+        v["eth_config"]["chain_id"] = 31337.into();
+        v["eth_config"]["tokens"] = serde_json::json!([
+            {"symbol": "usdt", "address": "0x5fbdb2315678afecb367f032d93f642f64180aa3", "decimals": 6},
+            {"symbol": "USDC", "address": "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48", "decimals": 6}
+        ]);
+        v["rmq_config"]["topup"]["arguments"] = serde_json::json!({"x-queue-type": "quorum"});
+    })
+    .expect("loads");
+    assert_eq!(c.eth.chain_id, Some(31337));
+    assert_eq!(c.eth.tokens[0].symbol, "USDT");
+    assert_eq!(c.eth.token("usdc").map(|t| t.decimals), Some(6));
+    assert!(c.eth.token("DAI").is_none());
+    assert_eq!(c.rmq.topup.arguments["x-queue-type"], "quorum");
+}
+
+#[test]
+fn errors_name_the_key() {
+    type Edit = Box<dyn FnOnce(&mut Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(|v| v["eth_config"]["confirm_height"] = "twenty".into()),
+            "eth_config.confirm_height",
+        ),
+        (
+            Box::new(|v| v["eth_config"]["confirm_height"] = 0.into()),
+            "eth_config.confirm_height",
+        ),
+        (
+            Box::new(|v| {
+                v["eth_config"]
+                    .as_object_mut()
+                    .expect("obj")
+                    .remove("rpc_url");
+            }),
+            "eth_config",
+        ),
+        (
+            Box::new(|v| v["eth_config"]["rpc_url"] = "localhost:8545".into()),
+            "eth_config.rpc_url",
+        ),
+        (
+            Box::new(|v| v["eth_config"]["ws_url"] = "http://localhost:8546".into()),
+            "eth_config.ws_url",
+        ),
+        (
+            Box::new(|v| v["rmq_config"]["sub_addr"] = "localhost".into()),
+            "rmq_config.sub_addr",
+        ),
+        (
+            Box::new(|v| v["rmq_config"]["pay"]["routing"] = serde_json::json!([])),
+            "rmq_config.pay.routing",
+        ),
+        (
+            Box::new(|v| v["rmq_config"]["topup"]["exchange_type"] = "weird".into()),
+            "rmq_config.topup.exchange_type",
+        ),
+        (Box::new(|v| v["net"] = serde_json::json!(["TRON"])), "net"),
+        (
+            Box::new(|v| {
+                v["eth_config"]["tokens"] =
+                    serde_json::json!([{"symbol": "USDT", "address": "0x12", "decimals": 6}])
+            }),
+            "eth_config.tokens[0].address",
+        ),
+        (
+            Box::new(|v| {
+                v["rmq_config"]
+                    .as_object_mut()
+                    .expect("obj")
+                    .remove("remove_resp");
+            }),
+            "rmq_config.remove_resp",
+        ),
+        (
+            Box::new(|v| v["mysql_config"]["wallet"]["port"] = "3306".into()),
+            "mysql_config.wallet.port",
+        ),
+    ];
+    for (edit, want) in cases {
+        let err = v2_with(edit).expect_err("must be refused");
+        let msg = err.to_string();
+        assert_eq!(key_of(err), want, "{msg}");
+    }
+}
+
+#[test]
+fn not_json_is_an_error_not_a_panic() {
+    assert!(Config::from_json(b"{").is_err());
+    assert!(Config::from_json(b"[]").is_err());
+    assert!(Config::from_json(b"").is_err());
+}

@@ -1,0 +1,264 @@
+//! Wiring: open the store, start the listen task, the chains and the broker,
+//! and run them until shutdown or until one of them fails.
+//!
+//! Every long-lived task is critical: if one returns an error or panics, the
+//! daemon cancels the others and [`run`] returns that error, so a supervisor
+//! (systemd, Docker) restarts it loudly instead of it limping on.
+
+use crate::chain::{self, ChainContext, ChainError, ChainEvent};
+use crate::config::Config;
+use crate::health::Health;
+use crate::http::{self, HttpDeps};
+use crate::ledger;
+use crate::listen::{Inbound, Listen, ListenError, Wakers};
+use crate::metrics::{Metrics, SharedMetrics};
+use crate::queue::Broker;
+use crate::secret::CommKey;
+use crate::server::Router;
+use crate::store::{Store, StoreError};
+use crate::txlog::TxLog;
+use crate::wallet::{Kek, WalletError, WalletStore};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+/// Capacity of the consumers → listen channel (requests in flight).
+const REQUEST_CHANNEL: usize = 4096;
+/// Capacity of the chains → listen channel (blocks in flight).
+const CHAIN_CHANNEL: usize = 256;
+
+/// Why the daemon stopped other than by request.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The message store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The wallet store could not be opened.
+    #[error(transparent)]
+    Wallet(#[from] WalletError),
+    /// A chain could not be set up.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// The listen task could not start.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The transaction-log folder cannot be used.
+    #[error("transaction logs in {dir}: {source}")]
+    Logs {
+        /// The folder.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A critical task failed.
+    #[error("critical task `{task}` failed: {message}")]
+    Task {
+        /// Task name.
+        task: String,
+        /// Its error, or the panic.
+        message: String,
+    },
+}
+
+/// First failure of any critical task.
+type Failure = Arc<Mutex<Option<RunError>>>;
+
+fn spawn_critical<F, E>(
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+    failure: &Failure,
+    task: String,
+    fut: F,
+) where
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let inner = tracker.spawn(fut);
+    let (shutdown, failure) = (shutdown.clone(), failure.clone());
+    tracker.spawn(async move {
+        let message = match inner.await {
+            Ok(Ok(())) => {
+                info!(target: "m2pool::daemon", task = %task, "task stopped");
+                return;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(join) => format!("panicked or was aborted: {join}"),
+        };
+        error!(target: "m2pool::daemon", task = %task, error = %message, "critical task failed; shutting down");
+        if let Ok(mut slot) = failure.lock()
+            && slot.is_none()
+        {
+            *slot = Some(RunError::Task { task, message });
+        }
+        shutdown.cancel();
+    });
+}
+
+/// The daemon's secrets.
+#[derive(Debug, Clone)]
+pub struct Secrets {
+    /// Signs and verifies every message.
+    pub comm: CommKey,
+    /// Encrypts the wallet keys; derived from `comm` when `None`.
+    pub wallet: Option<Kek>,
+}
+
+impl Secrets {
+    /// The wallet key-encryption key (configured, or derived from `comm`).
+    pub fn kek(&self) -> Kek {
+        self.wallet
+            .clone()
+            .unwrap_or_else(|| Kek::from_comm_key(self.comm.expose()))
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled or a critical task fails.
+pub async fn run(
+    config: Config,
+    secrets: Secrets,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let store = Store::open(&config.msg_store).await?;
+    let wallets = WalletStore::open(&config.wallet_store).await?;
+    if secrets.wallet.is_none() {
+        warn!(target: "m2pool::daemon",
+              "no wallet key configured: wallet keys are encrypted with a key derived from the communication key");
+    }
+    info!(target: "m2pool::daemon", store = %config.msg_store.display(), nets = ?config.nets,
+          confirm_height = config.eth.confirm_height, "starting");
+    let health = Health::default();
+    let tracker = TaskTracker::new();
+    let failure: Failure = Arc::new(Mutex::new(None));
+    let wakers = Wakers {
+        outbox: Arc::new(Notify::new()),
+        ledger: Arc::new(Notify::new()),
+        payouts: config
+            .nets
+            .iter()
+            .map(|n| (n.clone(), Arc::new(Notify::new())))
+            .collect(),
+    };
+    let (req_tx, req_rx) = mpsc::channel::<Inbound>(REQUEST_CHANNEL);
+    let (chain_tx, chain_rx) = mpsc::channel::<ChainEvent>(CHAIN_CHANNEL);
+
+    let (txlog, txlog_writer) = match &config.log.txlog_dir {
+        Some(dir) => {
+            let (log, _, writer) =
+                TxLog::start(dir, config.log.max_open_files).map_err(|source| RunError::Logs {
+                    dir: dir.clone(),
+                    source,
+                })?;
+            (log, Some(writer))
+        }
+        None => (TxLog::disabled(), None),
+    };
+    let metrics: SharedMetrics = Arc::new(Metrics::default());
+    let listen = Listen::new(
+        store.clone(),
+        &config,
+        wakers.clone(),
+        txlog.clone(),
+        metrics.clone(),
+    )
+    .await?;
+    // Set when listen has committed its last batch: the relay's cue to finish.
+    let drained = CancellationToken::new();
+    let listen_done = drained.clone();
+    let stop = shutdown.clone();
+    spawn_critical(&tracker, &shutdown, &failure, "listen".into(), async move {
+        let r = listen.run(req_rx, chain_rx, stop).await;
+        listen_done.cancel();
+        r
+    });
+
+    let kek = secrets.kek();
+    for net in &config.nets {
+        let ctx = ChainContext {
+            store: store.clone(),
+            wallets: wallets.clone(),
+            kek: kek.clone(),
+            payout_wake: wakers.payouts.get(net).cloned().unwrap_or_default(),
+            outbox_wake: wakers.outbox.clone(),
+            health: health.clone(),
+            metrics: metrics.clone(),
+        };
+        let c = chain::build(net, &config, ctx).await?;
+        let name = format!("chain-{}", c.name());
+        spawn_critical(
+            &tracker,
+            &shutdown,
+            &failure,
+            name,
+            c.run(chain_tx.clone(), shutdown.clone()),
+        );
+    }
+    let chain_tx_weak = chain_tx.downgrade();
+    drop(chain_tx);
+
+    spawn_critical(
+        &tracker,
+        &shutdown,
+        &failure,
+        "ledger".into(),
+        ledger::relay(
+            store.clone(),
+            wallets.clone(),
+            wakers.ledger.clone(),
+            shutdown.clone(),
+        ),
+    );
+
+    let broker = Broker {
+        cfg: config.rmq.clone(),
+        router: Router::new(&config, secrets.comm.clone()),
+        requests: req_tx,
+        store: store.clone(),
+        outbox: wakers.outbox.clone(),
+        health: health.clone(),
+        txlog,
+        metrics: metrics.clone(),
+    };
+    if let Some(addr) = config.http_listen {
+        let deps = HttpDeps {
+            health: health.clone(),
+            metrics: metrics.clone(),
+            store: store.clone(),
+            requests: broker.requests.downgrade(),
+            chain: chain_tx_weak.clone(),
+        };
+        spawn_critical(
+            &tracker,
+            &shutdown,
+            &failure,
+            "http".into(),
+            http::serve(addr, deps, shutdown.clone()),
+        );
+    }
+    spawn_critical(
+        &tracker,
+        &shutdown,
+        &failure,
+        "broker".into(),
+        broker.run(shutdown.clone(), drained),
+    );
+
+    tracker.close();
+    tracker.wait().await;
+    store.close().await;
+    wallets.close().await;
+    if let Some(writer) = txlog_writer {
+        // Every handle is gone with its task: the writer drains and ends.
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    }
+    let failed = failure.lock().ok().and_then(|mut f| f.take());
+    match failed {
+        Some(e) => Err(e),
+        None => {
+            info!(target: "m2pool::daemon", "stopped");
+            Ok(())
+        }
+    }
+}

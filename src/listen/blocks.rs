@@ -1,0 +1,338 @@
+//! Chain events: each verified block moves the cursor, records the deposits to
+//! watched addresses and the payouts that were mined in it, and decides what
+//! has become `confirm_height` deep; a reorganisation takes back what was in
+//! the blocks that left the chain.
+
+use super::{Effects, Listen, ListenError};
+use crate::chain::{ChainEvent, OwnTx, Transfer};
+use crate::msg::{Status, addr_hex, hash_hex};
+use crate::reply::{self, DepositFacts};
+use crate::store::{BlockRef, DepositSeen, DueDeposit, NewDeposit, Payout, PayoutState, StoreTx};
+use crate::wallet::{LedgerEntry, Movement};
+use alloy::primitives::{I256, U256};
+use tracing::{error, info, warn};
+
+/// Log index of a payout's debit and of its fee in the ledger.
+const PAYOUT_LOG_INDEX: i64 = -1;
+const FEE_LOG_INDEX: i64 = -2;
+
+/// An `ethnode.log` line about a deposit.
+fn node_line(kind: &str, f: &DepositFacts<'_>) -> crate::txlog::Line {
+    crate::txlog::node_line(
+        kind,
+        addr_hex(&f.from),
+        addr_hex(&f.address),
+        f.chain,
+        f.symbol,
+        crate::msg::amount::format_units(f.amount, f.decimals),
+    )
+}
+
+fn negative(v: U256) -> I256 {
+    I256::try_from(v).map(|v| -v).unwrap_or(I256::MIN)
+}
+
+impl Listen {
+    pub(super) async fn apply_event(
+        &mut self,
+        tx: &mut StoreTx,
+        event: ChainEvent,
+        fx: &mut Effects,
+    ) -> Result<(), ListenError> {
+        match event {
+            ChainEvent::Block {
+                chain,
+                block,
+                transfers,
+                own,
+            } => {
+                tx.push_block(&chain, &block, self.keep).await?;
+                self.deposits_seen(tx, &chain, &block, &transfers, fx)
+                    .await?;
+                for o in &own {
+                    self.own_tx_mined(tx, &chain, &block, o).await?;
+                }
+                for d in tx.due_deposits(&chain, block.number).await? {
+                    self.decide_deposit(tx, &chain, d, fx).await?;
+                }
+                for p in tx.due_payouts(&chain, block.number).await? {
+                    self.decide_payout(tx, &chain, p, fx).await?;
+                }
+                Ok(())
+            }
+            ChainEvent::Reorg { chain, fork } => self.reorg(tx, &chain, &fork, fx).await,
+        }
+    }
+
+    /// Records the block's transfers to watched addresses in one statement
+    /// batch and answers `2` for each one seen for the first time.
+    async fn deposits_seen(
+        &self,
+        tx: &mut StoreTx,
+        chain: &str,
+        block: &BlockRef,
+        transfers: &[Transfer],
+        fx: &mut Effects,
+    ) -> Result<(), ListenError> {
+        let Some(set) = self.watches.get(chain) else {
+            return Ok(());
+        };
+        let deposits: Vec<NewDeposit<'_>> = transfers
+            .iter()
+            .filter(|t| set.contains(&t.to, &t.symbol))
+            .map(|t| NewDeposit {
+                chain,
+                tx_hash: t.tx_hash,
+                log_index: t.log_index,
+                symbol: &t.symbol,
+                address: t.to,
+                from: t.from,
+                amount: t.value,
+                block_number: block.number,
+                block_hash: block.hash,
+                due: block.number + self.confirm_height,
+            })
+            .collect();
+        if deposits.is_empty() {
+            return Ok(());
+        }
+        let outcomes = tx.deposits_seen(&deposits).await?;
+        for (d, seen) in deposits.iter().zip(outcomes) {
+            info!(target: "m2pool::listen", chain, symbol = %d.symbol, address = %addr_hex(&d.address),
+                  tx = %hash_hex(&d.tx_hash), block = block.number, ?seen, "deposit seen");
+            if matches!(seen, DepositSeen::New | DepositSeen::Reopened) {
+                let facts = DepositFacts {
+                    chain,
+                    symbol: d.symbol,
+                    decimals: self.decimals(d.symbol),
+                    address: d.address,
+                    from: d.from,
+                    amount: d.amount,
+                    tx_hash: d.tx_hash,
+                    block: block.number,
+                };
+                fx.lines.push(node_line("DepositSeen", &facts));
+                fx.push(reply::deposit(&facts, Status::Pending, None));
+                self.metrics
+                    .deposits_seen
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    async fn decide_deposit(
+        &self,
+        tx: &mut StoreTx,
+        chain: &str,
+        d: DueDeposit,
+        fx: &mut Effects,
+    ) -> Result<(), ListenError> {
+        let canonical =
+            !d.orphaned && tx.block_hash(chain, d.block_number).await? == Some(d.block_hash);
+        tx.decide_deposit(d.id, canonical).await?;
+        let (status, error) = if canonical {
+            info!(target: "m2pool::listen", chain, symbol = %d.symbol, address = %addr_hex(&d.address),
+                  tx = %hash_hex(&d.tx_hash), block = d.block_number, "deposit confirmed");
+            tx.push_ledger(&[LedgerEntry {
+                chain: chain.to_owned(),
+                symbol: d.symbol.clone(),
+                address: d.address,
+                delta: I256::try_from(d.amount).unwrap_or(I256::MAX),
+                kind: Movement::Deposit,
+                tx_hash: d.tx_hash,
+                log_index: d.log_index,
+                block: d.block_number,
+            }])
+            .await?;
+            fx.movements += 1;
+            (Status::Success, None)
+        } else {
+            warn!(target: "m2pool::listen", chain, symbol = %d.symbol, address = %addr_hex(&d.address),
+                  tx = %hash_hex(&d.tx_hash), block = d.block_number, "deposit failed: its block left the chain");
+            (
+                Status::Failed,
+                Some("the deposit's block left the canonical chain and the transfer was not mined again".to_owned()),
+            )
+        };
+        let facts = DepositFacts {
+            chain,
+            symbol: &d.symbol,
+            decimals: self.decimals(&d.symbol),
+            address: d.address,
+            from: d.from,
+            amount: d.amount,
+            tx_hash: d.tx_hash,
+            block: d.block_number,
+        };
+        fx.lines.push(node_line(
+            if status == Status::Success {
+                "DepositConfirmed"
+            } else {
+                "DepositFailed"
+            },
+            &facts,
+        ));
+        fx.push(reply::deposit(&facts, status, error));
+        Ok(())
+    }
+
+    async fn own_tx_mined(
+        &self,
+        tx: &mut StoreTx,
+        chain: &str,
+        block: &BlockRef,
+        o: &OwnTx,
+    ) -> Result<(), ListenError> {
+        let due = block.number + self.confirm_height;
+        let mined = tx
+            .payout_mined(
+                chain,
+                o.from,
+                o.nonce,
+                o.tx_hash,
+                (block.number, block.hash),
+                o.success,
+                o.fee,
+                due,
+            )
+            .await?;
+        if let Some(p) = mined {
+            info!(target: "m2pool::listen", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id,
+                  tx = %hash_hex(&o.tx_hash), block = block.number, success = o.success, displaced = p.displaced,
+                  "payout mined");
+        }
+        Ok(())
+    }
+
+    async fn decide_payout(
+        &self,
+        tx: &mut StoreTx,
+        chain: &str,
+        p: Payout,
+        fx: &mut Effects,
+    ) -> Result<(), ListenError> {
+        let (Some(number), Some(hash), Some(tx_hash), Some(payer)) =
+            (p.block_number, p.block_hash, p.tx_hash, p.payer)
+        else {
+            error!(target: "m2pool::listen", id = p.id, "mined payout without its block, hash or payer; left undecided");
+            return Ok(());
+        };
+        if tx.block_hash(chain, number).await? != Some(hash) {
+            warn!(target: "m2pool::listen", id = p.id, block = number, "payout's block is not canonical; broadcasting again");
+            tx.unmine_payouts_above(chain, number.saturating_sub(1))
+                .await?;
+            fx.payout_chains.push(chain.to_owned());
+            return Ok(());
+        }
+        let decimals = self.decimals(&p.symbol);
+        // A payout mined before its broadcast was recorded still answers 2 first.
+        if let Some(unannounced) = tx.take_announcement(p.id).await? {
+            fx.push(reply::payout(&unannounced, Status::Pending, None, decimals));
+        }
+        let fee = p.fee.unwrap_or_default();
+        let fee_entry = LedgerEntry {
+            chain: chain.to_owned(),
+            symbol: "ETH".to_owned(),
+            address: payer,
+            delta: negative(fee),
+            kind: Movement::Fee,
+            tx_hash,
+            log_index: FEE_LOG_INDEX,
+            block: number,
+        };
+        let (state, status, error, movements) = if p.displaced {
+            let e = format!(
+                "nonce {} of {} was used by another transaction ({}); this payout was not made",
+                p.nonce.unwrap_or_default(),
+                addr_hex(&payer),
+                hash_hex(&tx_hash)
+            );
+            (PayoutState::Failed, Status::Failed, Some(e), vec![])
+        } else if p.success == Some(true) {
+            let debit = LedgerEntry {
+                chain: chain.to_owned(),
+                symbol: p.symbol.clone(),
+                address: payer,
+                delta: negative(p.amount),
+                kind: Movement::Payout,
+                tx_hash,
+                log_index: PAYOUT_LOG_INDEX,
+                block: number,
+            };
+            (
+                PayoutState::Confirmed,
+                Status::Success,
+                None,
+                vec![debit, fee_entry],
+            )
+        } else {
+            let e =
+                "the transaction reverted on chain; nothing was paid (gas was spent)".to_owned();
+            (
+                PayoutState::Failed,
+                Status::Failed,
+                Some(e),
+                vec![fee_entry],
+            )
+        };
+        if !tx
+            .move_payout(p.id, PayoutState::Mined, state, error.as_deref())
+            .await?
+        {
+            return Ok(());
+        }
+        if !movements.is_empty() {
+            tx.push_ledger(&movements).await?;
+            fx.movements += movements.len();
+        }
+        info!(target: "m2pool::listen", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id,
+              tx = %hash_hex(&tx_hash), state = state.as_str(), "payout final");
+        let mut done = p;
+        done.error = error.clone();
+        fx.lines.push(crate::txlog::node_line(
+            if status == Status::Success {
+                "PayoutConfirmed"
+            } else {
+                "PayoutFailed"
+            },
+            addr_hex(&payer),
+            addr_hex(&done.to),
+            chain,
+            &done.symbol,
+            crate::msg::amount::format_units(done.amount, decimals),
+        ));
+        fx.push(reply::payout(&done, status, error, decimals));
+        Ok(())
+    }
+
+    async fn reorg(
+        &mut self,
+        tx: &mut StoreTx,
+        chain: &str,
+        fork: &BlockRef,
+        fx: &mut Effects,
+    ) -> Result<(), ListenError> {
+        tx.drop_blocks_above(chain, fork.number).await?;
+        tx.push_block(chain, fork, self.keep).await?;
+        let orphaned = tx.orphan_deposits_above(chain, fork.number).await?;
+        let unmined = tx.unmine_payouts_above(chain, fork.number).await?;
+        if unmined > 0 {
+            fx.payout_chains.push(chain.to_owned());
+        }
+        for tx_hash in tx.confirmed_above(chain, fork.number).await? {
+            error!(target: "m2pool::listen", chain, tx = %hash_hex(&tx_hash), fork = fork.number,
+                   "a deposit already reported final was in a block that left the chain; check it by hand");
+        }
+        warn!(target: "m2pool::listen", chain, fork = fork.number, orphaned, unmined, "reorganisation applied");
+        fx.lines.push(crate::txlog::node_line(
+            "Reorg",
+            String::new(),
+            String::new(),
+            chain,
+            "",
+            fork.number.to_string(),
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,332 @@
+//! The listen task (ListenServer): the one owner of the daemon's decisions.
+//!
+//! It takes routed requests from the consumers and events from the chains, and
+//! applies each batch in one message-store transaction: the inbox row, the state
+//! change (watches, deposits, payouts, block cursor), the outbox rows of the
+//! responses it causes and the ledger movements it makes final. Only after the
+//! commit are the deliveries acknowledged and the outbox relay, the ledger relay
+//! and the payout senders woken (DESIGN §3: no lost request, no lost response,
+//! no missed deposit). Batching is what makes it fast: one fsync covers a batch.
+//!
+//! [`requests`] handles what business systems ask; [`blocks`] what the chains
+//! report.
+
+mod blocks;
+mod requests;
+mod watchset;
+
+pub use watchset::WatchSet;
+
+use crate::chain::ChainEvent;
+use crate::chain::eth::block_window;
+use crate::config::Config;
+use crate::metrics::SharedMetrics;
+use crate::msg::Kind;
+use crate::reply::Reply;
+use crate::server::Request;
+use crate::store::{InboxRow, Store, StoreError, StoreTx};
+use crate::txlog::{Line, TxLog};
+use lapin::Acker;
+use lapin::options::BasicAckOptions;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Most requests applied in one transaction.
+const REQUEST_BATCH: usize = 1024;
+/// Most chain events applied in one transaction.
+const CHAIN_BATCH: usize = 64;
+
+/// A routed request and the handle that acknowledges its delivery.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The routed request.
+    pub request: Request,
+    /// Acknowledges the delivery after the commit; `None` when there is none.
+    pub ack: Option<Acker>,
+}
+
+/// A listen failure; it stops the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// The message store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Who to wake after a commit.
+#[derive(Debug, Clone)]
+pub struct Wakers {
+    /// The outbox relay (responses queued).
+    pub outbox: Arc<Notify>,
+    /// The ledger relay (movements queued).
+    pub ledger: Arc<Notify>,
+    /// Each chain's payout sender (payouts queued, or mined ones reorganised away).
+    pub payouts: HashMap<String, Arc<Notify>>,
+}
+
+/// What one transaction queued, to wake the right tasks after its commit.
+#[derive(Debug, Default)]
+struct Effects {
+    /// Responses (and dead letters) queued in the outbox by this transaction.
+    replies: usize,
+    /// Responses not yet written to the outbox: they go in, in order, in one
+    /// statement batch before the commit ([`Effects::flush`]).
+    outbox: Vec<Reply>,
+    movements: usize,
+    payout_chains: Vec<String>,
+    /// Transaction-log lines, written after the commit.
+    lines: Vec<Line>,
+}
+
+impl Effects {
+    /// Queues a response; it reaches the outbox at the next [`Effects::flush`].
+    fn push(&mut self, reply: Reply) {
+        self.replies += 1;
+        self.outbox.push(reply);
+    }
+
+    /// Writes the queued responses to the outbox, in order.
+    async fn flush(&mut self, tx: &mut StoreTx) -> Result<(), ListenError> {
+        if self.outbox.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(&str, &[u8])> = self
+            .outbox
+            .iter()
+            .map(|r| (r.kind, r.body.as_slice()))
+            .collect();
+        tx.push_outbox_many(&rows).await?;
+        self.outbox.clear();
+        Ok(())
+    }
+}
+
+/// The listen task's state.
+pub struct Listen {
+    store: Store,
+    watches: HashMap<String, WatchSet>,
+    decimals: HashMap<String, u8>,
+    confirm_height: u64,
+    keep: u64,
+    wakers: Wakers,
+    txlog: TxLog,
+    metrics: SharedMetrics,
+    /// A dead-letter exchange is configured.
+    dead_letters: bool,
+}
+
+impl Listen {
+    /// Loads the watch set from `store`.
+    pub async fn new(
+        store: Store,
+        config: &Config,
+        wakers: Wakers,
+        txlog: TxLog,
+        metrics: SharedMetrics,
+    ) -> Result<Self, ListenError> {
+        let symbols: Vec<String> = std::iter::once("ETH".to_owned())
+            .chain(config.eth.tokens.iter().map(|t| t.symbol.clone()))
+            .collect();
+        let mut watches: HashMap<String, WatchSet> = config
+            .nets
+            .iter()
+            .map(|n| (n.clone(), WatchSet::new(symbols.clone())))
+            .collect();
+        let mut loaded = 0usize;
+        store
+            .each_watch(|w| {
+                if let Some(set) = watches.get_mut(&w.chain)
+                    && set.insert(w.address, &w.symbol)
+                {
+                    loaded += 1;
+                } else {
+                    warn!(target: "m2pool::listen", chain = %w.chain, symbol = %w.symbol,
+                          address = %crate::msg::addr_hex(&w.address),
+                          "stored watch names a chain or symbol the config no longer has; ignored");
+                }
+            })
+            .await?;
+        info!(target: "m2pool::listen", watches = loaded, "watch set loaded");
+        let decimals = std::iter::once(("ETH".to_owned(), 18u8))
+            .chain(
+                config
+                    .eth
+                    .tokens
+                    .iter()
+                    .map(|t| (t.symbol.clone(), t.decimals)),
+            )
+            .collect();
+        let listen = Self {
+            store,
+            watches,
+            decimals,
+            confirm_height: config.eth.confirm_height,
+            keep: block_window(config.eth.confirm_height),
+            wakers,
+            txlog,
+            metrics,
+            dead_letters: config.rmq.dead_letter_exchange.is_some(),
+        };
+        listen.count_watches();
+        Ok(listen)
+    }
+
+    /// Decimals of `symbol` (18 for one the config no longer knows, with a log).
+    fn decimals(&self, symbol: &str) -> u8 {
+        self.decimals.get(symbol).copied().unwrap_or_else(|| {
+            warn!(target: "m2pool::listen", symbol, "no decimals known for symbol; assuming 18");
+            18
+        })
+    }
+
+    /// Applies requests and chain events until both inputs are done. At
+    /// `shutdown` the requests already handed over are committed (and
+    /// acknowledged) and no more are taken; chain events are taken until the
+    /// chains, which stop at shutdown too, close their channel.
+    pub async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Inbound>,
+        mut chain: mpsc::Receiver<ChainEvent>,
+        shutdown: CancellationToken,
+    ) -> Result<(), ListenError> {
+        let mut reqs = Vec::with_capacity(REQUEST_BATCH);
+        let mut events = Vec::with_capacity(CHAIN_BATCH);
+        let (mut reqs_open, mut chain_open) = (true, true);
+        while reqs_open || chain_open {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if reqs_open => {
+                    reqs_open = false;
+                    while let Ok(inbound) = requests.try_recv() {
+                        reqs.push(inbound);
+                    }
+                    if !reqs.is_empty() {
+                        self.apply_requests(&mut reqs).await?;
+                    }
+                }
+                n = chain.recv_many(&mut events, CHAIN_BATCH), if chain_open => {
+                    if n == 0 {
+                        chain_open = false;
+                    } else {
+                        self.apply_chain(&mut events).await?;
+                    }
+                }
+                n = requests.recv_many(&mut reqs, REQUEST_BATCH), if reqs_open => {
+                    if n == 0 {
+                        reqs_open = false;
+                    } else {
+                        self.apply_requests(&mut reqs).await?;
+                    }
+                }
+            }
+        }
+        debug!(target: "m2pool::listen", "listen stopped");
+        Ok(())
+    }
+
+    async fn apply_requests(&mut self, batch: &mut Vec<Inbound>) -> Result<(), ListenError> {
+        let mut tx = self.store.begin().await?;
+        let mut fx = Effects::default();
+        // The inbox rows of the whole batch go in first; only the requests
+        // recorded now for the first time are applied (a redelivery, or a
+        // repeat within the batch, changes nothing).
+        let rows: Vec<InboxRow<'_>> = batch
+            .iter()
+            .map(|i| {
+                let r = &i.request;
+                let (outcome, error) = requests::inbox_outcome(r);
+                InboxRow {
+                    kind: r.kind.as_str(),
+                    body_hash: &r.body_hash,
+                    body: &r.body,
+                    outcome,
+                    error,
+                }
+            })
+            .collect();
+        let mut new = tx.record_requests(&rows).await?;
+        let mut adds = Vec::new();
+        for inbound in batch.iter() {
+            let r = &inbound.request;
+            if !new.remove(&r.body_hash) {
+                debug!(target: "m2pool::listen", kind = %r.kind, "redelivered request; already applied");
+                continue;
+            }
+            self.apply_request(&mut tx, r, &mut adds, &mut fx).await?;
+        }
+        tx.add_watches(&adds).await?;
+        drop(adds);
+        fx.flush(&mut tx).await?;
+        tx.commit().await?;
+        self.wake(&fx);
+        self.log_lines(std::mem::take(&mut fx.lines)).await;
+        // One acknowledgement per consumer covers the batch: each consumer
+        // hands its deliveries over in order, so every delivery up to the last
+        // one of this batch is committed (`multiple`). A delivery of a channel
+        // that has since been replaced fails to ack and is redelivered, which
+        // the inbox makes harmless.
+        let mut last: HashMap<Kind, Acker> = HashMap::new();
+        for inbound in batch.drain(..) {
+            if let Some(a) = inbound.ack {
+                last.insert(inbound.request.kind, a);
+            }
+        }
+        let acks = last.into_values().map(|a| async move {
+            if let Err(e) = a.ack(BasicAckOptions { multiple: true }).await {
+                warn!(target: "m2pool::listen", error = %e, "ack failed after commit; the broker will redeliver");
+            }
+        });
+        futures::future::join_all(acks).await;
+        Ok(())
+    }
+
+    async fn apply_chain(&mut self, batch: &mut Vec<ChainEvent>) -> Result<(), ListenError> {
+        let started = std::time::Instant::now();
+        let blocks = batch.len().max(1) as u32;
+        let mut tx = self.store.begin().await?;
+        let mut fx = Effects::default();
+        for event in batch.drain(..) {
+            self.apply_event(&mut tx, event, &mut fx).await?;
+        }
+        fx.flush(&mut tx).await?;
+        tx.commit().await?;
+        let per_block = started.elapsed() / blocks;
+        for _ in 0..blocks {
+            self.metrics.block_apply.observe(per_block);
+        }
+        self.wake(&fx);
+        self.log_lines(fx.lines).await;
+        Ok(())
+    }
+
+    async fn log_lines(&self, lines: Vec<Line>) {
+        for l in lines {
+            self.txlog.write(l).await;
+        }
+    }
+
+    /// Publishes the watch set's size to the metrics.
+    fn count_watches(&self) {
+        let n: usize = self.watches.values().map(WatchSet::len).sum();
+        self.metrics
+            .watched
+            .store(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn wake(&self, fx: &Effects) {
+        if fx.replies > 0 {
+            self.wakers.outbox.notify_one();
+        }
+        if fx.movements > 0 {
+            self.wakers.ledger.notify_one();
+        }
+        for chain in &fx.payout_chains {
+            if let Some(w) = self.wakers.payouts.get(chain) {
+                w.notify_one();
+            }
+        }
+    }
+}

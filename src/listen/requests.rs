@@ -1,0 +1,238 @@
+//! Requests: watch, unwatch, payouts (new, repeated or conflicting), cancel,
+//! refusals. Each is recorded in the inbox first; a body seen before (a
+//! redelivery) changes nothing.
+
+use super::{Effects, Listen, ListenError};
+use crate::msg::{Status, addr_hex};
+use crate::reply;
+use crate::server::{Request, Routed};
+use crate::store::{NewPayout, Outcome, Payout, PayoutState, StoreTx, WatchRow};
+use tracing::{info, warn};
+
+impl Listen {
+    /// Applies one request inside `tx`; its inbox row is already recorded
+    /// (it is new). Watches to add are collected in `adds` and written in one
+    /// statement batch before anything that could read them.
+    pub(super) async fn apply_request<'r>(
+        &mut self,
+        tx: &mut StoreTx,
+        r: &'r Request,
+        adds: &mut Vec<&'r WatchRow>,
+        fx: &mut Effects,
+    ) -> Result<(), ListenError> {
+        let (outcome, _) = inbox_outcome(r);
+        self.metrics.request(r.kind, outcome);
+        fx.lines
+            .extend(crate::txlog::request_lines(r, |s| self.decimals(s)));
+        match &r.routed {
+            Routed::Watch(w) => {
+                let new = self
+                    .watches
+                    .get_mut(&w.chain)
+                    .is_some_and(|set| set.insert(w.address, &w.symbol));
+                adds.push(w);
+                info!(target: "m2pool::listen", chain = %w.chain, symbol = %w.symbol,
+                      address = %addr_hex(&w.address), new, "address watched");
+                self.count_watches();
+            }
+            Routed::Unwatch(w) => {
+                // An earlier topup of this batch may have added it.
+                tx.add_watches(adds).await?;
+                adds.clear();
+                let removed = tx.remove_watch(w).await?;
+                if let Some(set) = self.watches.get_mut(&w.chain) {
+                    set.remove(w.address, &w.symbol);
+                }
+                info!(target: "m2pool::listen", chain = %w.chain, symbol = %w.symbol,
+                      address = %addr_hex(&w.address), removed, "remove request");
+                self.count_watches();
+                let (status, error) = if removed {
+                    (Status::Success, None)
+                } else {
+                    (
+                        Status::Failed,
+                        Some(format!(
+                            "address is not watched for {} {}",
+                            w.chain, w.symbol
+                        )),
+                    )
+                };
+                let reply = reply::remove(&w.address, &w.chain, &w.symbol, None, status, error);
+                fx.push(reply);
+            }
+            Routed::Cancel { watch, queue_id } => self.cancel(tx, watch, queue_id, fx).await?,
+            Routed::Payout(items) => self.payouts(tx, items, fx).await?,
+            Routed::Refuse { replies, error, .. } => {
+                warn!(target: "m2pool::listen", kind = %r.kind, error = %error, "request refused");
+                for reply in replies {
+                    fx.push(reply.clone());
+                }
+            }
+            Routed::Unaddressable { reason } => {
+                if self.dead_letters {
+                    // Dead letters keep their place among the responses.
+                    fx.flush(tx).await?;
+                    tx.push_dead_letter(r.kind.as_str(), &r.body, reason)
+                        .await?;
+                    fx.replies += 1;
+                }
+                warn!(target: "m2pool::listen", kind = %r.kind, reason = %reason, dead_lettered = self.dead_letters,
+                      "request cannot be answered");
+            }
+        }
+        Ok(())
+    }
+
+    /// New payouts are queued; a repeat of a known one republishes its current
+    /// state; the same key with other content is refused (the stored payout is
+    /// not touched).
+    async fn payouts(
+        &mut self,
+        tx: &mut StoreTx,
+        items: &[NewPayout],
+        fx: &mut Effects,
+    ) -> Result<(), ListenError> {
+        for item in items {
+            let decimals = self.decimals(&item.symbol);
+            match tx
+                .payout_by_key(&item.chain, item.kind, &item.queue_id, &item.order_id)
+                .await?
+            {
+                None => {
+                    let id = tx.insert_payout(item).await?;
+                    info!(target: "m2pool::listen", id, kind = item.kind, queue_id = %item.queue_id,
+                          order_id = %item.order_id, symbol = %item.symbol, "payout queued");
+                    if !fx.payout_chains.contains(&item.chain) {
+                        fx.payout_chains.push(item.chain.clone());
+                    }
+                }
+                Some(p) if p.content_hash == item.content_hash => {
+                    info!(target: "m2pool::listen", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id,
+                          state = p.state.as_str(), "repeated payout request; republishing its state");
+                    if let Some(reply) = current_state(&p, decimals) {
+                        fx.push(reply);
+                    }
+                }
+                Some(p) => {
+                    let ids = if p.order_id.is_empty() {
+                        format!("queue_id `{}`", p.queue_id)
+                    } else {
+                        format!("queue_id `{}` with order_id `{}`", p.queue_id, p.order_id)
+                    };
+                    let error = format!(
+                        "{ids} is already used by a different request; that request is not affected and nothing was paid for this one"
+                    );
+                    warn!(target: "m2pool::listen", queue_id = %p.queue_id, order_id = %p.order_id,
+                          "payout request reuses a key with other content; refused");
+                    let reply = reply::new_payout(item, Status::Failed, Some(error), decimals);
+                    fx.push(reply);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancels the payouts of `queue_id` that are still queued.
+    async fn cancel(
+        &mut self,
+        tx: &mut StoreTx,
+        w: &WatchRow,
+        queue_id: &str,
+        fx: &mut Effects,
+    ) -> Result<(), ListenError> {
+        let payouts = tx.payouts_by_queue_id(&w.chain, queue_id).await?;
+        let mut cancelled = 0usize;
+        let mut late: Vec<String> = Vec::new();
+        for p in &payouts {
+            if p.state == PayoutState::Queued
+                && tx
+                    .move_payout(
+                        p.id,
+                        PayoutState::Queued,
+                        PayoutState::Cancelled,
+                        Some("cancelled"),
+                    )
+                    .await?
+            {
+                cancelled += 1;
+                let reply = reply::payout(
+                    p,
+                    Status::Failed,
+                    Some("cancelled".to_owned()),
+                    self.decimals(&p.symbol),
+                );
+                fx.push(reply);
+                info!(target: "m2pool::listen", id = p.id, queue_id, order_id = %p.order_id, "payout cancelled");
+            } else {
+                let what = if p.order_id.is_empty() {
+                    format!("the {}", p.kind)
+                } else {
+                    format!("order_id `{}`", p.order_id)
+                };
+                late.push(match p.tx_hash {
+                    Some(h) => format!("{what} is already signed or broadcast (tx {h:#x})"),
+                    None => format!("{what} is already {}", p.state.as_str()),
+                });
+            }
+        }
+        // Partly cancelled (a batch with some transfers already signed) is
+        // status 1, with the error naming what was not cancelled.
+        let (status, error) = if payouts.is_empty() {
+            (
+                Status::Failed,
+                Some(format!(
+                    "no withdrawal or payment with queue_id `{queue_id}` is known"
+                )),
+            )
+        } else if late.is_empty() {
+            (Status::Success, None)
+        } else if cancelled == 0 {
+            (
+                Status::Failed,
+                Some(format!(
+                    "cannot cancel queue_id `{queue_id}`: {}",
+                    late.join("; ")
+                )),
+            )
+        } else {
+            (
+                Status::Success,
+                Some(format!("cancelled {cancelled}, but {}", late.join("; "))),
+            )
+        };
+        let reply = reply::remove(
+            &w.address,
+            &w.chain,
+            &w.symbol,
+            Some(queue_id.to_owned()),
+            status,
+            error,
+        );
+        fx.push(reply);
+        Ok(())
+    }
+}
+
+/// How a request is recorded in the inbox: its outcome and why.
+pub(super) fn inbox_outcome(r: &Request) -> (Outcome, Option<&str>) {
+    match &r.routed {
+        Routed::Refuse { outcome, error, .. } => (*outcome, Some(error.as_str())),
+        Routed::Unaddressable { reason } => (Outcome::Unaddressable, Some(reason.as_str())),
+        _ => (Outcome::Accepted, None),
+    }
+}
+
+/// The response that tells a repeated request where its payout stands; `None`
+/// while it is being signed (its answer is still to come).
+fn current_state(p: &Payout, decimals: u8) -> Option<crate::reply::Reply> {
+    match p.state {
+        PayoutState::Sent | PayoutState::Mined => {
+            Some(reply::payout(p, Status::Pending, None, decimals))
+        }
+        PayoutState::Confirmed => Some(reply::payout(p, Status::Success, None, decimals)),
+        PayoutState::Failed | PayoutState::Refused | PayoutState::Cancelled => {
+            Some(reply::payout(p, Status::Failed, p.error.clone(), decimals))
+        }
+        PayoutState::Queued | PayoutState::Claimed | PayoutState::Signed => None,
+    }
+}

@@ -1,0 +1,293 @@
+//! Counters, gauges and latency histograms, rendered in the Prometheus text
+//! format by the HTTP endpoint. Plain atomics: recording is a few relaxed
+//! increments on hot paths, reading happens only at a scrape.
+
+use crate::msg::Kind;
+use crate::store::Outcome;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in milliseconds.
+const BUCKETS_MS: [u64; 13] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000];
+
+/// A latency histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS_MS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let ms = d.as_millis() as u64;
+        for (i, bound) in BUCKETS_MS.iter().enumerate() {
+            if ms <= *bound {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, bound) in BUCKETS_MS.iter().enumerate() {
+            let le = *bound as f64 / 1000.0;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{le}\"}} {}",
+                self.buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+const OUTCOMES: [Outcome; 4] = [
+    Outcome::Accepted,
+    Outcome::Refused,
+    Outcome::BadSignature,
+    Outcome::Unaddressable,
+];
+
+/// Everything the daemon counts.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: [[AtomicU64; 4]; 4],
+    /// Deposits seen (status 2 published).
+    pub deposits_seen: AtomicU64,
+    /// Addresses watched (any symbol).
+    pub watched: AtomicU64,
+    /// Responses the broker confirmed.
+    pub published: AtomicU64,
+    /// Publish to broker confirm.
+    pub publish_confirm: Histogram,
+    /// A payout's request to its broadcast being accepted.
+    pub payout_broadcast: Histogram,
+    /// Listen's work per verified block (deposits, payouts, what matures, commit).
+    pub block_apply: Histogram,
+}
+
+/// Shared metrics; cheap to clone.
+pub type SharedMetrics = Arc<Metrics>;
+
+fn kind_index(k: Kind) -> usize {
+    match k {
+        Kind::Topup => 0,
+        Kind::Withdraw => 1,
+        Kind::Pay => 2,
+        Kind::Remove => 3,
+    }
+}
+
+fn outcome_index(o: Outcome) -> usize {
+    match o {
+        Outcome::Accepted => 0,
+        Outcome::Refused => 1,
+        Outcome::BadSignature => 2,
+        Outcome::Unaddressable => 3,
+    }
+}
+
+/// Figures read at scrape time from elsewhere (store, health, channels).
+#[derive(Debug, Default, Clone)]
+pub struct Gauges {
+    /// Outbox rows not yet confirmed by the broker.
+    pub outbox_backlog: i64,
+    /// Payouts per state.
+    pub payouts: Vec<(String, i64)>,
+    /// Deposits per state.
+    pub deposits: Vec<(String, i64)>,
+    /// Per chain: head, cursor.
+    pub chains: Vec<(String, u64, u64)>,
+    /// Per channel: name, queued, capacity.
+    pub channels: Vec<(&'static str, usize, usize)>,
+    /// Broker connected.
+    pub broker_connected: bool,
+}
+
+impl Metrics {
+    /// Counts a request recorded in the inbox.
+    pub fn request(&self, kind: Kind, outcome: Outcome) {
+        self.requests[kind_index(kind)][outcome_index(outcome)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many requests of `kind` ended in `outcome`.
+    pub fn requests(&self, kind: Kind, outcome: Outcome) -> u64 {
+        self.requests[kind_index(kind)][outcome_index(outcome)].load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(
+            out,
+            "# HELP m2pool_requests_total Requests recorded, by kind and outcome.\n# TYPE m2pool_requests_total counter"
+        );
+        for k in Kind::ALL {
+            for o in OUTCOMES {
+                let _ = writeln!(
+                    out,
+                    "m2pool_requests_total{{kind=\"{}\",outcome=\"{}\"}} {}",
+                    k.as_str(),
+                    o.as_str(),
+                    self.requests(k, o)
+                );
+            }
+        }
+        let gauge = |out: &mut String, name: &str, help: &str, v: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        counter(
+            &mut out,
+            "m2pool_deposits_seen_total",
+            "Deposits reported with status 2.",
+            self.deposits_seen.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "m2pool_responses_published_total",
+            "Responses confirmed by the broker.",
+            self.published.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "m2pool_watched_addresses",
+            "Addresses watched for deposits.",
+            self.watched.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "m2pool_outbox_backlog",
+            "Responses not yet confirmed by the broker.",
+            g.outbox_backlog.to_string(),
+        );
+        gauge(
+            &mut out,
+            "m2pool_broker_connected",
+            "1 when the broker connection is up.",
+            u8::from(g.broker_connected).to_string(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP m2pool_payouts Payouts by state (pending: queued to mined; failed: failed and refused).\n# TYPE m2pool_payouts gauge"
+        );
+        for (state, n) in &g.payouts {
+            let _ = writeln!(out, "m2pool_payouts{{state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP m2pool_deposits Deposits by state.\n# TYPE m2pool_deposits gauge"
+        );
+        for (state, n) in &g.deposits {
+            let _ = writeln!(out, "m2pool_deposits{{state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP m2pool_chain_head Highest block the node reported.\n# TYPE m2pool_chain_head gauge"
+        );
+        for (chain, head, _) in &g.chains {
+            let _ = writeln!(out, "m2pool_chain_head{{chain=\"{chain}\"}} {head}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP m2pool_chain_cursor Last verified block.\n# TYPE m2pool_chain_cursor gauge"
+        );
+        for (chain, _, cursor) in &g.chains {
+            let _ = writeln!(out, "m2pool_chain_cursor{{chain=\"{chain}\"}} {cursor}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP m2pool_chain_cursor_lag Blocks between the head and the cursor.\n# TYPE m2pool_chain_cursor_lag gauge"
+        );
+        for (chain, head, cursor) in &g.chains {
+            let _ = writeln!(
+                out,
+                "m2pool_chain_cursor_lag{{chain=\"{chain}\"}} {}",
+                head.saturating_sub(*cursor)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP m2pool_channel_fill Items waiting in an internal channel, and its capacity.\n# TYPE m2pool_channel_fill gauge"
+        );
+        for (name, queued, capacity) in &g.channels {
+            let _ = writeln!(out, "m2pool_channel_fill{{channel=\"{name}\"}} {queued}");
+            let _ = writeln!(
+                out,
+                "m2pool_channel_capacity{{channel=\"{name}\"}} {capacity}"
+            );
+        }
+        self.publish_confirm.render(
+            &mut out,
+            "m2pool_publish_confirm_seconds",
+            "From publishing a response to the broker's confirm.",
+        );
+        self.payout_broadcast.render(
+            &mut out,
+            "m2pool_payout_broadcast_seconds",
+            "From a payout's request to its broadcast being accepted.",
+        );
+        self.block_apply.render(
+            &mut out,
+            "m2pool_block_apply_seconds",
+            "Work per verified block: deposits, payouts, what matures, commit.",
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.request(Kind::Topup, Outcome::Accepted);
+        m.request(Kind::Topup, Outcome::Accepted);
+        m.request(Kind::Withdraw, Outcome::BadSignature);
+        m.publish_confirm.observe(Duration::from_millis(3));
+        m.publish_confirm.observe(Duration::from_millis(30));
+        let g = Gauges {
+            outbox_backlog: 4,
+            payouts: vec![("sent".into(), 2)],
+            chains: vec![("ETH".into(), 120, 118)],
+            channels: vec![("requests", 5, 4096)],
+            ..Gauges::default()
+        };
+        let text = m.render(&g);
+        assert!(
+            text.contains("m2pool_requests_total{kind=\"topup\",outcome=\"accepted\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("m2pool_requests_total{kind=\"withdraw\",outcome=\"bad_signature\"} 1")
+        );
+        assert!(text.contains("m2pool_outbox_backlog 4"));
+        assert!(text.contains("m2pool_payouts{state=\"sent\"} 2"));
+        assert!(text.contains("m2pool_chain_cursor_lag{chain=\"ETH\"} 2"));
+        assert!(text.contains("m2pool_channel_fill{channel=\"requests\"} 5"));
+        assert!(text.contains("m2pool_publish_confirm_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("m2pool_publish_confirm_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(text.contains("m2pool_publish_confirm_seconds_count 2"));
+        // Every sample line is `name{labels} value` or `name value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert_eq!(line.split(' ').count(), 2, "{line}");
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! JSON objects read with every member's exact text, and the canonical string
+//! that `sign` covers (DESIGN §1).
+//!
+//! The canonical string is every top-level field except `sign` and nulls, sorted
+//! by name (byte order), written `name=value` and joined with `&`. Strings are
+//! written as-is, numbers exactly as their JSON text, booleans as `true`/`false`,
+//! arrays and objects as compact JSON with sorted keys (numbers inside them
+//! exact too). Keeping the raw text of every member is what makes amounts and
+//! the signature exact: nothing passes through a float.
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use std::fmt;
+
+/// Why a body is not a usable JSON object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CanonError {
+    /// Not JSON, or not an object at the top.
+    #[error("body is not a JSON object: {0}")]
+    NotAnObject(String),
+    /// The same name twice in one object; refused so that what is signed and what
+    /// is read can never differ.
+    #[error("field `{0}` appears twice")]
+    DuplicateField(String),
+}
+
+/// A JSON object with its members' raw text, sorted by name.
+#[derive(Debug)]
+pub struct RawObject {
+    members: Vec<(String, Box<RawValue>)>,
+}
+
+impl<'de> Deserialize<'de> for RawObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Vec<(String, Box<RawValue>)>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
+                    members.push(entry);
+                }
+                Ok(members)
+            }
+        }
+        let mut members = d.deserialize_map(V)?;
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(w) = members.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(de::Error::custom(DuplicateMarker(w[0].0.clone())));
+        }
+        Ok(Self { members })
+    }
+}
+
+/// Carries a duplicate name through serde's error type.
+struct DuplicateMarker(String);
+impl fmt::Display for DuplicateMarker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "duplicate field `{}`", self.0)
+    }
+}
+
+impl RawObject {
+    /// Reads a body that must be one JSON object (and nothing after it).
+    pub fn parse(body: &[u8]) -> Result<Self, CanonError> {
+        serde_json::from_slice(body).map_err(|e| {
+            let msg = e.to_string();
+            match msg
+                .strip_prefix("duplicate field `")
+                .and_then(|r| r.split_once('`'))
+            {
+                Some((name, _)) => CanonError::DuplicateField(name.to_owned()),
+                None => CanonError::NotAnObject(msg),
+            }
+        })
+    }
+
+    /// The raw text of member `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&RawValue> {
+        self.members
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| &*self.members[i].1)
+    }
+
+    /// Members in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &RawValue)> {
+        self.members.iter().map(|(k, v)| (k.as_str(), &**v))
+    }
+
+    /// The canonical string of this object, as signed.
+    pub fn canonical_string(&self) -> Result<String, CanonError> {
+        let mut out = String::with_capacity(256);
+        for (name, value) in self.iter() {
+            let text = value.get().trim();
+            if name == "sign" || text == "null" {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push('&');
+            }
+            out.push_str(name);
+            out.push('=');
+            if text.starts_with('"') {
+                let s: String = serde_json::from_str(text)
+                    .map_err(|e| CanonError::NotAnObject(e.to_string()))?;
+                out.push_str(&s);
+            } else {
+                compact(value, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Writes `value` as compact JSON with sorted object keys and exact numbers.
+fn compact(value: &RawValue, out: &mut String) -> Result<(), CanonError> {
+    let text = value.get().trim();
+    let bad = |e: serde_json::Error| CanonError::NotAnObject(e.to_string());
+    match text.as_bytes().first() {
+        Some(b'{') => {
+            let obj = RawObject::parse(text.as_bytes())?;
+            out.push('{');
+            for (i, (k, v)) in obj.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::to_string(k).map_err(bad)?);
+                out.push(':');
+                compact(v, out)?;
+            }
+            out.push('}');
+        }
+        Some(b'[') => {
+            let items: Vec<Box<RawValue>> = serde_json::from_str(text).map_err(bad)?;
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                compact(v, out)?;
+            }
+            out.push(']');
+        }
+        Some(b'"') => {
+            let s: String = serde_json::from_str(text).map_err(bad)?;
+            out.push_str(&serde_json::to_string(&s).map_err(bad)?);
+        }
+        // Numbers, booleans and null: their text is already canonical.
+        _ => out.push_str(text),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(body: &str) -> String {
+        RawObject::parse(body.as_bytes())
+            .and_then(|o| o.canonical_string())
+            .expect("canonical string")
+    }
+
+    #[test]
+    fn sorts_skips_sign_and_nulls_and_keeps_number_text() {
+        let body = r#"{"timestamp": 1758610297, "symbol":"USDT", "sign":"x", "memo": null,
+                      "amount": 50.250, "chain":"ETH", "ok": true}"#;
+        assert_eq!(
+            canon(body),
+            "amount=50.250&chain=ETH&ok=true&symbol=USDT&timestamp=1758610297"
+        );
+    }
+
+    #[test]
+    fn nested_values_are_compact_and_sorted() {
+        let body = r#"{"transactions": [ {"to_address": "0xA", "amount": 1.50, "order_id": "o\"1", "x": null} ],
+                      "queue_id": "q"}"#;
+        assert_eq!(
+            canon(body),
+            r#"queue_id=q&transactions=[{"amount":1.50,"order_id":"o\"1","to_address":"0xA","x":null}]"#
+        );
+    }
+
+    #[test]
+    fn strings_are_unescaped_at_the_top_level() {
+        assert_eq!(canon(r#"{"a":"caf\u00e9 \"x\""}"#), "a=café \"x\"");
+    }
+
+    #[test]
+    fn refuses_duplicates_and_non_objects() {
+        assert_eq!(
+            RawObject::parse(br#"{"a":1,"a":2}"#).err(),
+            Some(CanonError::DuplicateField("a".into()))
+        );
+        assert!(matches!(
+            RawObject::parse(br#"{"o":{"k":1,"k":2}}"#).and_then(|o| o.canonical_string()),
+            Err(CanonError::DuplicateField(_))
+        ));
+        for bad in [
+            &b"[1]"[..],
+            b"42",
+            b"\"s\"",
+            b"{",
+            b"",
+            b"{} x",
+            b"\xff\xfe",
+        ] {
+            assert!(matches!(
+                RawObject::parse(bad),
+                Err(CanonError::NotAnObject(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn get_finds_members() {
+        let o = RawObject::parse(br#"{"b":2,"a":"x"}"#).expect("parses");
+        assert_eq!(o.get("a").map(|v| v.get()), Some("\"x\""));
+        assert_eq!(o.get("b").map(|v| v.get()), Some("2"));
+        assert!(o.get("c").is_none());
+    }
+}

@@ -1,0 +1,241 @@
+//! The outbox relay: publishes unsent responses in order, persistent, with
+//! publisher confirms, and marks a row sent only after the broker's ack.
+//!
+//! Publishes are `mandatory`, so a response that no queue takes comes back as a
+//! return and counts as a failure, like a nack. After a failure the relay starts
+//! again from the oldest unsent row: delivery is at least once, and a repeat is
+//! the identical body.
+
+use super::{Broker, QueueError, amqp};
+use crate::backoff::Backoff;
+use crate::store::{DEAD_LETTER_PREFIX, OutboxRow};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+/// Rows published per round: one read, one commit marking them sent.
+const BATCH: u32 = 4096;
+
+/// Publishes whose frames may be waiting to be written at once.
+const PUBLISH_WINDOW: usize = 256;
+
+/// How long the relay goes on publishing after shutdown was asked for.
+pub const FLUSH_LIMIT: Duration = Duration::from_secs(5);
+
+/// One row routed: where it goes and how.
+type Target<'a> = (
+    &'a OutboxRow,
+    ShortString,
+    ShortString,
+    BasicPublishOptions,
+    BasicProperties,
+);
+
+/// Publishes one routed row; resolves once its frames are written.
+async fn publish<'a>(
+    ch: &'a Channel,
+    (row, exchange, routing_key, opts, props): Target<'a>,
+) -> (i64, Result<PublisherConfirm, lapin::Error>) {
+    let result = ch
+        .basic_publish(exchange, routing_key, opts, &row.body, props)
+        .await;
+    (row.id, result)
+}
+
+/// Publishes the outbox until `shutdown` (then until `drained`, briefly).
+pub(super) async fn relay(
+    conn: &Connection,
+    broker: &Broker,
+    shutdown: &CancellationToken,
+    drained: &CancellationToken,
+) -> Result<(), QueueError> {
+    let Broker {
+        cfg,
+        store,
+        outbox: wake,
+        txlog,
+        metrics,
+        ..
+    } = broker;
+    let ch = conn
+        .create_channel()
+        .await
+        .map_err(amqp("open publisher channel"))?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(amqp("confirm.select"))?;
+    let routes: HashMap<&'static str, (ShortString, ShortString)> = cfg
+        .entries()
+        .into_iter()
+        .filter(|(k, _)| k.ends_with("_resp"))
+        .map(|(k, e)| {
+            (
+                k,
+                (e.exchange.as_str().into(), e.routing[0].as_str().into()),
+            )
+        })
+        .collect();
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into());
+    let publish_opts = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let mut after = 0i64;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut flush_until: Option<Instant> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            let until = *flush_until.get_or_insert_with(|| Instant::now() + FLUSH_LIMIT);
+            if Instant::now() > until {
+                let left = store.outbox_backlog().await?;
+                warn!(target: "m2pool::queue", left, "shutting down with responses unpublished; they go out at the next start");
+                break;
+            }
+        }
+        let rows = store.unsent(after, BATCH).await?;
+        if rows.is_empty() {
+            if flush_until.is_some() && drained.is_cancelled() {
+                // Listen has committed its last batch and all of it is out.
+                break;
+            }
+            let idle = if flush_until.is_some() {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_secs(1)
+            };
+            tokio::select! {
+                _ = shutdown.cancelled(), if flush_until.is_none() => {}
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(idle) => {}
+            }
+            continue;
+        }
+        // Route every row first, in order.
+        let mut targets = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match row.kind.strip_prefix(DEAD_LETTER_PREFIX) {
+                // Dead letters: to the dead-letter exchange, keyed by request
+                // kind, with the reason in a header; not mandatory, since what
+                // is bound there is the operator's choice.
+                Some(request_kind) => {
+                    let Some(x) = &cfg.dead_letter_exchange else {
+                        continue;
+                    };
+                    let mut headers = FieldTable::default();
+                    headers.insert(
+                        "x-m2pool-reason".into(),
+                        AMQPValue::LongString(row.reason.clone().unwrap_or_default().into()),
+                    );
+                    let props = BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_headers(headers);
+                    targets.push((
+                        row,
+                        ShortString::from(x.as_str()),
+                        ShortString::from(request_kind),
+                        BasicPublishOptions::default(),
+                        props,
+                    ));
+                }
+                None => {
+                    let Some((exchange, routing_key)) = routes.get(row.kind.as_str()) else {
+                        error!(target: "m2pool::queue", id = row.id, kind = %row.kind,
+                               "outbox row for a queue the config does not have; left unsent");
+                        continue;
+                    };
+                    targets.push((
+                        row,
+                        exchange.clone(),
+                        routing_key.clone(),
+                        publish_opts,
+                        props.clone(),
+                    ));
+                }
+            }
+        }
+        // Publish with many frames in flight: lapin resolves a publish once
+        // its frames are written, so awaiting each in turn would cost a trip
+        // through its I/O loop per message. The futures are first polled in
+        // order, which is when each takes its frames' place and its delivery
+        // tag, so the broker receives the rows in order.
+        let mut pending = Vec::with_capacity(targets.len());
+        let mut failed = false;
+        let mut lost = None;
+        let mut targets = targets.into_iter();
+        let mut publishes = FuturesOrdered::new();
+        loop {
+            while publishes.len() < PUBLISH_WINDOW {
+                let Some(t) = targets.next() else { break };
+                publishes.push_back(publish(&ch, t));
+            }
+            let Some((id, result)) = publishes.next().await else {
+                break;
+            };
+            match result {
+                Ok(confirm) => pending.push((id, confirm, Instant::now())),
+                Err(e) => {
+                    warn!(target: "m2pool::queue", id, error = %e, "publish failed");
+                    failed = true;
+                    lost = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(publishes);
+        if let Some(e) = lost {
+            ch.wait_for_recovery(e)
+                .await
+                .map_err(amqp("recover publisher"))?;
+        }
+        let mut sent = Vec::with_capacity(pending.len());
+        for (id, confirm, published) in pending {
+            let result = confirm.await;
+            metrics.publish_confirm.observe(published.elapsed());
+            match result {
+                Ok(Confirmation::Ack(None)) => sent.push(id),
+                Ok(Confirmation::Ack(Some(returned))) => {
+                    failed = true;
+                    warn!(target: "m2pool::queue", id, reply = %returned.reply_text,
+                          "response unroutable: no queue is bound for it; will retry");
+                }
+                Ok(Confirmation::Nack(_)) => {
+                    failed = true;
+                    warn!(target: "m2pool::queue", id, "broker nacked a response; will retry");
+                }
+                Ok(Confirmation::NotRequested) => sent.push(id),
+                Err(e) => {
+                    failed = true;
+                    warn!(target: "m2pool::queue", id, error = %e, "no confirm for a response; will retry");
+                }
+            }
+        }
+        store.mark_sent(&sent).await?;
+        metrics
+            .published
+            .fetch_add(sent.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let confirmed: HashSet<i64> = sent.iter().copied().collect();
+        for row in rows.iter().filter(|r| confirmed.contains(&r.id)) {
+            if let Some(line) = crate::txlog::response_line(&row.kind, &row.body) {
+                txlog.write(line).await;
+            }
+        }
+        debug!(target: "m2pool::queue", sent = sent.len(), "responses confirmed");
+        if failed {
+            after = 0;
+            let (delay, _) = backoff.next_delay();
+            tokio::time::sleep(delay).await;
+        } else {
+            backoff.reset();
+            after = rows.last().map_or(after, |r| r.id);
+        }
+    }
+    Ok(())
+}

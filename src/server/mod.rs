@@ -1,0 +1,256 @@
+//! The router: decode a request body, verify its signature, validate it against
+//! the configuration, and say what to do with it.
+//!
+//! This is pure: no I/O, no state. It runs in the consumer tasks, so decoding and
+//! HMAC work spread over the request queues, and hands a [`Routed`] decision to
+//! the listen task, which owns every state change. A request that is refused
+//! before anything happens gets its responses (`status` 3 for a bad signature,
+//! 0 with a plain-words `error` otherwise) where it can be addressed; one that
+//! cannot be addressed is recorded and dropped with its reason.
+
+mod payout;
+
+use crate::config::Config;
+use crate::msg::{self, FieldError, Kind, RawObject, Status, sign};
+use crate::reply::{self, Reply};
+use crate::secret::CommKey;
+use crate::store::{NewPayout, Outcome, WatchRow};
+use alloy::primitives::Address;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// Bodies larger than this are not parsed.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// What the router decided about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routed {
+    /// Watch an address for deposits (a valid topup).
+    Watch(WatchRow),
+    /// Stop watching an address (a valid remove without `queue_id`).
+    Unwatch(WatchRow),
+    /// Cancel the payouts of `queue_id` that have not been signed (a valid
+    /// remove with `queue_id`).
+    Cancel {
+        /// The remove request's address, chain and symbol, echoed in the answer.
+        watch: WatchRow,
+        /// Payouts to cancel.
+        queue_id: String,
+    },
+    /// Pay: one withdrawal, or the transfers of one payment.
+    Payout(Vec<NewPayout>),
+    /// Refused before anything happened: answer and record.
+    Refuse {
+        /// Why, for the inbox.
+        outcome: Outcome,
+        /// The plain-words reason.
+        error: String,
+        /// The answers (one per payment transfer).
+        replies: Vec<Reply>,
+    },
+    /// Cannot be answered: record and drop.
+    Unaddressable {
+        /// Why, for the log and the inbox.
+        reason: String,
+    },
+}
+
+/// A request after routing, with what the inbox needs.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Request kind.
+    pub kind: Kind,
+    /// sha256 over kind and body: a redelivery has the same.
+    pub body_hash: [u8; 32],
+    /// The body as received.
+    pub body: Vec<u8>,
+    /// The decision.
+    pub routed: Routed,
+}
+
+/// Per-chain symbols the router accepts.
+#[derive(Debug, Clone)]
+struct ChainSymbols {
+    name: String,
+    /// Upper-case symbols with their decimals: `ETH` first, then the tokens.
+    symbols: Vec<(String, u8)>,
+}
+
+/// Decodes, verifies and validates requests. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Router {
+    key: Arc<CommKey>,
+    chains: Arc<Vec<ChainSymbols>>,
+}
+
+impl Router {
+    /// A router for `config`, verifying with `key`.
+    pub fn new(config: &Config, key: CommKey) -> Self {
+        let chains = config
+            .nets
+            .iter()
+            .map(|name| ChainSymbols {
+                name: name.clone(),
+                symbols: std::iter::once(("ETH".to_owned(), 18))
+                    .chain(
+                        config
+                            .eth
+                            .tokens
+                            .iter()
+                            .map(|t| (t.symbol.clone(), t.decimals)),
+                    )
+                    .collect(),
+            })
+            .collect();
+        Self {
+            key: Arc::new(key),
+            chains: Arc::new(chains),
+        }
+    }
+
+    /// Routes one request body.
+    pub fn route(&self, kind: Kind, body: Vec<u8>) -> Request {
+        let mut h = Sha256::new();
+        h.update(kind.as_str().as_bytes());
+        h.update([0u8]);
+        h.update(&body);
+        let body_hash: [u8; 32] = h.finalize().into();
+        let routed = self.decide(kind, &body);
+        Request {
+            kind,
+            body_hash,
+            body,
+            routed,
+        }
+    }
+
+    fn decide(&self, kind: Kind, body: &[u8]) -> Routed {
+        if body.len() > MAX_BODY {
+            return Routed::Unaddressable {
+                reason: format!(
+                    "body of {} bytes is over the {MAX_BODY}-byte limit",
+                    body.len()
+                ),
+            };
+        }
+        let obj = match RawObject::parse(body) {
+            Ok(o) => o,
+            Err(e) => {
+                return Routed::Unaddressable {
+                    reason: e.to_string(),
+                };
+            }
+        };
+        match kind {
+            Kind::Topup | Kind::Remove => self.watch_request(kind, &obj),
+            Kind::Withdraw | Kind::Pay => self.payout_request(kind, &obj),
+        }
+    }
+
+    fn watch_request(&self, kind: Kind, obj: &RawObject) -> Routed {
+        let Some(address) = msg::lenient_str(obj, "address").map(|a| a.to_ascii_lowercase()) else {
+            return Routed::Unaddressable {
+                reason: format!("{kind} request without an `address` string cannot be answered"),
+            };
+        };
+        let refuse = |status: Status, error: String| {
+            let reply = reply::watch_refusal(
+                kind,
+                address.clone(),
+                msg::lenient_str(obj, "chain").unwrap_or_default(),
+                msg::lenient_str(obj, "symbol").unwrap_or_default(),
+                msg::lenient_str(obj, "queue_id"),
+                status,
+                error.clone(),
+            );
+            refusal(status, error, vec![reply])
+        };
+        if let Err(error) = self.verify(obj) {
+            return refuse(Status::BadSignature, error);
+        }
+        match self.validate_watch(obj) {
+            Err(error) => refuse(Status::Failed, error),
+            Ok(watch) => match (kind, msg::lenient_str(obj, "queue_id")) {
+                (Kind::Remove, Some(queue_id)) => Routed::Cancel { watch, queue_id },
+                (Kind::Remove, None) => Routed::Unwatch(watch),
+                _ => Routed::Watch(watch),
+            },
+        }
+    }
+
+    /// Checks `sign` over the canonical string.
+    fn verify(&self, obj: &RawObject) -> Result<(), String> {
+        let provided = match msg::str_field(obj, "sign") {
+            Ok(s) => s,
+            Err(FieldError::Missing(_)) => return Err("missing field `sign`".to_owned()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let canonical = obj.canonical_string().map_err(|e| e.to_string())?;
+        if sign::verify_canonical(self.key.expose(), &canonical, &provided) {
+            Ok(())
+        } else {
+            Err("signature does not match".to_owned())
+        }
+    }
+
+    fn validate_watch(&self, obj: &RawObject) -> Result<WatchRow, String> {
+        let (chain, symbol, _) = self.chain_symbol(obj)?;
+        let address = msg::address_field(obj, "address").map_err(|e| e.to_string())?;
+        if address == Address::ZERO {
+            return Err("field `address` must not be the zero address".to_owned());
+        }
+        msg::int_field(obj, "timestamp").map_err(|e| e.to_string())?;
+        msg::opt_str_field(obj, "queue_id").map_err(|e| e.to_string())?;
+        Ok(WatchRow {
+            chain,
+            symbol,
+            address,
+        })
+    }
+
+    /// The canonical chain and symbol names a request asks for, and the
+    /// symbol's decimals.
+    fn chain_symbol(&self, obj: &RawObject) -> Result<(String, String, u8), String> {
+        let chain = msg::str_field(obj, "chain").map_err(|e| e.to_string())?;
+        let symbol = msg::str_field(obj, "symbol").map_err(|e| e.to_string())?;
+        let c = self
+            .chains
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(&chain))
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.chains.iter().map(|c| c.name.as_str()).collect();
+                format!(
+                    "unknown chain `{chain}` (this gateway serves {})",
+                    known.join(", ")
+                )
+            })?;
+        let (s, d) = c
+            .symbols
+            .iter()
+            .find(|(s, _)| s.eq_ignore_ascii_case(&symbol))
+            .ok_or_else(|| {
+                let known: Vec<&str> = c.symbols.iter().map(|(s, _)| s.as_str()).collect();
+                format!(
+                    "unknown symbol `{symbol}` on {} (known: {})",
+                    c.name,
+                    known.join(", ")
+                )
+            })?;
+        Ok((c.name.clone(), s.clone(), *d))
+    }
+}
+
+fn refusal(status: Status, error: String, replies: Vec<Reply>) -> Routed {
+    Routed::Refuse {
+        outcome: if status == Status::BadSignature {
+            Outcome::BadSignature
+        } else {
+            Outcome::Refused
+        },
+        error,
+        replies,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,279 @@
+//! Deposit rows: seen, re-mined after a reorganisation, orphaned, decided.
+//!
+//! A deposit is keyed by `(chain, tx_hash, log_index)` (`-1` for native ether).
+//! Its state moves pending → confirmed or failed; a reorganisation moves a
+//! pending deposit to orphaned, and a re-mined one back to pending in its new
+//! block. `due` is the height at which it is decided, so the per-block work is
+//! an index range over what matures.
+
+use super::{Ctx, StoreError, StoreTx, address, b256, now_ms};
+use alloy::primitives::{Address, B256, U256};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use std::collections::HashSet;
+
+/// Pending: seen in a canonical block, waiting for depth.
+pub const PENDING: i64 = 0;
+/// Confirmed: final, reported with status 1.
+pub const CONFIRMED: i64 = 1;
+/// Failed: final, reported with status 0.
+pub const FAILED: i64 = 2;
+/// Orphaned: its block was reorganised away; waiting to be mined again.
+pub const ORPHANED: i64 = 3;
+
+/// A deposit as the watcher found it in a canonical block.
+#[derive(Debug, Clone)]
+pub struct NewDeposit<'a> {
+    /// Chain name.
+    pub chain: &'a str,
+    /// Transaction hash.
+    pub tx_hash: B256,
+    /// Log index of the Transfer event; `-1` for native ether.
+    pub log_index: i64,
+    /// Symbol.
+    pub symbol: &'a str,
+    /// The watched address that received it.
+    pub address: Address,
+    /// Sender.
+    pub from: Address,
+    /// Base units.
+    pub amount: U256,
+    /// Block height.
+    pub block_number: u64,
+    /// Block hash.
+    pub block_hash: B256,
+    /// Height at which it is final: `block_number + confirm_height`.
+    pub due: u64,
+}
+
+/// What recording a seen deposit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepositSeen {
+    /// First sighting: report status 2.
+    New,
+    /// Back in a canonical block after a reorganisation: already reported 2.
+    Remined,
+    /// Seen again after it was reported failed: reported 2 anew.
+    Reopened,
+    /// Already known in this block or already confirmed: nothing to do.
+    Known,
+}
+
+/// A deposit whose `due` height has been reached.
+#[derive(Debug, Clone)]
+pub struct DueDeposit {
+    /// Row id.
+    pub id: i64,
+    /// Transaction hash.
+    pub tx_hash: B256,
+    /// Log index (`-1` for native ether).
+    pub log_index: i64,
+    /// Symbol.
+    pub symbol: String,
+    /// Watched address.
+    pub address: Address,
+    /// Sender.
+    pub from: Address,
+    /// Base units.
+    pub amount: U256,
+    /// Block height.
+    pub block_number: u64,
+    /// Block hash it was seen in.
+    pub block_hash: B256,
+    /// `true` if it was orphaned (and not mined again).
+    pub orphaned: bool,
+}
+
+impl StoreTx {
+    /// Records a deposit seen in a canonical block.
+    pub async fn deposit_seen(&mut self, d: &NewDeposit<'_>) -> Result<DepositSeen, StoreError> {
+        Ok(self
+            .deposits_seen(std::slice::from_ref(d))
+            .await?
+            .pop()
+            .unwrap_or(DepositSeen::Known))
+    }
+
+    /// Records deposits seen in canonical blocks, in order; returns what each
+    /// did. New deposits (the usual case) go in with a few multi-row
+    /// statements; only known ones are looked at one by one.
+    pub async fn deposits_seen(
+        &mut self,
+        ds: &[NewDeposit<'_>],
+    ) -> Result<Vec<DepositSeen>, StoreError> {
+        let now = now_ms();
+        let mut inserted: HashSet<(String, Vec<u8>, i64)> = HashSet::with_capacity(ds.len());
+        for chunk in ds.chunks(200) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO deposits (chain, tx_hash, log_index, symbol, address, from_address,
+                    amount, block_number, block_hash, state, due, created_at, updated_at) ",
+            );
+            q.push_values(chunk, |mut b, d| {
+                b.push_bind(d.chain)
+                    .push_bind(d.tx_hash.as_slice())
+                    .push_bind(d.log_index)
+                    .push_bind(d.symbol)
+                    .push_bind(d.address.as_slice())
+                    .push_bind(d.from.as_slice())
+                    .push_bind(d.amount.to_string())
+                    .push_bind(d.block_number as i64)
+                    .push_bind(d.block_hash.as_slice())
+                    .push_bind(PENDING)
+                    .push_bind(d.due as i64)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            q.push(" ON CONFLICT (chain, tx_hash, log_index) DO NOTHING RETURNING chain, tx_hash, log_index");
+            let rows: Vec<(String, Vec<u8>, i64)> = q
+                .build_query_as()
+                .fetch_all(&mut *self.tx)
+                .await
+                .ctx("insert deposits")?;
+            inserted.extend(rows);
+        }
+        let mut out = Vec::with_capacity(ds.len());
+        for d in ds {
+            let key = (d.chain.to_owned(), d.tx_hash.to_vec(), d.log_index);
+            out.push(if inserted.remove(&key) {
+                DepositSeen::New
+            } else {
+                self.deposit_seen_again(d, now).await?
+            });
+        }
+        Ok(out)
+    }
+
+    /// A deposit already in the store, seen in a canonical block again.
+    async fn deposit_seen_again(
+        &mut self,
+        d: &NewDeposit<'_>,
+        now: i64,
+    ) -> Result<DepositSeen, StoreError> {
+        let existing: Option<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT state, block_hash FROM deposits WHERE chain = ? AND tx_hash = ? AND log_index = ?",
+        )
+        .bind(d.chain)
+        .bind(d.tx_hash.as_slice())
+        .bind(d.log_index)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .ctx("read deposit")?;
+        let outcome = match existing {
+            None => {
+                return Err(StoreError::Corrupt {
+                    what: "deposits (row vanished)",
+                });
+            }
+            Some((PENDING, hash)) if hash == d.block_hash.as_slice() => {
+                return Ok(DepositSeen::Known);
+            }
+            Some((CONFIRMED, _)) => return Ok(DepositSeen::Known),
+            Some((FAILED, _)) => DepositSeen::Reopened,
+            Some(_) => DepositSeen::Remined,
+        };
+        sqlx::query(
+            "UPDATE deposits SET block_number = ?, block_hash = ?, state = ?, due = ?, updated_at = ?
+             WHERE chain = ? AND tx_hash = ? AND log_index = ?",
+        )
+        .bind(d.block_number as i64)
+        .bind(d.block_hash.as_slice())
+        .bind(PENDING)
+        .bind(d.due as i64)
+        .bind(now)
+        .bind(d.chain)
+        .bind(d.tx_hash.as_slice())
+        .bind(d.log_index)
+        .execute(&mut *self.tx)
+        .await
+        .ctx("update deposit")?;
+        Ok(outcome)
+    }
+
+    /// Marks pending deposits in blocks above `fork` as orphaned; returns how
+    /// many. Deposits already confirmed there are returned by
+    /// [`StoreTx::confirmed_above`] for the caller to report.
+    pub async fn orphan_deposits_above(
+        &mut self,
+        chain: &str,
+        fork: u64,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE deposits SET state = ?, updated_at = ? WHERE chain = ? AND state = ? AND block_number > ?",
+        )
+        .bind(ORPHANED)
+        .bind(now_ms())
+        .bind(chain)
+        .bind(PENDING)
+        .bind(fork as i64)
+        .execute(&mut *self.tx)
+        .await
+        .ctx("orphan deposits")?;
+        Ok(done.rows_affected())
+    }
+
+    /// Confirmed deposits in blocks above `fork`: a reorganisation deeper than
+    /// the confirmation depth, which only an operator can sort out.
+    pub async fn confirmed_above(
+        &mut self,
+        chain: &str,
+        fork: u64,
+    ) -> Result<Vec<B256>, StoreError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT tx_hash FROM deposits WHERE chain = ? AND state = ? AND block_number > ?",
+        )
+        .bind(chain)
+        .bind(CONFIRMED)
+        .bind(fork as i64)
+        .fetch_all(&mut *self.tx)
+        .await
+        .ctx("read confirmed deposits")?;
+        rows.iter().map(|h| b256(h, "deposits.tx_hash")).collect()
+    }
+
+    /// Undecided deposits whose `due` height is at or below `height`.
+    pub async fn due_deposits(
+        &mut self,
+        chain: &str,
+        height: u64,
+    ) -> Result<Vec<DueDeposit>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tx_hash, symbol, address, from_address, amount, block_number, block_hash, state, log_index
+             FROM deposits WHERE chain = ? AND due <= ? AND state IN (0, 3) ORDER BY id",
+        )
+        .bind(chain)
+        .bind(height as i64)
+        .fetch_all(&mut *self.tx)
+        .await
+        .ctx("read due deposits")?;
+        rows.iter()
+            .map(|r| {
+                let amount: String = r.get(5);
+                Ok(DueDeposit {
+                    id: r.get(0),
+                    tx_hash: b256(r.get::<&[u8], _>(1), "deposits.tx_hash")?,
+                    symbol: r.get(2),
+                    address: address(r.get::<&[u8], _>(3), "deposits.address")?,
+                    from: address(r.get::<&[u8], _>(4), "deposits.from_address")?,
+                    amount: U256::from_str_radix(&amount, 10).map_err(|_| StoreError::Corrupt {
+                        what: "deposits.amount",
+                    })?,
+                    block_number: r.get::<i64, _>(6) as u64,
+                    block_hash: b256(r.get::<&[u8], _>(7), "deposits.block_hash")?,
+                    orphaned: r.get::<i64, _>(8) == ORPHANED,
+                    log_index: r.get(9),
+                })
+            })
+            .collect()
+    }
+
+    /// Decides a deposit: confirmed (`true`) or failed.
+    pub async fn decide_deposit(&mut self, id: i64, confirmed: bool) -> Result<(), StoreError> {
+        sqlx::query("UPDATE deposits SET state = ?, updated_at = ? WHERE id = ?")
+            .bind(if confirmed { CONFIRMED } else { FAILED })
+            .bind(now_ms())
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await
+            .ctx("decide deposit")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,610 @@
+//! The message store: one SQLite file (WAL, `synchronous=FULL`) holding the
+//! inbox, the outbox, watched addresses, deposits and the block cursor.
+//!
+//! Everything a state change touches is in this one file so that the change and
+//! the responses it causes commit in one transaction (DESIGN §3: no lost
+//! request, no lost response, no missed deposit). Writers go through
+//! [`StoreTx`]; the listen task is the only one that changes state, the outbox
+//! relay only marks rows sent. Schema: `migrations/store/`.
+
+mod deposits;
+mod payouts;
+
+pub use deposits::{DepositSeen, DueDeposit, NewDeposit};
+pub use payouts::{NewPayout, Payout, PayoutState, PendingMovement, SignedTx};
+
+use alloy::primitives::{Address, B256};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A message store failure, with the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Opening or migrating the file failed.
+    #[error("message store {path}: {source}")]
+    Open {
+        /// The SQLite file.
+        path: PathBuf,
+        /// Underlying error.
+        source: sqlx::Error,
+    },
+    /// Applying migrations failed.
+    #[error("message store {path}: migration failed: {source}")]
+    Migrate {
+        /// The SQLite file.
+        path: PathBuf,
+        /// Underlying error.
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A statement failed.
+    #[error("message store: {op}: {source}")]
+    Db {
+        /// What was being done.
+        op: &'static str,
+        /// Underlying error.
+        source: sqlx::Error,
+    },
+    /// A stored value does not decode (the file was edited or is damaged).
+    #[error("message store: bad stored value in {what}")]
+    Corrupt {
+        /// Table and column.
+        what: &'static str,
+    },
+}
+
+pub(crate) trait Ctx<T> {
+    fn ctx(self, op: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Ctx<T> for Result<T, sqlx::Error> {
+    fn ctx(self, op: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Db { op, source })
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn b256(bytes: &[u8], what: &'static str) -> Result<B256, StoreError> {
+    B256::try_from(bytes).map_err(|_| StoreError::Corrupt { what })
+}
+
+pub(crate) fn address(bytes: &[u8], what: &'static str) -> Result<Address, StoreError> {
+    Address::try_from(bytes).map_err(|_| StoreError::Corrupt { what })
+}
+
+/// A block the watcher verified: number, hash and parent hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRef {
+    /// Height.
+    pub number: u64,
+    /// Block hash.
+    pub hash: B256,
+    /// Parent block hash.
+    pub parent_hash: B256,
+}
+
+/// A watched address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchRow {
+    /// Chain name (`ETH`).
+    pub chain: String,
+    /// Symbol (`USDT`, `ETH`).
+    pub symbol: String,
+    /// The address.
+    pub address: Address,
+}
+
+/// An outbox row waiting for the broker.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    /// Row id; publish order.
+    pub id: i64,
+    /// Response kind (`topup_resp`).
+    pub kind: String,
+    /// JSON body (for a dead letter, the request as received).
+    pub body: Vec<u8>,
+    /// Why a dead letter could not be answered.
+    pub reason: Option<String>,
+}
+
+/// Outbox kind of a dead letter of request kind `kind`.
+pub fn dead_letter_kind(kind: &str) -> String {
+    format!("{DEAD_LETTER_PREFIX}{kind}")
+}
+
+/// Prefix of dead-letter outbox kinds.
+pub const DEAD_LETTER_PREFIX: &str = "dead_letter.";
+
+/// How a request ended, as recorded in the inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Valid and applied.
+    Accepted,
+    /// Valid signature, refused (answered with status 0).
+    Refused,
+    /// Signature did not verify (answered with status 3).
+    BadSignature,
+    /// Could not be answered (no address or queue id to answer to).
+    Unaddressable,
+}
+
+impl Outcome {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Refused => "refused",
+            Outcome::BadSignature => "bad_signature",
+            Outcome::Unaddressable => "unaddressable",
+        }
+    }
+}
+
+/// Handle on the message store; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the store at `path`.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(open_err)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(open_err)?;
+        // SQLite has no migration lock: when another process (a tool, a test)
+        // migrates the same file at the same moment, one of the two fails
+        // half-way; running again finds the migration applied.
+        let mut tries = 0;
+        loop {
+            match sqlx::migrate!("./migrations/store").run(&pool).await {
+                Ok(()) => break,
+                Err(_) if tries < 3 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
+                Err(source) => {
+                    return Err(StoreError::Migrate {
+                        path: path.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(Self { pool })
+    }
+
+    /// Opens an existing store read-only, without migrating: for tools and
+    /// tests that look while the daemon runs.
+    pub async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let opts = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(open_err)?
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .map_err(open_err)?;
+        Ok(Self { pool })
+    }
+
+    /// Starts a write transaction. It takes the write lock at once (`BEGIN
+    /// IMMEDIATE`), so two writers queue on the busy timeout instead of one
+    /// failing when its read snapshot turns stale.
+    pub async fn begin(&self) -> Result<StoreTx, StoreError> {
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await.ctx("begin")?;
+        Ok(StoreTx { tx })
+    }
+
+    /// Every watched address.
+    pub async fn watches(&self) -> Result<Vec<WatchRow>, StoreError> {
+        let mut all = Vec::new();
+        self.each_watch(|w| all.push(w)).await?;
+        Ok(all)
+    }
+
+    /// Hands every watched address to `f`, streaming: a million of them are
+    /// never all in memory as rows at once.
+    pub async fn each_watch(&self, mut f: impl FnMut(WatchRow)) -> Result<(), StoreError> {
+        use futures::TryStreamExt;
+        let mut rows = sqlx::query("SELECT chain, symbol, address FROM watches").fetch(&self.pool);
+        while let Some(r) = rows.try_next().await.ctx("load watches")? {
+            f(WatchRow {
+                chain: r.get(0),
+                symbol: r.get(1),
+                address: address(r.get::<&[u8], _>(2), "watches.address")?,
+            });
+        }
+        Ok(())
+    }
+
+    /// The most recent `limit` verified blocks of `chain`, highest first; the
+    /// first is the block cursor.
+    pub async fn recent_blocks(
+        &self,
+        chain: &str,
+        limit: u32,
+    ) -> Result<Vec<BlockRef>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT number, hash, parent_hash FROM chain_blocks
+             WHERE chain = ? ORDER BY number DESC LIMIT ?",
+        )
+        .bind(chain)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("load recent blocks")?;
+        rows.iter()
+            .map(|r| {
+                Ok(BlockRef {
+                    number: r.get::<i64, _>(0) as u64,
+                    hash: b256(r.get::<&[u8], _>(1), "chain_blocks.hash")?,
+                    parent_hash: b256(r.get::<&[u8], _>(2), "chain_blocks.parent_hash")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Unsent outbox rows with id above `after`, oldest first.
+    pub async fn unsent(&self, after: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kind, body, reason FROM outbox WHERE sent_at IS NULL AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("read outbox")?;
+        Ok(rows
+            .iter()
+            .map(|r| OutboxRow {
+                id: r.get(0),
+                kind: r.get(1),
+                body: r.get(2),
+                reason: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Marks outbox rows as confirmed by the broker.
+    pub async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
+            let mut q = QueryBuilder::<Sqlite>::new("UPDATE outbox SET sent_at = ");
+            q.push_bind(now).push(" WHERE id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            q.build()
+                .execute(&mut *tx.tx)
+                .await
+                .ctx("mark outbox sent")?;
+        }
+        tx.commit().await
+    }
+
+    /// How many requests the inbox holds, and when the first and the last were
+    /// recorded (unix milliseconds): for benchmarks and tools.
+    pub async fn inbox_span(&self) -> Result<(i64, i64, i64), StoreError> {
+        // Row ids count up from 1: cheap at any size, unlike COUNT(*).
+        sqlx::query_as(
+            "SELECT COALESCE(MAX(id), 0),
+                    COALESCE((SELECT received_at FROM inbox ORDER BY id LIMIT 1), 0),
+                    COALESCE((SELECT received_at FROM inbox ORDER BY id DESC LIMIT 1), 0)
+             FROM inbox",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .ctx("read inbox span")
+    }
+
+    /// Number of outbox rows not yet confirmed by the broker.
+    pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
+            .fetch_one(&self.pool)
+            .await
+            .ctx("count outbox")
+    }
+
+    /// Payouts and deposits counted by state, for metrics.
+    pub async fn state_counts(
+        &self,
+    ) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>), StoreError> {
+        let payouts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM payouts GROUP BY state ORDER BY state")
+                .fetch_all(&self.pool)
+                .await
+                .ctx("count payouts")?;
+        let deposits: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM deposits GROUP BY state ORDER BY state")
+                .fetch_all(&self.pool)
+                .await
+                .ctx("count deposits")?;
+        let names = ["pending", "confirmed", "failed", "orphaned"];
+        let deposits = deposits
+            .into_iter()
+            .map(|(s, n)| {
+                (
+                    names
+                        .get(s as usize)
+                        .copied()
+                        .unwrap_or("unknown")
+                        .to_owned(),
+                    n,
+                )
+            })
+            .collect();
+        Ok((payouts, deposits))
+    }
+
+    /// Whether `address` is watched for `symbol` on `chain` (for tests and tools).
+    pub async fn is_watched(
+        &self,
+        chain: &str,
+        symbol: &str,
+        addr: Address,
+    ) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM watches WHERE chain = ? AND symbol = ? AND address = ?",
+        )
+        .bind(chain)
+        .bind(symbol)
+        .bind(addr.as_slice())
+        .fetch_one(&self.pool)
+        .await
+        .ctx("read watch")?;
+        Ok(n > 0)
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A write transaction on the message store.
+pub struct StoreTx {
+    tx: Transaction<'static, Sqlite>,
+}
+
+/// Rows per multi-row statement: one statement instead of hundreds is what
+/// lets a batch of thousands commit in milliseconds.
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// A request to record in the inbox.
+#[derive(Debug, Clone, Copy)]
+pub struct InboxRow<'a> {
+    /// Request kind.
+    pub kind: &'a str,
+    /// sha256 of kind and body.
+    pub body_hash: &'a [u8; 32],
+    /// The body as received.
+    pub body: &'a [u8],
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why, when refused.
+    pub error: Option<&'a str>,
+}
+
+impl StoreTx {
+    /// Records requests; returns the hashes that are new. A hash recorded
+    /// before (a redelivery), or earlier in the same call, is not returned.
+    pub async fn record_requests(
+        &mut self,
+        rows: &[InboxRow<'_>],
+    ) -> Result<HashSet<[u8; 32]>, StoreError> {
+        let now = now_ms();
+        let mut new = HashSet::with_capacity(rows.len());
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO inbox (kind, body_hash, body, outcome, error, received_at) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.kind)
+                    .push_bind(r.body_hash.as_slice())
+                    .push_bind(r.body)
+                    .push_bind(r.outcome.as_str())
+                    .push_bind(r.error)
+                    .push_bind(now);
+            });
+            q.push(" ON CONFLICT (body_hash) DO NOTHING RETURNING body_hash");
+            let hashes: Vec<Vec<u8>> = q
+                .build_query_scalar()
+                .fetch_all(&mut *self.tx)
+                .await
+                .ctx("insert inbox")?;
+            for h in hashes {
+                if let Ok(h) = <[u8; 32]>::try_from(h.as_slice()) {
+                    new.insert(h);
+                }
+            }
+        }
+        Ok(new)
+    }
+
+    /// Queues responses for the relay, in order.
+    pub async fn push_outbox_many<'a>(
+        &mut self,
+        rows: &[(&'a str, &'a [u8])],
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO outbox (kind, body, created_at) ");
+            q.push_values(chunk, |mut b, (kind, body)| {
+                b.push_bind(*kind).push_bind(*body).push_bind(now);
+            });
+            q.build()
+                .execute(&mut *self.tx)
+                .await
+                .ctx("insert outbox")?;
+        }
+        Ok(())
+    }
+
+    /// Starts watching many addresses (those already watched are left alone).
+    pub async fn add_watches(&mut self, rows: &[&WatchRow]) -> Result<(), StoreError> {
+        let now = now_ms();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO watches (chain, address, symbol, created_at) ",
+            );
+            q.push_values(chunk, |mut b, w| {
+                b.push_bind(&w.chain)
+                    .push_bind(w.address.as_slice())
+                    .push_bind(&w.symbol)
+                    .push_bind(now);
+            });
+            q.push(" ON CONFLICT DO NOTHING");
+            q.build()
+                .execute(&mut *self.tx)
+                .await
+                .ctx("insert watches")?;
+        }
+        Ok(())
+    }
+
+    /// Queues a response for the relay.
+    pub async fn push_outbox(&mut self, kind: &str, body: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO outbox (kind, body, created_at) VALUES (?, ?, ?)")
+            .bind(kind)
+            .bind(body)
+            .bind(now_ms())
+            .execute(&mut *self.tx)
+            .await
+            .ctx("insert outbox")?;
+        Ok(())
+    }
+
+    /// Queues a request that cannot be answered for the dead-letter exchange.
+    pub async fn push_dead_letter(
+        &mut self,
+        kind: &str,
+        body: &[u8],
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO outbox (kind, body, reason, created_at) VALUES (?, ?, ?, ?)")
+            .bind(dead_letter_kind(kind))
+            .bind(body)
+            .bind(reason)
+            .bind(now_ms())
+            .execute(&mut *self.tx)
+            .await
+            .ctx("insert dead letter")?;
+        Ok(())
+    }
+
+    /// Stops watching; `false` if it was not watched.
+    pub async fn remove_watch(&mut self, w: &WatchRow) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM watches WHERE chain = ? AND address = ? AND symbol = ?")
+                .bind(&w.chain)
+                .bind(w.address.as_slice())
+                .bind(&w.symbol)
+                .execute(&mut *self.tx)
+                .await
+                .ctx("delete watch")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Appends a verified block (the new cursor) and forgets blocks older than
+    /// `keep` below it.
+    pub async fn push_block(
+        &mut self,
+        chain: &str,
+        b: &BlockRef,
+        keep: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO chain_blocks (chain, number, hash, parent_hash) VALUES (?, ?, ?, ?)",
+        )
+        .bind(chain)
+        .bind(b.number as i64)
+        .bind(b.hash.as_slice())
+        .bind(b.parent_hash.as_slice())
+        .execute(&mut *self.tx)
+        .await
+        .ctx("insert block")?;
+        if b.number > keep {
+            sqlx::query("DELETE FROM chain_blocks WHERE chain = ? AND number < ?")
+                .bind(chain)
+                .bind((b.number - keep) as i64)
+                .execute(&mut *self.tx)
+                .await
+                .ctx("prune blocks")?;
+        }
+        Ok(())
+    }
+
+    /// Forgets every block above `number` (a reorganisation's fork point).
+    pub async fn drop_blocks_above(&mut self, chain: &str, number: u64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM chain_blocks WHERE chain = ? AND number > ?")
+            .bind(chain)
+            .bind(number as i64)
+            .execute(&mut *self.tx)
+            .await
+            .ctx("drop blocks")?;
+        Ok(())
+    }
+
+    /// The stored hash of block `number`, if it is in the window.
+    pub async fn block_hash(
+        &mut self,
+        chain: &str,
+        number: u64,
+    ) -> Result<Option<B256>, StoreError> {
+        let row: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT hash FROM chain_blocks WHERE chain = ? AND number = ?")
+                .bind(chain)
+                .bind(number as i64)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .ctx("read block hash")?;
+        row.map(|h| b256(&h, "chain_blocks.hash")).transpose()
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await.ctx("commit")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,751 @@
+//! Payout rows: created by listen, claimed and signed by a wallet's nonce actor,
+//! mined and decided by listen again. Every transition is a conditional update
+//! (`WHERE state = …`), so two writers can never both move the same payout: a
+//! cancel and a claim racing for a queued payout, one of them wins.
+//!
+//! The schema is `migrations/store/0002_payouts.sql`.
+
+use super::{Ctx, Store, StoreError, StoreTx, address, b256, now_ms};
+use alloy::primitives::{Address, B256, I256, U256};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+/// Where a payout is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayoutState {
+    /// Accepted, waiting for its wallet's nonce actor.
+    Queued,
+    /// Taken by a nonce actor; no nonce yet.
+    Claimed,
+    /// Nonce allocated, signed, stored; not yet accepted by the node.
+    Signed,
+    /// Accepted by the node.
+    Sent,
+    /// In a canonical block, waiting for depth.
+    Mined,
+    /// Final: succeeded.
+    Confirmed,
+    /// Final: reverted, or its nonce went to another transaction.
+    Failed,
+    /// Final: refused before signing.
+    Refused,
+    /// Final: cancelled before signing.
+    Cancelled,
+}
+
+impl PayoutState {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Claimed => "claimed",
+            Self::Signed => "signed",
+            Self::Sent => "sent",
+            Self::Mined => "mined",
+            Self::Confirmed => "confirmed",
+            Self::Failed => "failed",
+            Self::Refused => "refused",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "queued" => Self::Queued,
+            "claimed" => Self::Claimed,
+            "signed" => Self::Signed,
+            "sent" => Self::Sent,
+            "mined" => Self::Mined,
+            "confirmed" => Self::Confirmed,
+            "failed" => Self::Failed,
+            "refused" => Self::Refused,
+            "cancelled" => Self::Cancelled,
+            _ => {
+                return Err(StoreError::Corrupt {
+                    what: "payouts.state",
+                });
+            }
+        })
+    }
+}
+
+/// A payout as a request asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPayout {
+    /// Chain.
+    pub chain: String,
+    /// `withdraw` or `pay`.
+    pub kind: &'static str,
+    /// Request id.
+    pub queue_id: String,
+    /// Item id within a payment; empty for a withdrawal.
+    pub order_id: String,
+    /// Hash of what was asked (chain, kind, ids, symbol, addresses, amount).
+    pub content_hash: [u8; 32],
+    /// Symbol.
+    pub symbol: String,
+    /// Requested sender.
+    pub from: Address,
+    /// Recipient.
+    pub to: Address,
+    /// Base units.
+    pub amount: U256,
+}
+
+/// A stored payout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payout {
+    /// Row id.
+    pub id: i64,
+    /// Chain.
+    pub chain: String,
+    /// `withdraw` or `pay`.
+    pub kind: String,
+    /// Request id.
+    pub queue_id: String,
+    /// Item id; empty for a withdrawal.
+    pub order_id: String,
+    /// Hash of what was asked.
+    pub content_hash: Vec<u8>,
+    /// Symbol.
+    pub symbol: String,
+    /// Requested sender.
+    pub from: Address,
+    /// Recipient.
+    pub to: Address,
+    /// Base units.
+    pub amount: U256,
+    /// State.
+    pub state: PayoutState,
+    /// Whether status 2 was published.
+    pub announced: bool,
+    /// The wallet that pays, once decided.
+    pub payer: Option<Address>,
+    /// Nonce, once signed.
+    pub nonce: Option<u64>,
+    /// Current transaction, once signed.
+    pub tx_hash: Option<B256>,
+    /// Block, once mined.
+    pub block_number: Option<u64>,
+    /// Block hash, once mined.
+    pub block_hash: Option<B256>,
+    /// Receipt status, once mined.
+    pub success: Option<bool>,
+    /// Gas paid in wei, once mined.
+    pub fee: Option<U256>,
+    /// Its nonce went to a transaction that is not ours.
+    pub displaced: bool,
+    /// Why it was refused or failed.
+    pub error: Option<String>,
+    /// Last change, unix milliseconds.
+    pub updated_at: i64,
+    /// When the request was accepted, unix milliseconds.
+    pub created_at: i64,
+}
+
+const COLUMNS: &str = "id, chain, kind, queue_id, order_id, content_hash, symbol, from_address, to_address, amount,
+    state, announced, payer, nonce, tx_hash, block_number, block_hash, success, fee, displaced, error, updated_at,
+    created_at";
+
+fn u256(s: &str, what: &'static str) -> Result<U256, StoreError> {
+    U256::from_str_radix(s, 10).map_err(|_| StoreError::Corrupt { what })
+}
+
+fn payout(r: &SqliteRow) -> Result<Payout, StoreError> {
+    let opt_b256 = |i: usize, what| {
+        r.get::<Option<&[u8]>, _>(i)
+            .map(|b| b256(b, what))
+            .transpose()
+    };
+    Ok(Payout {
+        id: r.get(0),
+        chain: r.get(1),
+        kind: r.get(2),
+        queue_id: r.get(3),
+        order_id: r.get(4),
+        content_hash: r.get(5),
+        symbol: r.get(6),
+        from: address(r.get::<&[u8], _>(7), "payouts.from_address")?,
+        to: address(r.get::<&[u8], _>(8), "payouts.to_address")?,
+        amount: u256(r.get::<&str, _>(9), "payouts.amount")?,
+        state: PayoutState::parse(r.get::<&str, _>(10))?,
+        announced: r.get::<i64, _>(11) != 0,
+        payer: r
+            .get::<Option<&[u8]>, _>(12)
+            .map(|b| address(b, "payouts.payer"))
+            .transpose()?,
+        nonce: r.get::<Option<i64>, _>(13).map(|n| n as u64),
+        tx_hash: opt_b256(14, "payouts.tx_hash")?,
+        block_number: r.get::<Option<i64>, _>(15).map(|n| n as u64),
+        block_hash: opt_b256(16, "payouts.block_hash")?,
+        success: r.get::<Option<i64>, _>(17).map(|s| s != 0),
+        fee: r
+            .get::<Option<&str>, _>(18)
+            .map(|f| u256(f, "payouts.fee"))
+            .transpose()?,
+        displaced: r.get::<i64, _>(19) != 0,
+        error: r.get(20),
+        updated_at: r.get(21),
+        created_at: r.get(22),
+    })
+}
+
+/// A signed transaction of a payout, as stored for (re)broadcast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedTx {
+    /// The payout.
+    pub payout_id: i64,
+    /// Transaction hash.
+    pub tx_hash: B256,
+    /// EIP-2718 bytes.
+    pub raw: Vec<u8>,
+    /// Gas limit.
+    pub gas_limit: u64,
+    /// Max fee per gas, wei.
+    pub max_fee_per_gas: u128,
+    /// Priority fee per gas, wei.
+    pub priority_fee: u128,
+    /// When it was signed, unix milliseconds.
+    pub signed_at: i64,
+}
+
+/// A movement waiting for the wallet store's ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingMovement {
+    /// Row id in `ledger_outbox`.
+    pub id: i64,
+    /// The movement.
+    pub entry: crate::wallet::LedgerEntry,
+}
+
+impl StoreTx {
+    /// The payout with this key, if any.
+    pub async fn payout_by_key(
+        &mut self,
+        chain: &str,
+        kind: &str,
+        queue_id: &str,
+        order_id: &str,
+    ) -> Result<Option<Payout>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM payouts WHERE chain = ? AND kind = ? AND queue_id = ? AND order_id = ?"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(chain)
+            .bind(kind)
+            .bind(queue_id)
+            .bind(order_id)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .ctx("read payout")?
+            .as_ref()
+            .map(payout)
+            .transpose()
+    }
+
+    /// Every payout (of either kind) with this `queue_id`.
+    pub async fn payouts_by_queue_id(
+        &mut self,
+        chain: &str,
+        queue_id: &str,
+    ) -> Result<Vec<Payout>, StoreError> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM payouts WHERE chain = ? AND queue_id = ? ORDER BY id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(chain)
+            .bind(queue_id)
+            .fetch_all(&mut *self.tx)
+            .await
+            .ctx("read payouts by queue_id")?;
+        rows.iter().map(payout).collect()
+    }
+
+    /// The payout with this row id.
+    pub async fn payout(&mut self, id: i64) -> Result<Option<Payout>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM payouts WHERE id = ?");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .ctx("read payout")?
+            .as_ref()
+            .map(payout)
+            .transpose()
+    }
+
+    /// Stores a new queued payout.
+    pub async fn insert_payout(&mut self, p: &NewPayout) -> Result<i64, StoreError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "INSERT INTO payouts (chain, kind, queue_id, order_id, content_hash, symbol, from_address, to_address,
+                amount, state, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+        )
+        .bind(&p.chain)
+        .bind(p.kind)
+        .bind(&p.queue_id)
+        .bind(&p.order_id)
+        .bind(p.content_hash.as_slice())
+        .bind(&p.symbol)
+        .bind(p.from.as_slice())
+        .bind(p.to.as_slice())
+        .bind(p.amount.to_string())
+        .bind(now)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await
+        .ctx("insert payout")?;
+        Ok(done.last_insert_rowid())
+    }
+
+    /// Moves payout `id` from `from` to `to` (recording `error`); `false` if it
+    /// was not in `from`.
+    pub async fn move_payout(
+        &mut self,
+        id: i64,
+        from: PayoutState,
+        to: PayoutState,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE payouts SET state = ?, error = COALESCE(?, error), updated_at = ? WHERE id = ? AND state = ?")
+            .bind(to.as_str())
+            .bind(error)
+            .bind(now_ms())
+            .bind(id)
+            .bind(from.as_str())
+            .execute(&mut *self.tx)
+            .await
+            .ctx("move payout")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records the signed transaction of a claimed payout: its payer, nonce,
+    /// hash and raw bytes. `false` if it was not claimed.
+    pub async fn mark_signed(
+        &mut self,
+        payer: Address,
+        nonce: u64,
+        tx: &SignedTx,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE payouts SET state = 'signed', payer = ?, nonce = ?, tx_hash = ?, updated_at = ?
+             WHERE id = ? AND state = 'claimed'",
+        )
+        .bind(payer.as_slice())
+        .bind(nonce as i64)
+        .bind(tx.tx_hash.as_slice())
+        .bind(now)
+        .bind(tx.payout_id)
+        .execute(&mut *self.tx)
+        .await
+        .ctx("mark payout signed")?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.insert_tx(tx).await?;
+        Ok(true)
+    }
+
+    async fn insert_tx(&mut self, tx: &SignedTx) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO payout_txs (tx_hash, payout_id, raw, gas_limit, max_fee_per_gas, priority_fee, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(tx.tx_hash.as_slice())
+        .bind(tx.payout_id)
+        .bind(&tx.raw)
+        .bind(tx.gas_limit as i64)
+        .bind(tx.max_fee_per_gas.to_string())
+        .bind(tx.priority_fee.to_string())
+        .bind(tx.signed_at)
+        .execute(&mut *self.tx)
+        .await
+        .ctx("insert payout tx")?;
+        Ok(())
+    }
+
+    /// Records `new`, signed with the same nonce as `old` and higher fees, as
+    /// the payout's current transaction; `false` if the payout moved on (mined,
+    /// or already replaced). Every transaction stays known: whichever is mined
+    /// is the payout's.
+    pub async fn replace_tx(&mut self, old: B256, new: &SignedTx) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE payouts SET tx_hash = ?, updated_at = ?
+             WHERE id = ? AND tx_hash = ? AND state IN ('signed', 'sent')",
+        )
+        .bind(new.tx_hash.as_slice())
+        .bind(now_ms())
+        .bind(new.payout_id)
+        .bind(old.as_slice())
+        .execute(&mut *self.tx)
+        .await
+        .ctx("replace payout tx")?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.insert_tx(new).await?;
+        Ok(true)
+    }
+
+    /// Every transaction hash signed for payout `id`.
+    pub async fn payout_tx_hashes(&mut self, id: i64) -> Result<Vec<B256>, StoreError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT tx_hash FROM payout_txs WHERE payout_id = ? ORDER BY created_at",
+        )
+        .bind(id)
+        .fetch_all(&mut *self.tx)
+        .await
+        .ctx("read payout txs")?;
+        rows.iter().map(|h| b256(h, "payout_txs.tx_hash")).collect()
+    }
+
+    /// After the node accepted payout `id`: signed becomes sent, and the first
+    /// time, the payout is marked announced. Returns the payout when status 2
+    /// is still to be published.
+    pub async fn announce(&mut self, id: i64) -> Result<Option<Payout>, StoreError> {
+        sqlx::query(
+            "UPDATE payouts SET state = 'sent', updated_at = ? WHERE id = ? AND state = 'signed'",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await
+        .ctx("mark payout sent")?;
+        self.take_announcement(id).await
+    }
+
+    /// Marks payout `id` announced; returns it if it was not yet.
+    pub async fn take_announcement(&mut self, id: i64) -> Result<Option<Payout>, StoreError> {
+        let done = sqlx::query("UPDATE payouts SET announced = 1 WHERE id = ? AND announced = 0")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await
+            .ctx("announce payout")?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.payout(id).await
+    }
+
+    /// A transaction from `payer` with `nonce` was mined in `block`. If it is
+    /// one of a payout's transactions, the payout is mined; if the nonce belongs
+    /// to a payout but the transaction is not ours, the payout is displaced.
+    /// Returns the payout it concerned, if any.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn payout_mined(
+        &mut self,
+        chain: &str,
+        payer: Address,
+        nonce: u64,
+        tx_hash: B256,
+        block: (u64, B256),
+        success: bool,
+        fee: U256,
+        due: u64,
+    ) -> Result<Option<Payout>, StoreError> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM payouts WHERE chain = ? AND payer = ? AND nonce = ? AND state IN ('signed', 'sent')",
+        )
+        .bind(chain)
+        .bind(payer.as_slice())
+        .bind(nonce as i64)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .ctx("find payout by nonce")?;
+        let Some(id) = id else { return Ok(None) };
+        let ours: Option<i64> =
+            sqlx::query_scalar("SELECT payout_id FROM payout_txs WHERE tx_hash = ?")
+                .bind(tx_hash.as_slice())
+                .fetch_optional(&mut *self.tx)
+                .await
+                .ctx("find payout tx")?;
+        let displaced = ours != Some(id);
+        sqlx::query(
+            "UPDATE payouts SET state = 'mined', tx_hash = ?, block_number = ?, block_hash = ?, due = ?,
+                success = ?, fee = ?, displaced = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(tx_hash.as_slice())
+        .bind(block.0 as i64)
+        .bind(block.1.as_slice())
+        .bind(due as i64)
+        .bind(i64::from(success))
+        .bind(fee.to_string())
+        .bind(i64::from(displaced))
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await
+        .ctx("mark payout mined")?;
+        self.payout(id).await
+    }
+
+    /// Mined payouts whose `due` height is at or below `height`.
+    pub async fn due_payouts(
+        &mut self,
+        chain: &str,
+        height: u64,
+    ) -> Result<Vec<Payout>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM payouts WHERE chain = ? AND state = 'mined' AND due <= ? ORDER BY id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(chain)
+            .bind(height as i64)
+            .fetch_all(&mut *self.tx)
+            .await
+            .ctx("read due payouts")?;
+        rows.iter().map(payout).collect()
+    }
+
+    /// Payouts mined above `fork` go back to sent: their transactions are
+    /// broadcast again, same bytes. Returns how many.
+    pub async fn unmine_payouts_above(
+        &mut self,
+        chain: &str,
+        fork: u64,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE payouts SET state = 'sent', block_number = NULL, block_hash = NULL, due = NULL,
+                success = NULL, fee = NULL, displaced = 0, updated_at = ?
+             WHERE chain = ? AND state = 'mined' AND block_number > ?",
+        )
+        .bind(now_ms())
+        .bind(chain)
+        .bind(fork as i64)
+        .execute(&mut *self.tx)
+        .await
+        .ctx("unmine payouts")?;
+        Ok(done.rows_affected())
+    }
+
+    /// Queues movements for the wallet store's ledger.
+    pub async fn push_ledger(
+        &mut self,
+        entries: &[crate::wallet::LedgerEntry],
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        for e in entries {
+            sqlx::query(
+                "INSERT INTO ledger_outbox (chain, symbol, address, delta, kind, tx_hash, log_index, block_number, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&e.chain)
+            .bind(&e.symbol)
+            .bind(e.address.as_slice())
+            .bind(e.delta.to_string())
+            .bind(e.kind.as_str())
+            .bind(e.tx_hash.as_slice())
+            .bind(e.log_index)
+            .bind(e.block as i64)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await
+            .ctx("insert ledger outbox")?;
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Queued payouts of `chain` with id above `after`, oldest first.
+    pub async fn queued_payouts(
+        &self,
+        chain: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Payout>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM payouts WHERE chain = ? AND state = 'queued' AND id > ? ORDER BY id LIMIT ?"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(chain)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .ctx("read queued payouts")?;
+        rows.iter().map(payout).collect()
+    }
+
+    /// Claimed payouts go back to queued (at start: a claim holds no nonce).
+    pub async fn release_claims(&self, chain: &str) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query("UPDATE payouts SET state = 'queued', updated_at = ? WHERE chain = ? AND state = 'claimed'")
+            .bind(now_ms())
+            .bind(chain)
+            .execute(&mut *tx.tx)
+            .await
+            .ctx("release claims")?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The current transactions of payouts signed or sent but not mined, in
+    /// nonce order per payer: what is (re)broadcast.
+    pub async fn unmined_txs(&self, chain: &str) -> Result<Vec<(Payout, SignedTx)>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM payouts WHERE chain = ? AND state IN ('signed', 'sent') ORDER BY payer, nonce"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(chain)
+            .fetch_all(&self.pool)
+            .await
+            .ctx("read unmined payouts")?;
+        let payouts = rows.iter().map(payout).collect::<Result<Vec<_>, _>>()?;
+        let txs = sqlx::query(
+            "SELECT t.tx_hash, t.raw, t.gas_limit, t.max_fee_per_gas, t.priority_fee, t.created_at FROM payout_txs t
+             JOIN payouts p ON p.tx_hash = t.tx_hash WHERE p.chain = ? AND p.state IN ('signed', 'sent')",
+        )
+        .bind(chain)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("read unmined payout txs")?;
+        let mut by_hash = std::collections::HashMap::with_capacity(txs.len());
+        for r in &txs {
+            let fee = |i: usize, what| {
+                r.get::<&str, _>(i)
+                    .parse::<u128>()
+                    .map_err(|_| StoreError::Corrupt { what })
+            };
+            let hash = b256(r.get::<&[u8], _>(0), "payout_txs.tx_hash")?;
+            let raw: Vec<u8> = r.get(1);
+            let limits = (
+                r.get::<i64, _>(2) as u64,
+                fee(3, "payout_txs.max_fee_per_gas")?,
+                fee(4, "payout_txs.priority_fee")?,
+                r.get::<i64, _>(5),
+            );
+            by_hash.insert(hash, (raw, limits));
+        }
+        payouts
+            .into_iter()
+            .map(|p| {
+                let hash = p.tx_hash.ok_or(StoreError::Corrupt {
+                    what: "payouts.tx_hash",
+                })?;
+                let (raw, (gas_limit, max_fee_per_gas, priority_fee, signed_at)) = by_hash
+                    .remove(&hash)
+                    .ok_or(StoreError::Corrupt { what: "payout_txs" })?;
+                let tx = SignedTx {
+                    payout_id: p.id,
+                    tx_hash: hash,
+                    raw,
+                    gas_limit,
+                    max_fee_per_gas,
+                    priority_fee,
+                    signed_at,
+                };
+                Ok((p, tx))
+            })
+            .collect()
+    }
+
+    /// Payouts of `payer` holding a nonce and not yet decided: their amounts and
+    /// gas are reserved from the wallet's balance until they are mined.
+    pub async fn in_flight(
+        &self,
+        chain: &str,
+        payer: Address,
+    ) -> Result<Vec<(Payout, SignedTx)>, StoreError> {
+        Ok(self
+            .unmined_txs(chain)
+            .await?
+            .into_iter()
+            .filter(|(p, _)| p.payer == Some(payer))
+            .collect())
+    }
+
+    /// The highest nonce any payout of `payer` holds.
+    pub async fn max_nonce(&self, chain: &str, payer: Address) -> Result<Option<u64>, StoreError> {
+        let n: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(nonce) FROM payouts WHERE chain = ? AND payer = ?")
+                .bind(chain)
+                .bind(payer.as_slice())
+                .fetch_one(&self.pool)
+                .await
+                .ctx("read max nonce")?;
+        Ok(n.map(|n| n as u64))
+    }
+
+    /// Wallets with payouts signed or sent but not yet mined.
+    pub async fn payers_in_flight(&self, chain: &str) -> Result<Vec<Address>, StoreError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT DISTINCT payer FROM payouts WHERE chain = ? AND payer IS NOT NULL AND state IN ('signed', 'sent', 'mined')",
+        )
+        .bind(chain)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("read payers")?;
+        rows.iter().map(|b| address(b, "payouts.payer")).collect()
+    }
+
+    /// Movements not yet applied to the wallet store, oldest first.
+    pub async fn pending_ledger(&self, limit: u32) -> Result<Vec<PendingMovement>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, chain, symbol, address, delta, kind, tx_hash, log_index, block_number
+             FROM ledger_outbox WHERE applied_at IS NULL ORDER BY id LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("read ledger outbox")?;
+        rows.iter()
+            .map(|r| {
+                let kind = match r.get::<&str, _>(5) {
+                    "deposit" => crate::wallet::Movement::Deposit,
+                    "payout" => crate::wallet::Movement::Payout,
+                    "fee" => crate::wallet::Movement::Fee,
+                    _ => {
+                        return Err(StoreError::Corrupt {
+                            what: "ledger_outbox.kind",
+                        });
+                    }
+                };
+                Ok(PendingMovement {
+                    id: r.get(0),
+                    entry: crate::wallet::LedgerEntry {
+                        chain: r.get(1),
+                        symbol: r.get(2),
+                        address: address(r.get::<&[u8], _>(3), "ledger_outbox.address")?,
+                        delta: I256::from_dec_str(r.get::<&str, _>(4)).map_err(|_| {
+                            StoreError::Corrupt {
+                                what: "ledger_outbox.delta",
+                            }
+                        })?,
+                        kind,
+                        tx_hash: b256(r.get::<&[u8], _>(6), "ledger_outbox.tx_hash")?,
+                        log_index: r.get(7),
+                        block: r.get::<i64, _>(8) as u64,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Marks ledger movements applied.
+    pub async fn mark_ledger_applied(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let now = now_ms();
+        for id in ids {
+            sqlx::query("UPDATE ledger_outbox SET applied_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx.tx)
+                .await
+                .ctx("mark ledger applied")?;
+        }
+        tx.commit().await
+    }
+
+    /// Every payout of `chain` (for tests and tools), oldest first.
+    pub async fn payouts(&self, chain: &str) -> Result<Vec<Payout>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM payouts WHERE chain = ? ORDER BY id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(chain)
+            .fetch_all(&self.pool)
+            .await
+            .ctx("read payouts")?;
+        rows.iter().map(payout).collect()
+    }
+}

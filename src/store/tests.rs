@@ -1,0 +1,169 @@
+use super::*;
+use alloy::primitives::U256;
+
+async fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(&dir.path().join("msg.db"))
+        .await
+        .expect("opens");
+    (dir, s)
+}
+
+fn dep(block: u64, hash: u8) -> NewDeposit<'static> {
+    NewDeposit {
+        chain: "ETH",
+        tx_hash: B256::repeat_byte(0xaa),
+        log_index: 3,
+        symbol: "USDT",
+        address: Address::repeat_byte(1),
+        from: Address::repeat_byte(2),
+        amount: U256::from(100_500_000u64),
+        block_number: block,
+        block_hash: B256::repeat_byte(hash),
+        due: block + 20,
+    }
+}
+
+#[tokio::test]
+async fn inbox_refuses_redelivery_and_repeats_within_a_batch() {
+    let (_d, s) = store().await;
+    let row = |h: &'static [u8; 32]| InboxRow {
+        kind: "topup",
+        body_hash: h,
+        body: b"{}",
+        outcome: Outcome::Accepted,
+        error: None,
+    };
+    let (a, b) = (&[7u8; 32], &[8u8; 32]);
+    let mut tx = s.begin().await.expect("begin");
+    let new = tx
+        .record_requests(&[row(a), row(a), row(b)])
+        .await
+        .expect("insert");
+    assert_eq!(new, HashSet::from([*a, *b]), "each hash once");
+    let again = tx.record_requests(&[row(b)]).await.expect("insert");
+    assert!(again.is_empty(), "a recorded hash is a redelivery");
+    tx.commit().await.expect("commit");
+    let (rows, _, _) = s.inbox_span().await.expect("span");
+    assert_eq!(rows, 2);
+}
+
+#[tokio::test]
+async fn watches_round_trip() {
+    let (_d, s) = store().await;
+    let w = WatchRow {
+        chain: "ETH".into(),
+        symbol: "USDT".into(),
+        address: Address::repeat_byte(9),
+    };
+    let mut tx = s.begin().await.expect("begin");
+    tx.add_watches(&[&w, &w]).await.expect("add");
+    tx.add_watches(&[&w]).await.expect("add again");
+    tx.commit().await.expect("commit");
+    assert_eq!(s.watches().await.expect("load"), vec![w.clone()]);
+    assert!(s.is_watched("ETH", "USDT", w.address).await.expect("read"));
+    let mut tx = s.begin().await.expect("begin");
+    assert!(tx.remove_watch(&w).await.expect("remove"));
+    assert!(!tx.remove_watch(&w).await.expect("remove again"));
+    tx.commit().await.expect("commit");
+    assert!(s.watches().await.expect("load").is_empty());
+}
+
+#[tokio::test]
+async fn deposit_lifecycle_through_a_reorg() {
+    let (_d, s) = store().await;
+    let mut tx = s.begin().await.expect("begin");
+    assert_eq!(
+        tx.deposit_seen(&dep(100, 1)).await.expect("seen"),
+        DepositSeen::New
+    );
+    assert_eq!(
+        tx.deposit_seen(&dep(100, 1)).await.expect("seen"),
+        DepositSeen::Known
+    );
+    assert!(tx.due_deposits("ETH", 119).await.expect("due").is_empty());
+    // Reorg at 99: the deposit is orphaned, then mined again in 101.
+    assert_eq!(
+        tx.orphan_deposits_above("ETH", 99).await.expect("orphan"),
+        1
+    );
+    let due = tx.due_deposits("ETH", 120).await.expect("due");
+    assert!(due[0].orphaned);
+    assert_eq!(
+        tx.deposit_seen(&dep(101, 2)).await.expect("seen"),
+        DepositSeen::Remined
+    );
+    assert!(tx.due_deposits("ETH", 120).await.expect("due").is_empty());
+    let due = tx.due_deposits("ETH", 121).await.expect("due");
+    assert_eq!(due.len(), 1);
+    assert!(!due[0].orphaned);
+    assert_eq!(due[0].block_number, 101);
+    assert_eq!(due[0].amount, U256::from(100_500_000u64));
+    tx.decide_deposit(due[0].id, true).await.expect("decide");
+    assert!(tx.due_deposits("ETH", 1000).await.expect("due").is_empty());
+    assert_eq!(
+        tx.deposit_seen(&dep(101, 2)).await.expect("seen"),
+        DepositSeen::Known
+    );
+    assert_eq!(tx.confirmed_above("ETH", 100).await.expect("read").len(), 1);
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn failed_deposit_seen_again_is_reopened() {
+    let (_d, s) = store().await;
+    let mut tx = s.begin().await.expect("begin");
+    tx.deposit_seen(&dep(100, 1)).await.expect("seen");
+    tx.orphan_deposits_above("ETH", 99).await.expect("orphan");
+    let due = tx.due_deposits("ETH", 120).await.expect("due");
+    tx.decide_deposit(due[0].id, false).await.expect("fail");
+    assert_eq!(
+        tx.deposit_seen(&dep(130, 4)).await.expect("seen"),
+        DepositSeen::Reopened
+    );
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn blocks_window_and_outbox() {
+    let (_d, s) = store().await;
+    let mut tx = s.begin().await.expect("begin");
+    for n in 1..=10u64 {
+        let b = BlockRef {
+            number: n,
+            hash: B256::repeat_byte(n as u8),
+            parent_hash: B256::repeat_byte(n as u8 - 1),
+        };
+        tx.push_block("ETH", &b, 4).await.expect("push");
+    }
+    tx.push_outbox("topup_resp", b"{\"a\":1}")
+        .await
+        .expect("outbox");
+    tx.push_outbox("topup_resp", b"{\"a\":2}")
+        .await
+        .expect("outbox");
+    tx.commit().await.expect("commit");
+    let recent = s.recent_blocks("ETH", 100).await.expect("recent");
+    assert_eq!(
+        recent.iter().map(|b| b.number).collect::<Vec<_>>(),
+        vec![10, 9, 8, 7, 6]
+    );
+    let mut tx = s.begin().await.expect("begin");
+    tx.drop_blocks_above("ETH", 7).await.expect("drop");
+    assert_eq!(
+        tx.block_hash("ETH", 7).await.expect("hash"),
+        Some(B256::repeat_byte(7))
+    );
+    assert_eq!(tx.block_hash("ETH", 8).await.expect("hash"), None);
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        s.recent_blocks("ETH", 1).await.expect("recent")[0].number,
+        7
+    );
+
+    let rows = s.unsent(0, 10).await.expect("unsent");
+    assert_eq!(rows.len(), 2);
+    s.mark_sent(&[rows[0].id]).await.expect("mark");
+    assert_eq!(s.outbox_backlog().await.expect("count"), 1);
+    assert_eq!(s.unsent(0, 10).await.expect("unsent")[0].body, b"{\"a\":2}");
+}

@@ -1,0 +1,76 @@
+//! SIGTERM: the daemon stops consuming, finishes or parks what is in flight,
+//! flushes the outbox, and exits 0 within a bounded time; a restart completes
+//! everything, paying each payout once.
+
+use crate::common::*;
+use crate::{is, withdraw};
+use alloy::primitives::{Address, U256};
+use anyhow::{Context, Result, ensure};
+use m2pool_payment::wallet::Label;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_cleanly_and_a_restart_completes_the_work() -> Result<()> {
+    const N: usize = 80;
+    let w = World::new("sigterm").await?;
+    let mut replies = w.replies("withdraw_resp").await?;
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, 1_000_000_000, ether(10)).await?;
+    let to = Address::random();
+    let mut daemon = w.spawn_process(&[])?;
+    for i in 0..N {
+        w.publish("withdraw", withdraw(&format!("g-{i}"), user, to, "1")?)
+            .await?;
+    }
+    // Work is in flight when the signal comes.
+    replies.wait("a first payout", is("g-0", 2)).await?;
+    let pid = daemon.0.id().to_string();
+    let asked = Instant::now();
+    ensure!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()?
+            .success()
+    );
+    let status = loop {
+        if let Some(s) = daemon.0.try_wait()? {
+            break s;
+        }
+        ensure!(
+            asked.elapsed() < Duration::from_secs(15),
+            "did not exit within 15 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!(
+        "exited {status} {:.2}s after SIGTERM",
+        asked.elapsed().as_secs_f64()
+    );
+    assert!(status.success(), "exit code 0");
+    let log = std::fs::read_to_string(w.daemon_log_path())?;
+    assert!(
+        log.contains("SIGTERM") && log.contains("stopped"),
+        "the log says so"
+    );
+    // What was committed was also published.
+    let store = w.store().await?;
+    assert_eq!(store.outbox_backlog().await?, 0, "the outbox was flushed");
+    store.close().await;
+
+    let daemon2 = w.start().await?;
+    for i in 0..N {
+        replies
+            .wait(&format!("g-{i} status 2"), is(&format!("g-{i}"), 2))
+            .await?;
+    }
+    w.mine(20).await?;
+    for i in 0..N {
+        replies
+            .wait(&format!("g-{i} status 1"), is(&format!("g-{i}"), 1))
+            .await?;
+    }
+    assert_eq!(w.transfers_from(user).await?.len(), N, "each payout once");
+    assert_eq!(w.usdt_balance(to).await?, U256::from(N as u64 * 1_000_000));
+    daemon2.stop().await.context("stop")?;
+    w.cleanup().await
+}
