@@ -47,8 +47,12 @@ async fn health_and_metrics_answer_real_http_requests() -> Result<()> {
     let mut replies = w.replies("topup_resp").await?;
     let daemon = w.start().await?;
 
-    eventually("healthz says ok", || async {
-        Ok(matches!(http(port, "GET", "/healthz").await, Ok((200, ref b)) if b.contains("\"status\":\"ok\"")))
+    // Ok as soon as both connections are up; the first head follows.
+    eventually("healthz says ok and has seen a head", || async {
+        Ok(
+            matches!(http(port, "GET", "/healthz").await, Ok((200, ref b))
+            if b.contains("\"status\":\"ok\"") && !b.contains("\"seconds_since_head\":null")),
+        )
     })
     .await?;
     let (_, body) = http(port, "GET", "/healthz").await?;

@@ -587,9 +587,13 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM payouts WHERE chain = ? AND state IN ('signed', 'sent') ORDER BY payer, nonce"
         );
+        // Both reads in one (deferred, read-only) transaction: one snapshot. Read
+        // apart, a payout mined between them has a row in the first read and
+        // none in the second, which looked like a missing transaction.
+        let mut snapshot = self.pool.begin().await.ctx("begin read")?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(chain)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *snapshot)
             .await
             .ctx("read unmined payouts")?;
         let payouts = rows.iter().map(payout).collect::<Result<Vec<_>, _>>()?;
@@ -598,9 +602,10 @@ impl Store {
              JOIN payouts p ON p.tx_hash = t.tx_hash WHERE p.chain = ? AND p.state IN ('signed', 'sent')",
         )
         .bind(chain)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *snapshot)
         .await
         .ctx("read unmined payout txs")?;
+        snapshot.rollback().await.ctx("end read")?;
         let mut by_hash = std::collections::HashMap::with_capacity(txs.len());
         for r in &txs {
             let fee = |i: usize, what| {
