@@ -185,7 +185,11 @@ async fn the_demo_shows_every_flow() -> Result<()> {
         .arg(format!("{manifest}/Cargo.toml"))
         .status()?;
     anyhow::ensure!(built.success(), "building the demo");
-    let out = tokio::process::Command::new(format!("{manifest}/target/debug/examples/demo"))
+    // Beside the daemon's binary, wherever the target directory is.
+    let demo = std::path::Path::new(env!("CARGO_BIN_EXE_m2pool-payment"))
+        .with_file_name("examples")
+        .join("demo");
+    let out = tokio::process::Command::new(demo)
         .arg(&config)
         .env("DEV_KEY", std::str::from_utf8(KEY)?)
         .output()
