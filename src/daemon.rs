@@ -20,7 +20,7 @@ use crate::txlog::TxLog;
 use crate::wallet::{Kek, WalletError, WalletStore};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -143,6 +143,8 @@ pub async fn run(
     };
     let (req_tx, req_rx) = mpsc::channel::<Inbound>(REQUEST_CHANNEL);
     let (chain_tx, chain_rx) = mpsc::channel::<ChainEvent>(CHAIN_CHANNEL);
+    // Opened by the broker once the requests queued at start are handed over.
+    let (caught_up_tx, caught_up_rx) = watch::channel(false);
 
     let (txlog, txlog_writer) = match &config.log.txlog_dir {
         Some(dir) => {
@@ -169,7 +171,7 @@ pub async fn run(
     let listen_done = drained.clone();
     let stop = shutdown.clone();
     spawn_critical(&tracker, &shutdown, &failure, "listen".into(), async move {
-        let r = listen.run(req_rx, chain_rx, stop).await;
+        let r = listen.run(req_rx, chain_rx, caught_up_rx, stop).await;
         listen_done.cancel();
         r
     });
@@ -220,6 +222,7 @@ pub async fn run(
         health: health.clone(),
         txlog,
         metrics: metrics.clone(),
+        caught_up: caught_up_tx,
     };
     if let Some(addr) = config.http_listen {
         let deps = HttpDeps {

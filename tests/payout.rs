@@ -341,13 +341,14 @@ async fn the_same_withdrawal_twice_pays_once() -> Result<()> {
         "{}",
         conflict.raw
     );
-    let repeats = replies.matching(is("t-1", 2));
-    assert_eq!(
-        repeats.len(),
-        2,
-        "the repeat republishes status 2 once; the redelivery adds nothing"
-    );
-    assert_eq!(tx_of(&repeats[1])?, tx_of(&first)?);
+    // The redelivery and the repeat each republish the current state, as it
+    // was first answered.
+    let repeats = replies
+        .wait_count("status 2 for each repeat", 3, is("t-1", 2))
+        .await?;
+    for r in &repeats {
+        assert_eq!(r.raw, first.raw, "a repeat answers alike");
+    }
 
     w.mine(20).await?;
     replies.wait("status 1", is("t-1", 1)).await?;
@@ -443,13 +444,25 @@ async fn cancel_before_broadcast_stops_the_payout() -> Result<()> {
     .await?;
     let mut remove = topup(&hex_addr(user), "USDT");
     remove["queue_id"] = "x-1".into();
-    w.publish("remove", remove).await?;
+    w.publish("remove", remove.clone()).await?;
     let r = removes
         .wait("remove answer", |v| v["queue_id"] == "x-1")
         .await?;
     assert_eq!(r.v["status"], 1, "{}", r.raw);
     let c = replies.wait("cancelled", is("x-1", 0)).await?;
     assert_eq!(c.v["error"], "cancelled");
+    // The same cancel again is answered as the first time.
+    w.publish("remove", remove).await?;
+    let again = removes
+        .wait_count("the repeated cancel's answer", 2, |v| {
+            v["queue_id"] == "x-1"
+        })
+        .await?;
+    assert_eq!(again[1].raw, r.raw);
+    let c2 = replies
+        .wait_count("cancelled, again", 2, is("x-1", 0))
+        .await?;
+    assert_eq!(c2[1].raw, c.raw);
     daemon.stop().await?;
 
     // With the node back, the cancelled payout never moves; a later one does.
@@ -503,6 +516,78 @@ async fn cancel_after_broadcast_is_refused() -> Result<()> {
     assert_eq!(r.v["status"], 0);
     w.mine(20).await?;
     replies.wait("status 1", is("y-1", 1)).await?;
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ether_a_contract_refuses_is_answered_and_the_wallet_goes_on() -> Result<()> {
+    let w = World::new("refused-ether").await?;
+    let mut replies = w.replies("withdraw_resp").await?;
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, 0, ether(2)).await?;
+    let daemon = w.start().await?;
+    let eth = |queue_id: &str, to: Address| -> Result<Value> {
+        let mut v = withdraw(queue_id, user, to, "0.5")?;
+        v["symbol"] = "ETH".into();
+        Ok(v)
+    };
+    // The test token has no way to take ether: every transfer to it reverts.
+    w.publish("withdraw", eth("e-1", w.token)?).await?;
+    let r = replies.wait("refusal", is("e-1", 0)).await?;
+    assert!(
+        r.v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("does not accept")),
+        "{}",
+        r.raw
+    );
+    // The wallet is not stuck behind it.
+    let to = Address::random();
+    w.publish("withdraw", eth("e-2", to)?).await?;
+    replies.wait("the next payout", is("e-2", 2)).await?;
+    assert_eq!(w.nonce(user).await?, 1, "only the second was sent");
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+/// The private key of anvil's third default account (a well-known test key).
+const ANVIL_KEY_2: &str = "5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nonces_used_by_another_sender_are_skipped() -> Result<()> {
+    let w = World::new("foreign-nonce").await?;
+    let mut replies = w.replies("withdraw_resp").await?;
+    // A hot wallet whose key someone else holds too (an operator's sweep).
+    let store = w.wallets().await?;
+    let kek = m2pool_payment::wallet::Kek::from_material(WALLET_KEY.as_bytes());
+    let shared =
+        m2pool_payment::wallet::cli::import(&store, &kek, "ETH", ANVIL_KEY_2, Label::User).await?;
+    store.close().await;
+    assert_eq!(shared, w.accounts[2]);
+    w.fund(shared, 100_000_000, U256::ZERO).await?;
+    let daemon = w.start().await?;
+
+    w.publish("withdraw", withdraw("n-1", shared, Address::random(), "1")?)
+        .await?;
+    replies.wait("first payout", is("n-1", 2)).await?;
+    // Nonce 1 goes to a transaction the gateway did not sign.
+    w.send_eth(shared, Address::random(), U256::from(1u64))
+        .await?;
+    assert_eq!(w.nonce(shared).await?, 2);
+
+    w.publish("withdraw", withdraw("n-2", shared, Address::random(), "2")?)
+        .await?;
+    let sent = replies.wait("second payout", is("n-2", 2)).await?;
+    let tx = w
+        .eth
+        .get_transaction_by_hash(tx_of(&sent)?)
+        .await?
+        .context("the payout's transaction")?;
+    assert_eq!(alloy::consensus::Transaction::nonce(&tx), 2);
+    w.mine(20).await?;
+    replies.wait("first final", is("n-1", 1)).await?;
+    replies.wait("second final", is("n-2", 1)).await?;
     daemon.stop().await?;
     w.cleanup().await
 }

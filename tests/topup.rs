@@ -3,7 +3,7 @@
 mod common;
 
 use alloy::primitives::{Address, B256, U256};
-use anyhow::{Result, ensure};
+use anyhow::Result;
 use common::*;
 use serde_json::{Value, json};
 use std::time::Instant;
@@ -16,6 +16,21 @@ fn tx_is(tx: B256, status: u64) -> impl Fn(&Value) -> bool {
 fn about(addr: Address) -> impl Fn(&Value) -> bool {
     let a = hex_addr(addr);
     move |v| v["address"] == a
+}
+
+/// Responses with `status` for `tx` in the daemon's outbox, sent or not.
+async fn outbox_count(w: &World, tx: &B256, status: u64) -> Result<usize> {
+    let store = w.store().await?;
+    let hash = format!("{tx:#x}");
+    let n = store
+        .outbox_bodies("topup_resp")
+        .await?
+        .iter()
+        .filter_map(|b| serde_json::from_slice::<Value>(b).ok())
+        .filter(|v| v["tx_hash"] == hash && v["status"] == status)
+        .count();
+    store.close().await;
+    Ok(n)
 }
 
 /// A watched address whose small deposits prove the daemon has processed every
@@ -88,15 +103,19 @@ async fn usdt_and_eth_deposits_get_pending_then_final() -> Result<()> {
     );
     assert_eq!(e.v["block_height"], eth_block);
 
-    // One block short of confirm_height (20): not final yet.
+    // One block short of confirm_height (20): not final yet. The probe's
+    // `2` is written in the transaction that applied that block, so the store
+    // shows everything that block decided.
     let head = w.head().await?;
     w.mine(usdt_block + 19 - head - 1).await?;
     let probe_block = probe.sync(&w, &mut replies).await?;
     assert_eq!(probe_block, usdt_block + 19);
-    assert!(
-        replies.matching(tx_is(usdt_tx, 1)).is_empty(),
+    assert_eq!(
+        outbox_count(&w, &usdt_tx, 1).await?,
+        0,
         "final one block early"
     );
+    assert_eq!(outbox_count(&w, &usdt_tx, 2).await?, 1);
 
     // At usdt_block + 20 the USDT deposit is final; the ETH one a block later.
     w.mine(1).await?;
@@ -314,31 +333,70 @@ async fn remove_stops_watching() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redelivered_request_is_applied_once() -> Result<()> {
-    let w = World::new("redeliver").await?;
+async fn a_repeated_request_moves_nothing_and_is_answered_alike() -> Result<()> {
+    let w = World::new("repeat").await?;
+    let mut replies = w.replies("topup_resp").await?;
     let mut removes = w.replies("remove_resp").await?;
     let daemon = w.start().await?;
+    let probe = Probe::new(&w).await?;
     let addr = Address::random();
-    w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
+    let watch = w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
     w.wait_watched("USDT", addr, true).await?;
 
-    // The very same remove body twice (a broker redelivery looks like this).
+    // The very same remove body twice (a broker redelivery looks like this,
+    // and so does a business system sending it again): two identical answers.
     let body = signed(topup(&hex_addr(addr), "USDT"))?;
     w.publish_raw("remove", &body).await?;
     w.publish_raw("remove", &body).await?;
-    // A later request on the same queue proves both were processed.
-    let marker = Address::random();
-    w.publish("remove", topup(&hex_addr(marker), "USDT"))
+    let answers = removes
+        .wait_count("for both removes", 2, about(addr))
         .await?;
-    removes.wait("the marker's answer", about(marker)).await?;
-    let answers = removes.matching(about(addr));
-    ensure!(
-        answers.len() == 1,
-        "expected one answer, got {}",
-        answers.len()
+    assert_eq!(answers[0].v["status"], 1, "{}", answers[0].raw);
+    assert_eq!(answers[0].raw, answers[1].raw, "repeats answer alike");
+    w.send_usdt(w.user(), addr, 2_000_000).await?;
+    probe.sync(&w, &mut replies).await?;
+    assert!(
+        replies.matching(about(addr)).is_empty(),
+        "removed, yet reported"
     );
-    assert_eq!(answers[0].v["status"], 1);
 
+    // The very same topup body as the first one watches the address again.
+    w.publish_raw("topup", &watch).await?;
+    w.wait_watched("USDT", addr, true).await?;
+    let (tx, _) = w.send_usdt(w.user(), addr, 3_000_000).await?;
+    replies
+        .wait("status 2 after the repeated topup", tx_is(tx, 2))
+        .await?;
+
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topup_queued_while_the_daemon_is_down_sees_its_deposit() -> Result<()> {
+    let w = World::new("backlog").await?;
+    let mut replies = w.replies("topup_resp").await?;
+    let daemon = w.start().await?;
+    Probe::new(&w).await?;
+    daemon.stop().await?;
+
+    // While the daemon is down: a backlog of topups, the one that matters
+    // last, then its deposit and a few blocks. At the next start the watcher
+    // must not read that block before the topup is applied.
+    for _ in 0..2_000 {
+        w.publish("topup", topup(&hex_addr(Address::random()), "ETH"))
+            .await?;
+    }
+    let addr = Address::random();
+    w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
+    let (tx, block) = w.send_usdt(w.user(), addr, 11_000_000).await?;
+    w.mine(3).await?;
+
+    let daemon = w.start().await?;
+    let p = replies
+        .wait("status 2 for the deposit behind the backlog", tx_is(tx, 2))
+        .await?;
+    assert_eq!(p.v["block_height"], block);
     daemon.stop().await?;
     w.cleanup().await
 }

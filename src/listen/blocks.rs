@@ -24,7 +24,7 @@ fn node_line(kind: &str, f: &DepositFacts<'_>) -> crate::txlog::Line {
         addr_hex(&f.address),
         f.chain,
         f.symbol,
-        crate::msg::amount::format_units(f.amount, f.decimals),
+        crate::txlog::go_amount(&crate::msg::amount::format_units(f.amount, f.decimals)),
     )
 }
 
@@ -300,7 +300,7 @@ impl Listen {
             addr_hex(&done.to),
             chain,
             &done.symbol,
-            crate::msg::amount::format_units(done.amount, decimals),
+            crate::txlog::go_amount(&crate::msg::amount::format_units(done.amount, decimals)),
         ));
         fx.push(reply::payout(&done, status, error, decimals));
         Ok(())

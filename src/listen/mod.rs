@@ -30,7 +30,7 @@ use lapin::Acker;
 use lapin::options::BasicAckOptions;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -186,20 +186,29 @@ impl Listen {
     /// `shutdown` the requests already handed over are committed (and
     /// acknowledged) and no more are taken; chain events are taken until the
     /// chains, which stop at shutdown too, close their channel.
+    ///
+    /// No chain event is applied before `caught_up` says the topup and remove
+    /// requests queued at start are handed over (or its sender is gone): a
+    /// deposit must not be read before the topup that asks for it.
     pub async fn run(
         mut self,
         mut requests: mpsc::Receiver<Inbound>,
         mut chain: mpsc::Receiver<ChainEvent>,
+        mut caught_up: watch::Receiver<bool>,
         shutdown: CancellationToken,
     ) -> Result<(), ListenError> {
         let mut reqs = Vec::with_capacity(REQUEST_BATCH);
         let mut events = Vec::with_capacity(CHAIN_BATCH);
         let (mut reqs_open, mut chain_open) = (true, true);
+        let mut gate_open = *caught_up.borrow_and_update();
         while reqs_open || chain_open {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if reqs_open => {
                     reqs_open = false;
+                    // Blocks wait for the next start if the requests queued
+                    // at this one were not all read.
+                    chain_open &= gate_open;
                     while let Ok(inbound) = requests.try_recv() {
                         reqs.push(inbound);
                     }
@@ -207,7 +216,24 @@ impl Listen {
                         self.apply_requests(&mut reqs).await?;
                     }
                 }
-                n = chain.recv_many(&mut events, CHAIN_BATCH), if chain_open => {
+                changed = caught_up.changed(), if !gate_open => {
+                    if changed.is_ok() && !*caught_up.borrow_and_update() {
+                        continue;
+                    }
+                    // What was handed over before the gate opened is in the
+                    // channel now: apply it before any block.
+                    gate_open = true;
+                    while let Ok(inbound) = requests.try_recv() {
+                        reqs.push(inbound);
+                        if reqs.len() == REQUEST_BATCH {
+                            self.apply_requests(&mut reqs).await?;
+                        }
+                    }
+                    if !reqs.is_empty() {
+                        self.apply_requests(&mut reqs).await?;
+                    }
+                }
+                n = chain.recv_many(&mut events, CHAIN_BATCH), if chain_open && gate_open => {
                     if n == 0 {
                         chain_open = false;
                     } else {
@@ -230,9 +256,12 @@ impl Listen {
     async fn apply_requests(&mut self, batch: &mut Vec<Inbound>) -> Result<(), ListenError> {
         let mut tx = self.store.begin().await?;
         let mut fx = Effects::default();
-        // The inbox rows of the whole batch go in first; only the requests
-        // recorded now for the first time are applied (a redelivery, or a
-        // repeat within the batch, changes nothing).
+        // The inbox rows of the whole batch go in first. A body recorded
+        // before (a broker redelivery, or a business system sending the very
+        // same message again) is applied as a repeat: every request is
+        // idempotent, so a repeat moves nothing and answers with the current
+        // state (DESIGN §3.3), and a topup sent again after a remove watches
+        // the address again.
         let rows: Vec<InboxRow<'_>> = batch
             .iter()
             .map(|i| {
@@ -251,11 +280,12 @@ impl Listen {
         let mut adds = Vec::new();
         for inbound in batch.iter() {
             let r = &inbound.request;
-            if !new.remove(&r.body_hash) {
-                debug!(target: "m2pool::listen", kind = %r.kind, "redelivered request; already applied");
-                continue;
+            let repeat = !new.remove(&r.body_hash);
+            if repeat {
+                debug!(target: "m2pool::listen", kind = %r.kind, "request seen before; applied as a repeat");
             }
-            self.apply_request(&mut tx, r, &mut adds, &mut fx).await?;
+            self.apply_request(&mut tx, r, repeat, &mut adds, &mut fx)
+                .await?;
         }
         tx.add_watches(&adds).await?;
         drop(adds);

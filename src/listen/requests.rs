@@ -1,6 +1,7 @@
 //! Requests: watch, unwatch, payouts (new, repeated or conflicting), cancel,
-//! refusals. Each is recorded in the inbox first; a body seen before (a
-//! redelivery) changes nothing.
+//! refusals. Each is recorded in the inbox first. Every request is idempotent:
+//! a body seen before (a redelivery, or the same message sent again) moves
+//! nothing and is answered with the current state.
 
 use super::{Effects, Listen, ListenError};
 use crate::msg::{Status, addr_hex};
@@ -9,14 +10,19 @@ use crate::server::{Request, Routed};
 use crate::store::{NewPayout, Outcome, Payout, PayoutState, StoreTx, WatchRow};
 use tracing::{info, warn};
 
+/// The `error` of a cancelled payout's answer.
+const CANCELLED: &str = "cancelled";
+
 impl Listen {
-    /// Applies one request inside `tx`; its inbox row is already recorded
-    /// (it is new). Watches to add are collected in `adds` and written in one
-    /// statement batch before anything that could read them.
+    /// Applies one request inside `tx`; its inbox row is already recorded.
+    /// `repeat` says the very same body was recorded before. Watches to add
+    /// are collected in `adds` and written in one statement batch before
+    /// anything that could read them.
     pub(super) async fn apply_request<'r>(
         &mut self,
         tx: &mut StoreTx,
         r: &'r Request,
+        repeat: bool,
         adds: &mut Vec<&'r WatchRow>,
         fx: &mut Effects,
     ) -> Result<(), ListenError> {
@@ -46,7 +52,9 @@ impl Listen {
                 info!(target: "m2pool::listen", chain = %w.chain, symbol = %w.symbol,
                       address = %addr_hex(&w.address), removed, "remove request");
                 self.count_watches();
-                let (status, error) = if removed {
+                // The same remove again answers as it did the first time it
+                // removed the address: it is not watched.
+                let (status, error) = if removed || repeat {
                     (Status::Success, None)
                 } else {
                     (
@@ -69,7 +77,8 @@ impl Listen {
                 }
             }
             Routed::Unaddressable { reason } => {
-                if self.dead_letters {
+                // A redelivery was dead-lettered the first time.
+                if self.dead_letters && !repeat {
                     // Dead letters keep their place among the responses.
                     fx.flush(tx).await?;
                     tx.push_dead_letter(r.kind.as_str(), &r.body, reason)
@@ -144,34 +153,37 @@ impl Listen {
         let mut cancelled = 0usize;
         let mut late: Vec<String> = Vec::new();
         for p in &payouts {
-            if p.state == PayoutState::Queued
+            // Cancelled before (the same cancel again): answered as then.
+            let now_cancelled = p.state == PayoutState::Queued
                 && tx
                     .move_payout(
                         p.id,
                         PayoutState::Queued,
                         PayoutState::Cancelled,
-                        Some("cancelled"),
+                        Some(CANCELLED),
                     )
-                    .await?
-            {
+                    .await?;
+            if now_cancelled || p.state == PayoutState::Cancelled {
                 cancelled += 1;
                 let reply = reply::payout(
                     p,
                     Status::Failed,
-                    Some("cancelled".to_owned()),
+                    Some(CANCELLED.to_owned()),
                     self.decimals(&p.symbol),
                 );
                 fx.push(reply);
-                info!(target: "m2pool::listen", id = p.id, queue_id, order_id = %p.order_id, "payout cancelled");
+                info!(target: "m2pool::listen", id = p.id, queue_id, order_id = %p.order_id,
+                      again = !now_cancelled, "payout cancelled");
             } else {
                 let what = if p.order_id.is_empty() {
                     format!("the {}", p.kind)
                 } else {
                     format!("order_id `{}`", p.order_id)
                 };
-                late.push(match p.tx_hash {
-                    Some(h) => format!("{what} is already signed or broadcast (tx {h:#x})"),
-                    None => format!("{what} is already {}", p.state.as_str()),
+                late.push(match (p.tx_hash, p.state) {
+                    (Some(h), _) => format!("{what} is already signed or broadcast (tx {h:#x})"),
+                    (None, PayoutState::Claimed) => format!("{what} is being signed now"),
+                    (None, state) => format!("{what} is already {}", state.as_str()),
                 });
             }
         }

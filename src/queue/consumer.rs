@@ -3,36 +3,49 @@
 //!
 //! Manual acknowledgements and a bounded prefetch: the broker keeps every
 //! request until its inbox row is committed. A full listen channel slows the
-//! consumer down instead of growing memory.
+//! consumer down instead of growing memory. At the first start, the topup and
+//! remove consumers count off the requests their queue held, and say when
+//! they are handed over (see [`super::Broker::caught_up`]).
 
 use super::{QueueError, amqp};
 use crate::config::QueueEntry;
 use crate::listen::Inbound;
 use crate::msg::Kind;
-use crate::server::Router;
 use futures::StreamExt;
 use lapin::Connection;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use tokio::sync::mpsc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+/// A queue that held no delivery for this long while its start backlog was
+/// still expected held fewer than declared (messages expired, or another
+/// consumer took them): its backlog counts as handed over.
+const BACKLOG_IDLE: Duration = Duration::from_secs(5);
+
+/// The requests a consumer must hand over before blocks may be applied.
+pub(super) struct Backlog<'g> {
+    /// Messages the queue held when it was declared.
+    pub count: u32,
+    /// Told when they are handed over.
+    pub gate: &'g super::Gate<'g>,
+}
 
 /// Consumes `entry.queue` as `kind` until `shutdown`.
 pub(super) async fn consume(
     conn: &Connection,
+    broker: &super::Broker,
     kind: Kind,
     entry: QueueEntry,
-    prefetch: u16,
-    router: Router,
-    requests: mpsc::Sender<Inbound>,
+    mut backlog: Option<Backlog<'_>>,
     shutdown: &CancellationToken,
 ) -> Result<(), QueueError> {
     let ch = conn
         .create_channel()
         .await
         .map_err(amqp("open consumer channel"))?;
-    ch.basic_qos(prefetch, BasicQosOptions::default())
+    ch.basic_qos(broker.cfg.prefetch, BasicQosOptions::default())
         .await
         .map_err(amqp("basic.qos"))?;
     let mut deliveries = ch
@@ -46,9 +59,28 @@ pub(super) async fn consume(
         .map_err(amqp("basic.consume"))?;
     info!(target: "m2pool::queue", queue = %entry.queue, %kind, "consuming");
     loop {
+        if let Some(b) = backlog.take_if(|b| b.count == 0) {
+            b.gate.done(&entry.queue);
+        }
+        let waiting = backlog.is_some();
+        let idle = async move {
+            if waiting {
+                tokio::time::sleep(BACKLOG_IDLE).await
+            } else {
+                std::future::pending().await
+            }
+        };
         let next = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             d = deliveries.next() => d,
+            _ = idle => {
+                if let Some(b) = backlog.take() {
+                    warn!(target: "m2pool::queue", queue = %entry.queue, missing = b.count,
+                          "the queue delivered fewer requests than it held at start; going on");
+                    b.gate.done(&entry.queue);
+                }
+                continue;
+            }
         };
         match next {
             None => {
@@ -64,15 +96,19 @@ pub(super) async fn consume(
                     .map_err(amqp("recover consumer"))?;
             }
             Some(Ok(delivery)) => {
-                let request = router.route(kind, delivery.data);
+                let request = broker.router.route(kind, delivery.data);
                 let inbound = Inbound {
                     request,
                     ack: Some(delivery.acker),
                 };
-                requests
+                broker
+                    .requests
                     .send(inbound)
                     .await
                     .map_err(|_| QueueError::ListenGone)?;
+                if let Some(b) = &mut backlog {
+                    b.count -= 1;
+                }
             }
         }
     }

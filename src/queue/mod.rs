@@ -7,12 +7,18 @@
 //! queue ([`consumer`]) and the outbox relay ([`relay`]) until shutdown. The
 //! chains and the listen task do not wait for it: deposits seen while the broker
 //! is away wait in the outbox.
+//!
+//! One thing waits at start: listen applies no block before the topup and
+//! remove requests that were queued while the daemon was away have been handed
+//! to it ([`Broker::caught_up`]). Otherwise the watcher could read a block
+//! with a deposit to an address whose topup is still in the queue, and the
+//! deposit would be missed (DESIGN §3.4).
 
 mod consumer;
 mod relay;
 mod topology;
 
-pub use topology::declare;
+pub use topology::{Backlog, declare};
 
 use crate::backoff::{Backoff, sleep_or_shutdown};
 use crate::config::RmqConfig;
@@ -22,8 +28,9 @@ use crate::server::Router;
 use crate::store::{Store, StoreError};
 use lapin::{Connection, ConnectionProperties};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -94,7 +101,33 @@ pub struct Broker {
     pub txlog: crate::txlog::TxLog,
     /// Publish counts and latencies.
     pub metrics: crate::metrics::SharedMetrics,
+    /// Set to `true` once the topup and remove requests that waited in the
+    /// broker when the daemon first connected are handed to listen, which
+    /// holds the chains' blocks until then.
+    pub caught_up: watch::Sender<bool>,
 }
+
+/// Counts the request consumers that still hand over the backlog found at
+/// start; the last one opens [`Broker::caught_up`].
+struct Gate<'a> {
+    remaining: AtomicUsize,
+    open: &'a watch::Sender<bool>,
+}
+
+impl Gate<'_> {
+    /// One consumer has handed over its backlog.
+    fn done(&self, queue: &str) {
+        info!(target: "m2pool::queue", queue, "requests queued at start handed over");
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.open.send_replace(true);
+            info!(target: "m2pool::queue", "request backlog read; following the chain");
+        }
+    }
+}
+
+/// Kinds whose backlog must be read before blocks are: they change the watch
+/// set.
+const GATED: [Kind; 2] = [Kind::Topup, Kind::Remove];
 
 impl Broker {
     /// Runs until `shutdown`. Connection losses are retried without limit;
@@ -120,9 +153,9 @@ impl Broker {
                     info!(target: "m2pool::queue", "broker connected");
                     self.health.set_broker(true);
                     let result = match declare(&conn, &self.cfg).await {
-                        Ok(()) => {
+                        Ok(backlog) => {
                             backoff.reset();
-                            self.serve(&conn, &shutdown, &drained).await
+                            self.serve(&conn, &backlog, &shutdown, &drained).await
                         }
                         Err(e) => Err(e),
                     };
@@ -152,6 +185,7 @@ impl Broker {
     async fn serve(
         &self,
         conn: &Connection,
+        backlog: &Backlog,
         shutdown: &CancellationToken,
         drained: &CancellationToken,
     ) -> Result<(), QueueError> {
@@ -161,16 +195,22 @@ impl Broker {
             (Kind::Pay, self.cfg.pay.clone()),
         ];
         served.extend(self.cfg.remove.clone().map(|q| (Kind::Remove, q)));
+        let waiting = !*self.caught_up.borrow();
+        let gate = Gate {
+            remaining: AtomicUsize::new(served.iter().filter(|(k, _)| GATED.contains(k)).count()),
+            open: &self.caught_up,
+        };
+        if waiting {
+            let queued: u32 = GATED.iter().filter_map(|k| backlog.get(k.as_str())).sum();
+            info!(target: "m2pool::queue", queued,
+                  "reading the topup and remove requests queued while the daemon was away before following the chain");
+        }
         let consumers = served.into_iter().map(|(kind, entry)| {
-            consumer::consume(
-                conn,
-                kind,
-                entry,
-                self.cfg.prefetch,
-                self.router.clone(),
-                self.requests.clone(),
-                shutdown,
-            )
+            let wait = (waiting && GATED.contains(&kind)).then(|| consumer::Backlog {
+                count: backlog.get(kind.as_str()).copied().unwrap_or(0),
+                gate: &gate,
+            });
+            consumer::consume(conn, self, kind, entry, wait, shutdown)
         });
         let relay = relay::relay(conn, self, shutdown, drained);
         // The connection state, as lapin's own recovery changes it.

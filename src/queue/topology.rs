@@ -11,10 +11,16 @@ use lapin::types::{AMQPValue, FieldArray, FieldTable};
 use lapin::{Connection, ExchangeKind};
 use serde_json::Value;
 
-/// Declares the whole topology of `cfg` on `conn`.
-pub async fn declare(conn: &Connection, cfg: &RmqConfig) -> Result<(), QueueError> {
+/// Messages waiting in each declared queue when it was declared, by config
+/// key (`topup`, `remove`, …).
+pub type Backlog = std::collections::HashMap<&'static str, u32>;
+
+/// Declares the whole topology of `cfg` on `conn`; returns how many messages
+/// each queue held.
+pub async fn declare(conn: &Connection, cfg: &RmqConfig) -> Result<Backlog, QueueError> {
+    let mut backlog = Backlog::new();
     for (key, entry) in cfg.entries() {
-        declare_entry(conn, key, entry).await?;
+        backlog.insert(key, declare_entry(conn, key, entry).await?);
     }
     if let Some(x) = &cfg.dead_letter_exchange {
         let ch = conn.create_channel().await.map_err(amqp("open channel"))?;
@@ -28,25 +34,46 @@ pub async fn declare(conn: &Connection, cfg: &RmqConfig) -> Result<(), QueueErro
             FieldTable::default(),
         )
         .await
-        .map_err(|err| QueueError::Declare {
-            what: format!("exchange `{x}`"),
-            key: "dead_letter_exchange",
-            reason: format!("the broker refused it (it must be a durable fanout exchange): {err}"),
+        .map_err(|err| {
+            if err.is_amqp_soft_error() {
+                QueueError::Declare {
+                    what: format!("exchange `{x}`"),
+                    key: "dead_letter_exchange",
+                    reason: format!(
+                        "the broker refused it (it must be a durable fanout exchange): {err}"
+                    ),
+                }
+            } else {
+                QueueError::Amqp {
+                    op: "declare the dead-letter exchange",
+                    source: err,
+                }
+            }
         })?;
         let _ = ch.close(200, "declared".into()).await;
     }
-    Ok(())
+    Ok(backlog)
 }
 
+/// Declares one entry; returns the messages its queue holds.
 async fn declare_entry(
     conn: &Connection,
     key: &'static str,
     e: &QueueEntry,
-) -> Result<(), QueueError> {
+) -> Result<u32, QueueError> {
     // A refused declaration closes its channel: one channel per entry keeps the
     // error attached to the entry that caused it.
     let ch = conn.create_channel().await.map_err(amqp("open channel"))?;
+    // A channel-level refusal (PRECONDITION_FAILED, ACCESS_REFUSED, …) is the
+    // config's fault and stops the daemon; anything else (the connection
+    // dropped mid-declaration) is a connection loss, retried.
     let refused = |what: String, err: lapin::Error| {
+        if !err.is_amqp_soft_error() {
+            return QueueError::Amqp {
+                op: "declare the topology",
+                source: err,
+            };
+        }
         let text = err.to_string();
         let reason = if text.contains("PRECONDITION_FAILED") || text.contains("PRECONDITIONFAILED")
         {
@@ -76,13 +103,14 @@ async fn declare_entry(
     )
     .await
     .map_err(|err| refused(format!("exchange `{}`", e.exchange), err))?;
-    ch.queue_declare(
-        e.queue.as_str().into(),
-        QueueDeclareOptions::durable(),
-        field_table(&e.arguments),
-    )
-    .await
-    .map_err(|err| refused(format!("queue `{}`", e.queue), err))?;
+    let queue = ch
+        .queue_declare(
+            e.queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            field_table(&e.arguments),
+        )
+        .await
+        .map_err(|err| refused(format!("queue `{}`", e.queue), err))?;
     for rk in &e.routing {
         ch.queue_bind(
             e.queue.as_str().into(),
@@ -100,7 +128,7 @@ async fn declare_entry(
         })?;
     }
     let _ = ch.close(200, "declared".into()).await;
-    Ok(())
+    Ok(queue.message_count())
 }
 
 fn exchange_kind(t: &str) -> ExchangeKind {

@@ -336,6 +336,16 @@ impl Store {
         .ctx("read inbox span")
     }
 
+    /// Bodies of the outbox rows of `kind` (`topup_resp`, …), sent or not,
+    /// oldest first: for tools and tests.
+    pub async fn outbox_bodies(&self, kind: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        sqlx::query_scalar("SELECT body FROM outbox WHERE kind = ? ORDER BY id")
+            .bind(kind)
+            .fetch_all(&self.pool)
+            .await
+            .ctx("read outbox bodies")
+    }
+
     /// Number of outbox rows not yet confirmed by the broker.
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")

@@ -163,6 +163,9 @@ impl EthChain {
                         .health
                         .chain(&self.name, |c| c.node_connected = true);
                 }
+                // Listen stops taking blocks at shutdown when it has not
+                // caught up with the requests yet.
+                Err(ScanError::Closed) if shutdown.is_cancelled() => break Ok(()),
                 Err(ScanError::Closed) => {
                     break Err(ChainError::Closed {
                         chain: self.name.to_string(),

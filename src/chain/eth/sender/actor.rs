@@ -212,6 +212,9 @@ impl Actor {
             let stored = self.deps.store.max_nonce(&self.deps.chain, wallet).await?;
             self.next_nonce = Some(stored.map_or(pending, |n| pending.max(n + 1)));
         }
+        // Another sender (an operator's sweep, a second gateway) may have
+        // used nonces meanwhile: never sign below what is already mined.
+        self.next_nonce = self.next_nonce.map(|n| n.max(view.nonce));
         self.inflight.retain(|n, _| *n >= view.nonce);
 
         // 2. Claim: from here on a remove can no longer cancel them.
@@ -416,7 +419,13 @@ impl Actor {
                 })
                 .await
             {
-                Some(g) => g,
+                Some(Ok(g)) => g,
+                Some(Err(refusal)) => {
+                    return Check::Refuse(format!(
+                        "{} does not accept this ether transfer (the node's gas estimate failed: {refusal}); nothing was sent",
+                        addr_hex(&p.to)
+                    ));
+                }
                 None => return Check::Shutdown,
             }
         } else {

@@ -12,6 +12,7 @@ mod actor;
 mod replace;
 mod sign;
 
+use crate::backoff::{Backoff, sleep_or_shutdown};
 use crate::chain::eth::endpoints::Endpoints;
 use crate::config::EthConfig;
 use crate::msg::{Status, hash_hex};
@@ -156,12 +157,24 @@ impl Sender {
         if released > 0 {
             info!(target: "m2pool::payout", released, "claimed payouts queued again after a restart");
         }
+        // Payouts need the wallet store for their keys anyway: wait for it
+        // rather than run without the collection wallet.
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
         self.collection = match self.deps.cfg.payout.collection {
             Some(c) => Some(c),
-            None => self.deps.wallets.collection(&self.deps.chain).await.unwrap_or_else(|e| {
-                warn!(target: "m2pool::payout", error = %e, "cannot read the collection wallet; none for now");
-                None
-            }),
+            None => loop {
+                match self.deps.wallets.collection(&self.deps.chain).await {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        let (delay, attempt) = backoff.next_delay();
+                        warn!(target: "m2pool::payout", attempt, error = %e,
+                              "cannot read the collection wallet from the wallet store; retrying");
+                        if sleep_or_shutdown(delay, &shutdown).await {
+                            return Ok(());
+                        }
+                    }
+                }
+            },
         };
         info!(target: "m2pool::payout", collection = ?self.collection.map(|c| format!("{c:#x}")), "payout sender ready");
         let interval = self.deps.cfg.payout.rebroadcast;

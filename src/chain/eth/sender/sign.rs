@@ -115,23 +115,33 @@ pub(super) async fn fees(
 }
 
 /// The gas limit of an ether payout to `to`: the configured one for an account
-/// without code, an estimate with 20% headroom for a contract.
+/// without code, an estimate with 20% headroom for a contract. The inner
+/// `Err` is the node's refusal to estimate (the contract reverts when sent
+/// ether): the payout cannot be made, and waiting will not change that.
 pub(super) async fn ether_gas_limit(
     rpc: RootProvider<Ethereum>,
     from: Address,
     to: Address,
     value: U256,
     plain: u64,
-) -> Result<u64, NodeError> {
+) -> Result<Result<u64, String>, NodeError> {
     let code = rpc.get_code_at(to).await.map_err(node("eth_getCode"))?;
     if code.is_empty() {
-        return Ok(plain);
+        return Ok(Ok(plain));
     }
-    let est = rpc
+    match rpc
         .estimate_gas(TransactionRequest::default().from(from).to(to).value(value))
         .await
-        .map_err(node("eth_estimateGas"))?;
-    Ok(est.saturating_mul(12) / 10)
+    {
+        Ok(est) => Ok(Ok(est.saturating_mul(12) / 10)),
+        // Code 3 is geth's "execution reverted"; other nodes only say it.
+        Err(RpcError::ErrorResp(payload))
+            if payload.code == 3 || payload.message.to_ascii_lowercase().contains("revert") =>
+        {
+            Ok(Err(payload.message.to_string()))
+        }
+        Err(e) => Err(node("eth_estimateGas")(e)),
+    }
 }
 
 /// What a payout transaction carries.
@@ -206,9 +216,25 @@ pub(super) fn sign(
     })
 }
 
+/// Whether a node's refusal of `eth_sendRawTransaction` says it already has
+/// the transaction (geth, erigon, reth: "already known"; nethermind:
+/// "AlreadyKnown"; besu: "known transaction"; anvil: "transaction already
+/// imported").
+pub(super) fn is_already_known(error: &str) -> bool {
+    let lower = error.to_ascii_lowercase();
+    [
+        "already known",
+        "known transaction",
+        "alreadyknown",
+        "already imported",
+    ]
+    .iter()
+    .any(|s| lower.contains(s))
+}
+
 /// Broadcasts `txs` in order in one JSON-RPC batch; for each, whether the node
-/// has it now ("already known", or "nonce too low" for a transaction the node
-/// can find, count as accepted).
+/// has it now (a refusal counts as accepted when the node says it already has
+/// it, or can find it by hash: "nonce too low" for ours, mined meanwhile).
 pub(super) async fn broadcast(endpoints: &Endpoints, txs: &[&SignedTx]) -> Vec<Result<(), String>> {
     if txs.is_empty() {
         return Vec::new();
@@ -238,21 +264,16 @@ pub(super) async fn broadcast(endpoints: &Endpoints, txs: &[&SignedTx]) -> Vec<R
                 Ok(_) => Ok(()),
                 Err(e) => {
                     let text = e.to_string();
-                    let lower = text.to_ascii_lowercase();
-                    if lower.contains("already known")
-                        || lower.contains("known transaction")
-                        || lower.contains("alreadyknown")
-                    {
+                    if is_already_known(&text) {
                         Ok(())
-                    } else if lower.contains("nonce too low") || lower.contains("nonce is too low")
-                    {
-                        // Ours, already in or through the pool? Then it is accepted.
+                    } else {
+                        // "nonce too low" for ours mined meanwhile, or a
+                        // wording of "already known" this list lacks: the
+                        // node has it if it can find it.
                         match rpc.get_transaction_by_hash(tx.tx_hash).await {
                             Ok(Some(_)) => Ok(()),
                             _ => Err(text),
                         }
-                    } else {
-                        Err(text)
                     }
                 }
             },
@@ -260,4 +281,29 @@ pub(super) async fn broadcast(endpoints: &Endpoints, txs: &[&SignedTx]) -> Vec<R
         out.push(result);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_already_known;
+
+    #[test]
+    fn every_nodes_already_known_is_recognised() {
+        for text in [
+            "already known",
+            "server returned an error response: error code -32003: transaction already imported",
+            "AlreadyKnown",
+            "Known transaction: 0xabc",
+            "ALREADY KNOWN",
+        ] {
+            assert!(is_already_known(text), "{text}");
+        }
+        for text in [
+            "nonce too low",
+            "replacement transaction underpriced",
+            "insufficient funds for gas * price + value",
+        ] {
+            assert!(!is_already_known(text), "{text}");
+        }
+    }
 }
