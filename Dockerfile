@@ -4,8 +4,12 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
+# Everything Cargo.toml names (the bench target too: cargo checks every
+# declared target's path) and what the code embeds (migrations).
 COPY Cargo.toml Cargo.lock ./
 COPY src src
+COPY benches benches
+COPY examples examples
 COPY migrations migrations
 COPY tests/fixtures tests/fixtures
 RUN cargo build --release --locked --bin m2pool-payment

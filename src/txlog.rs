@@ -1,15 +1,17 @@
 //! Per-address transaction logs, as the Go version writes them.
 //!
 //! One file per address under the logs folder, a line per request and response
-//! in the form `[Type]: time-from-to-chain-symbol-amount` (time in UTC, amounts
-//! exact), plus `ethnode.log` for chain events. A file that passes 1 MiB is
-//! renamed to `{address}_{YYYYMMDD_HHMMSS}.log` at once (so no line is lost or
-//! reordered: later lines go to a fresh file) and compressed to `.log.gz` on a
-//! background thread. Open files are bounded by a least-recently-used set, so a
-//! million addresses do not exhaust descriptors.
+//! in the form `[Type]: time-from-to-chain-symbol-amount` (time in UTC; amounts
+//! as Go's `%f` writes them, six decimals, but exact: more decimals when the
+//! amount has them), plus `ethnode.log` for chain events. A file that passes
+//! 1 MiB is renamed to `{address}_{YYYYMMDD_HHMMSS}.log` at once (so no line is
+//! lost or reordered: later lines go to a fresh file) and compressed to
+//! `.log.gz` by a background thread. A rotated file a crash left uncompressed
+//! is compressed at the next start. Open files are bounded by a
+//! least-recently-used set, so a million addresses do not exhaust descriptors.
 //!
 //! Writers send lines through a bounded channel to one writer thread, the only
-//! owner of the files.
+//! owner of the files; it hands rotated files to one compressor thread.
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -104,6 +106,20 @@ pub struct WriterStats {
     pub rotations: AtomicUsize,
     /// Compressions finished.
     pub compressed: AtomicUsize,
+    /// Lines written.
+    pub written: AtomicUsize,
+}
+
+/// `exact` (a decimal text) as the Go version's `%f` wrote amounts: at least
+/// six decimals (`100.5` → `100.500000`), and every decimal it has beyond
+/// those (`0.123456789`), so nothing is rounded.
+pub fn go_amount(exact: &str) -> String {
+    let decimals = exact.split_once('.').map_or(0, |(_, f)| f.len());
+    match decimals {
+        0 => format!("{exact}.000000"),
+        d if d < 6 => format!("{exact}{:0<width$}", "", width = 6 - d),
+        _ => exact.to_owned(),
+    }
 }
 
 impl TxLog {
@@ -120,12 +136,37 @@ impl TxLog {
         std::fs::create_dir_all(dir)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(WriterStats::default());
+        let (compress_tx, compress_rx) = std::sync::mpsc::channel::<PathBuf>();
+        let compressor = {
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name("txlog-gzip".into())
+                .spawn(move || {
+                    lower_priority();
+                    for plain in compress_rx {
+                        match compress(&plain) {
+                            Ok(()) => {
+                                stats.compressed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                warn!(target: "m2pool::txlog", file = %plain.display(), error = %e,
+                                      "cannot compress rotated log; it stays as it is");
+                            }
+                        }
+                    }
+                })?
+        };
+        for plain in leftovers(dir)? {
+            let _ = compress_tx.send(plain);
+        }
         let writer = Writer {
             dir: dir.to_owned(),
             max_open: max_open.max(1),
             open: HashMap::new(),
             tick: 0,
             stats: stats.clone(),
+            compress: compress_tx,
+            compressor,
         };
         let handle = std::thread::Builder::new()
             .name("txlog".into())
@@ -156,35 +197,32 @@ struct Writer {
     open: HashMap<String, OpenFile>,
     tick: u64,
     stats: Arc<WriterStats>,
+    /// Rotated files go to the compressor thread here.
+    compress: std::sync::mpsc::Sender<PathBuf>,
+    compressor: std::thread::JoinHandle<()>,
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Line>) {
         lower_priority();
-        let mut compressors = Vec::new();
         while let Some(line) = rx.blocking_recv() {
-            if let Err(e) = self.write(&line, &mut compressors) {
+            if let Err(e) = self.write(&line) {
                 warn!(target: "m2pool::txlog", file = %line.file, error = %e, "cannot write transaction log");
             }
-            compressors.retain(|h: &std::thread::JoinHandle<()>| !h.is_finished());
         }
         for (_, mut f) in self.open.drain() {
             let _ = f.file.flush();
         }
-        for h in compressors {
-            let _ = h.join();
-        }
+        // The compressor finishes what it was given, then ends.
+        drop(self.compress);
+        let _ = self.compressor.join();
     }
 
     fn path(&self, stem: &str) -> PathBuf {
         self.dir.join(format!("{stem}.log"))
     }
 
-    fn write(
-        &mut self,
-        line: &Line,
-        compressors: &mut Vec<std::thread::JoinHandle<()>>,
-    ) -> io::Result<()> {
+    fn write(&mut self, line: &Line) -> io::Result<()> {
         self.tick += 1;
         if !self.open.contains_key(&line.file) {
             if self.open.len() >= self.max_open {
@@ -222,6 +260,7 @@ impl Writer {
                 .get_mut(&line.file)
                 .ok_or_else(|| io::Error::other("file vanished"))?;
             f.file.write_all(text.as_bytes())?;
+            self.stats.written.fetch_add(1, Ordering::Relaxed);
             f.size += text.len() as u64;
             f.used = tick;
             f.size >= ROTATE_AT
@@ -238,17 +277,35 @@ impl Writer {
             }
             std::fs::rename(self.path(&line.file), &target)?;
             self.stats.rotations.fetch_add(1, Ordering::Relaxed);
-            let stats = self.stats.clone();
-            compressors.push(std::thread::spawn(move || {
-                if let Err(e) = compress(&target) {
-                    warn!(target: "m2pool::txlog", file = %target.display(), error = %e, "cannot compress rotated log");
-                } else {
-                    stats.compressed.fetch_add(1, Ordering::Relaxed);
-                }
-            }));
+            if self.compress.send(target).is_err() {
+                warn!(target: "m2pool::txlog", file = %line.file, "the compressor has stopped; rotated log left plain");
+            }
         }
         Ok(())
     }
+}
+
+/// Rotated files a crash left behind: `{stem}_{stamp}.log` not yet
+/// compressed (returned, oldest first), and half-written `.log.gz.tmp` files
+/// (removed; their plain file is still there).
+fn leftovers(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut plain = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.ends_with(".log.gz.tmp") {
+            std::fs::remove_file(&path)?;
+        } else if let Some(stem) = name.strip_suffix(".log")
+            // Live files are named by an address or `ethnode`: no `_`.
+            && stem.contains('_')
+        {
+            plain.push(path);
+        }
+    }
+    plain.sort();
+    Ok(plain)
 }
 
 /// The lines a routed request writes: one per request (one per transfer of a
@@ -284,7 +341,7 @@ pub fn request_lines(r: &crate::server::Request, decimals: impl Fn(&str) -> u8) 
                 to: addr_hex(&p.to),
                 chain: p.chain.clone(),
                 symbol: p.symbol.clone(),
-                amount: format_units(p.amount, decimals(&p.symbol)),
+                amount: go_amount(&format_units(p.amount, decimals(&p.symbol))),
             })
             .collect(),
         Routed::Refuse { .. } | Routed::Unaddressable { .. } => Vec::new(),
@@ -297,7 +354,7 @@ pub fn response_line(kind: &str, body: &[u8]) -> Option<Line> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
     let amount = match &v["amount"] {
-        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::Number(n) => go_amount(&n.to_string()),
         _ => "0".into(),
     };
     let (name, from, to, file) = match kind {

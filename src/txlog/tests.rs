@@ -35,6 +35,41 @@ fn timestamps_are_utc_in_the_go_layout() {
     );
 }
 
+#[test]
+fn amounts_are_written_as_go_did_and_never_rounded() {
+    assert_eq!(go_amount("100.5"), "100.500000");
+    assert_eq!(go_amount("200"), "200.000000");
+    assert_eq!(go_amount("0.000001"), "0.000001");
+    assert_eq!(go_amount("0.25"), "0.250000");
+    assert_eq!(go_amount("0.123456789012345678"), "0.123456789012345678");
+    assert_eq!(
+        go_amount("123456789012345678901234567890.5"),
+        "123456789012345678901234567890.500000"
+    );
+    let resp = br#"{"address":"0x4e5b2e1dc63f6b91cb6cd759936495434c7e972f","status":1,"chain":"ETH","symbol":"USDT","amount":100.5,"tx_hash":"0x1","from_address":"0x1111111111111111111111111111111111111111"}"#;
+    let l = response_line("topup_resp", resp).expect("a line");
+    assert_eq!(l.amount, "100.500000");
+    assert_eq!(l.file, "0x4e5b2e1dc63f6b91cb6cd759936495434c7e972f");
+}
+
+/// Whether `name` is `{stem}_{YYYYMMDD}_{HHMMSS}[_{n}].log.gz`.
+fn is_rotated_name(name: &str, stem: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix(stem)
+        .and_then(|r| r.strip_prefix('_'))
+        .and_then(|r| r.strip_suffix(".log.gz"))
+    else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('_').collect();
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    match parts.as_slice() {
+        [d, t] => digits(d, 8) && digits(t, 6),
+        [d, t, n] => digits(d, 8) && digits(t, 6) && n.parse::<u32>().is_ok(),
+        _ => false,
+    }
+}
+
 fn read_all(dir: &Path, stem: &str) -> String {
     let mut rotated: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("dir")
@@ -77,16 +112,38 @@ async fn a_file_past_one_mebibyte_is_rotated_to_gzip_without_losing_a_line() {
         .collect();
     let want: Vec<String> = (0..n).map(|i| format!("{i}.5")).collect();
     assert_eq!(amounts, want, "every line, in order");
-    // No plain rotated file is left behind.
-    let leftovers = std::fs::read_dir(dir.path())
+    // Every rotated file is named `{address}_{YYYYMMDD_HHMMSS}.log.gz`; no
+    // plain rotated file is left behind.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
         .expect("dir")
         .filter_map(|e| e.ok())
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with("0xabc_") && !n.ends_with(".gz")
-        })
-        .count();
-    assert_eq!(leftovers, 0);
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "0xabc.log")
+        .collect();
+    assert_eq!(names.len(), stats.rotations.load(Ordering::Relaxed));
+    for n in &names {
+        assert!(is_rotated_name(n, "0xabc"), "rotated file named {n}");
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_file_a_crash_left_plain_is_compressed_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = dir.path().join("0xabc_20250923_065137.log");
+    std::fs::write(&plain, "[WithdrawReq]: before the crash\n").expect("write");
+    std::fs::write(dir.path().join("0xabc_20250923_065137.log.gz.tmp"), "half").expect("write");
+    std::fs::write(dir.path().join("0xabc.log"), "live\n").expect("write");
+    let (log, stats, writer) = TxLog::start(dir.path(), 4).expect("starts");
+    drop(log);
+    writer.join().expect("writer ends");
+    assert_eq!(stats.compressed.load(Ordering::Relaxed), 1);
+    assert!(!plain.exists(), "the plain rotated file is gone");
+    assert!(!dir.path().join("0xabc_20250923_065137.log.gz.tmp").exists());
+    assert_eq!(
+        read_all(dir.path(), "0xabc"),
+        "[WithdrawReq]: before the crash\nlive\n",
+        "the live file is left alone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -128,6 +185,16 @@ async fn concurrent_writers_keep_each_writers_order() {
     assert_eq!(total, 8 * 500);
 }
 
+/// Descriptors this process holds open on files in `dir`.
+fn descriptors_in(dir: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
 #[tokio::test]
 async fn open_files_are_bounded() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -136,6 +203,18 @@ async fn open_files_are_bounded() {
         for a in 0..1000 {
             log.write(line(&format!("0x{a:040x}"), round)).await;
         }
+        // The descriptors the kernel counts, once the writer is through.
+        let want = (round + 1) * 1000;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while stats.written.load(Ordering::Relaxed) < want {
+            assert!(std::time::Instant::now() < deadline, "writer too slow");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let open = descriptors_in(dir.path());
+        assert!(
+            (1..=8).contains(&open),
+            "{open} files open in the log folder"
+        );
     }
     drop(log);
     writer.join().expect("writer ends");
