@@ -1,433 +1,56 @@
 //! `m2pool-payment`: parse the command line, set up tracing, load the config,
-//! and run the daemon (or one of the small tools: `sign`, `check-config`).
-//!
-//! The Go version was started as `m2pool-payment -key=SECRET`; Go's flag
-//! package takes long flags with one dash, so `-key`, `-key-file` and `-config`
-//! are rewritten to their two-dash forms before clap sees them.
+//! and run the daemon until SIGTERM or SIGINT, or run one of the small tools
+//! (`sign`, `check-config`, `wallet`; see [`cli`]).
 
-use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
-use m2pool_payment::Secrets;
-use m2pool_payment::config::{Config, WalletStore as WalletStoreConfig};
-use m2pool_payment::msg::sign::sign_message;
-use m2pool_payment::secret::{CommKey, Secret};
-use m2pool_payment::wallet::{self, Kek, Label, WalletStore};
-use std::collections::HashMap;
-use std::io::Read;
-use std::path::PathBuf;
+mod cli;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use cli::{Cli, Command, SHUTDOWN_LIMIT};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
-
-/// How long a shutdown may take before the process exits anyway.
-const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
-
-/// Long options that Go-style single-dash spelling may name.
-const LONG_FLAGS: &[&str] = &["key", "key-file", "wallet-key-file", "config", "log-format"];
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "m2pool-payment",
-    version,
-    about = "Crypto payment gateway: RabbitMQ requests, Ethereum deposits and payouts"
-)]
-struct Cli {
-    /// Communication key that signs every message. Prefer --key-file or the
-    /// M2POOL_PAYMENT_KEY environment variable: argv is visible to every user.
-    #[arg(long, global = true)]
-    key: Option<String>,
-
-    /// File holding the communication key (trailing newline ignored).
-    #[arg(long, value_name = "PATH", global = true)]
-    key_file: Option<PathBuf>,
-
-    /// File holding the wallet key-encryption key (or M2POOL_WALLET_KEY): 64 hex
-    /// digits, or a passphrase. Without it, wallet keys are encrypted with a key
-    /// derived from the communication key.
-    #[arg(long, value_name = "PATH", global = true)]
-    wallet_key_file: Option<PathBuf>,
-
-    /// Config file.
-    #[arg(
-        long,
-        env = "CONFIG_PATH",
-        default_value = "./config.json",
-        global = true
-    )]
-    config: PathBuf,
-
-    /// Log format on stdout (default: `log_config.format`, else text).
-    #[arg(long, value_enum, global = true)]
-    log_format: Option<LogFormat>,
-
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the daemon (the default).
-    Run,
-    /// Print the `sign` of a JSON message (its own `sign` field is ignored).
-    Sign {
-        /// Message file, or `-` for standard input.
-        #[arg(default_value = "-")]
-        file: String,
-    },
-    /// Load and validate the config, and say what is wrong in plain words.
-    CheckConfig,
-    /// Manage hot wallets (keys are encrypted at rest and never printed).
-    #[command(subcommand)]
-    Wallet(WalletCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum WalletCommand {
-    /// Create wallets and print their addresses.
-    New {
-        /// How many.
-        #[arg(long, default_value_t = 1)]
-        count: u32,
-        /// Label them as the collection wallet (pays when a user wallet cannot).
-        #[arg(long)]
-        collection: bool,
-        /// Chain.
-        #[arg(long, default_value = "ETH")]
-        chain: String,
-    },
-    /// Import a private key read from standard input (hex, optional 0x).
-    Import {
-        /// Label it as the collection wallet.
-        #[arg(long)]
-        collection: bool,
-        /// Chain.
-        #[arg(long, default_value = "ETH")]
-        chain: String,
-    },
-    /// List wallets with their labels and ledger balances.
-    List {
-        /// Chain.
-        #[arg(long, default_value = "ETH")]
-        chain: String,
-    },
-}
-
-/// Rewrites Go-style `-key=…` / `-key …` to `--key=…` / `--key …`.
-fn go_style_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut passthrough = false;
-    for arg in args {
-        if passthrough || arg == "--" {
-            passthrough = true;
-            out.push(arg);
-            continue;
-        }
-        let name = arg
-            .strip_prefix('-')
-            .filter(|r| !r.starts_with('-'))
-            .map(|r| r.split('=').next().unwrap_or(r));
-        match name {
-            Some(n) if LONG_FLAGS.contains(&n) => out.push(format!("-{arg}")),
-            _ => out.push(arg),
-        }
-    }
-    out
-}
-
-fn comm_key(cli: &Cli) -> Result<CommKey> {
-    if let Some(k) = &cli.key {
-        if k.is_empty() {
-            bail!("the communication key is empty");
-        }
-        return Ok(Secret::new(k.as_bytes().to_vec()));
-    }
-    if let Some(path) = &cli.key_file {
-        let mut bytes =
-            std::fs::read(path).with_context(|| format!("reading key file {}", path.display()))?;
-        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            bytes.pop();
-        }
-        if bytes.is_empty() {
-            bail!("key file {} is empty", path.display());
-        }
-        return Ok(Secret::new(bytes));
-    }
-    match std::env::var("M2POOL_PAYMENT_KEY") {
-        Ok(k) if !k.is_empty() => Ok(Secret::new(k.into_bytes())),
-        _ => bail!(
-            "no communication key: pass -key=SECRET, --key-file PATH, or set M2POOL_PAYMENT_KEY"
-        ),
-    }
-}
-
-/// The wallet key-encryption key, if one is configured.
-fn wallet_key(cli: &Cli) -> Result<Option<Kek>> {
-    if let Some(path) = &cli.wallet_key_file {
-        let material = zeroize::Zeroizing::new(
-            std::fs::read(path)
-                .with_context(|| format!("reading wallet key file {}", path.display()))?,
-        );
-        if material.trim_ascii().is_empty() {
-            bail!("wallet key file {} is empty", path.display());
-        }
-        return Ok(Some(Kek::from_material(&material)));
-    }
-    match std::env::var("M2POOL_WALLET_KEY") {
-        Ok(k) if !k.is_empty() => Ok(Some(Kek::from_material(
-            zeroize::Zeroizing::new(k).as_bytes(),
-        ))),
-        _ => Ok(None),
-    }
-}
-
-/// The wallet KEK for the wallet commands: configured, or derived from the
-/// communication key (which is then needed).
-fn kek(cli: &Cli) -> Result<Kek> {
-    match wallet_key(cli)? {
-        Some(k) => Ok(k),
-        None => Ok(Kek::from_comm_key(comm_key(cli)?.expose())),
-    }
-}
-
-fn secrets(cli: &Cli) -> Result<Secrets> {
-    Ok(Secrets {
-        comm: comm_key(cli)?,
-        wallet: wallet_key(cli)?,
-    })
-}
-
-async fn wallet_command(cli: &Cli, cmd: &WalletCommand) -> Result<()> {
-    let config =
-        Config::load(&cli.config).with_context(|| format!("config {}", cli.config.display()))?;
-    let store = WalletStore::open(&config.wallet_store).await?;
-    let label = |collection: bool| {
-        if collection {
-            Label::Collection
-        } else {
-            Label::User
-        }
-    };
-    match cmd {
-        WalletCommand::New {
-            count,
-            collection,
-            chain,
-        } => {
-            let kek = kek(cli)?;
-            for a in wallet::cli::create(&store, &kek, chain, *count, label(*collection)).await? {
-                println!("{a:#x}");
-            }
-        }
-        WalletCommand::Import { collection, chain } => {
-            let kek = kek(cli)?;
-            let mut text = zeroize::Zeroizing::new(String::new());
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("reading the key from standard input")?;
-            let a = wallet::cli::import(&store, &kek, chain, &text, label(*collection)).await?;
-            println!("{a:#x}");
-        }
-        WalletCommand::List { chain } => {
-            let decimals: HashMap<String, u8> = std::iter::once(("ETH".to_owned(), 18))
-                .chain(
-                    config
-                        .eth
-                        .tokens
-                        .iter()
-                        .map(|t| (t.symbol.clone(), t.decimals)),
-                )
-                .collect();
-            print!("{}", wallet::cli::list(&store, chain, &decimals).await?);
-        }
-    }
-    store.close().await;
-    Ok(())
-}
-
-/// The main log: stdout (text or JSON), plus daily files in `dir` when
-/// configured; `RUST_LOG` filters both (default `info`). The returned guard
-/// flushes the file writer when dropped.
-fn init_tracing(
-    json: bool,
-    dir: Option<&std::path::Path>,
-) -> Option<tracing_appender::non_blocking::WorkerGuard> {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{EnvFilter, Layer, fmt};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let stdout = if json {
-        fmt::layer().json().boxed()
-    } else {
-        fmt::layer().boxed()
-    };
-    let (file, guard) = match dir {
-        Some(dir) => {
-            let appender = tracing_appender::rolling::daily(dir, "m2pool-payment.log");
-            let (writer, guard) = tracing_appender::non_blocking(appender);
-            let layer = if json {
-                fmt::layer().json().with_writer(writer).boxed()
-            } else {
-                fmt::layer().with_ansi(false).with_writer(writer).boxed()
-            };
-            (Some(layer), Some(guard))
-        }
-        None => (None, None),
-    };
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(stdout)
-        .with(file)
-        .init();
-    guard
-}
-
-fn describe(c: &Config) -> String {
-    let rmq = match url::Url::parse(c.rmq.url.expose()) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => "(unparsable)".to_owned(),
-    };
-    let wallet = match &c.wallet_store {
-        WalletStoreConfig::Mysql(m) => {
-            format!("MySQL {}@{}:{}/{}", m.user, m.host, m.port, m.database)
-        }
-        WalletStoreConfig::Sqlite(p) => format!("SQLite {}", p.display()),
-    };
-    let tokens: Vec<String> = c
-        .eth
-        .tokens
-        .iter()
-        .map(|t| format!("{} {:#x} ({} decimals)", t.symbol, t.contract, t.decimals))
-        .collect();
-    format!(
-        "config OK\n  nets: {}\n  broker: {rmq}, {} queues{}\n  message store: {}\n  wallet store: {wallet}\n  \
-         node: rpc {}, ws {}, chain id {}\n  confirm_height: {}\n  tokens: {}",
-        c.nets.join(", "),
-        c.rmq.entries().len(),
-        if c.rmq.remove.is_none() {
-            " (no remove queues: older layout)"
-        } else {
-            ""
-        },
-        c.msg_store.display(),
-        c.eth.rpc_url,
-        c.eth.ws_url.as_deref().unwrap_or("(none: polling)"),
-        c.eth
-            .chain_id
-            .map_or("from the node".to_owned(), |id| id.to_string()),
-        c.eth.confirm_height,
-        tokens.join(", "),
-    )
-}
-
-async fn shutdown_signal(token: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
-        _ = token.cancelled() => return,
-    }
-    token.cancel();
-}
+use tracing::error;
 
 fn main() -> Result<()> {
-    let cli = Cli::parse_from(go_style_args(std::env::args()));
-    match cli.command {
-        Some(Command::CheckConfig) => {
-            let c = Config::load(&cli.config)
-                .with_context(|| format!("config {}", cli.config.display()))?;
-            println!("{}", describe(&c));
-            Ok(())
-        }
-        Some(Command::Sign { ref file }) => {
-            let key = comm_key(&cli)?;
-            let mut body = Vec::new();
-            if file == "-" {
-                std::io::stdin()
-                    .read_to_end(&mut body)
-                    .context("reading standard input")?;
-            } else {
-                body = std::fs::read(file).with_context(|| format!("reading {file}"))?;
-            }
-            println!("{}", sign_message(key.expose(), &body)?);
-            Ok(())
-        }
-        Some(Command::Wallet(ref cmd)) => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            runtime.block_on(wallet_command(&cli, cmd))
-        }
-        None | Some(Command::Run) => {
-            let config = Config::load(&cli.config)
-                .with_context(|| format!("config {}", cli.config.display()))?;
-            let json = matches!(cli.log_format, Some(LogFormat::Json))
-                || (cli.log_format.is_none() && config.log.json);
-            let _log_guard = init_tracing(json, config.log.main_log_dir.as_deref());
-            let key = secrets(&cli)?;
-            let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            let stopped = runtime.block_on(async {
-                let shutdown = CancellationToken::new();
-                tokio::spawn(shutdown_signal(shutdown.clone()));
-                let deadline = async {
-                    shutdown.cancelled().await;
-                    tokio::time::sleep(SHUTDOWN_LIMIT).await;
-                };
-                tokio::select! {
-                    r = m2pool_payment::run(config, key, shutdown.clone()) => Some(r),
-                    _ = deadline => None,
-                }
-            });
-            match stopped {
-                Some(r) => Ok(r?),
-                None => {
-                    error!(
-                        limit_secs = SHUTDOWN_LIMIT.as_secs(),
-                        "did not stop in time; exiting anyway"
-                    );
-                    // Whatever was not committed is redelivered or resent at the next start.
-                    std::process::exit(1);
-                }
-            }
-        }
+    let cli = Cli::parse_from(cli::go_style_args(std::env::args()));
+    match &cli.command {
+        Some(Command::CheckConfig) => cli::check_config(&cli),
+        Some(Command::Sign { file }) => cli::sign(&cli, file),
+        Some(Command::Wallet(cmd)) => cli::wallet(&cli, cmd),
+        None | Some(Command::Run) => daemon(&cli),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        go_style_args(a.iter().map(|s| s.to_string()))
-    }
-
-    #[test]
-    fn go_style_flags_are_accepted() {
-        assert_eq!(args(&["bin", "-key=abc"]), ["bin", "--key=abc"]);
-        assert_eq!(
-            args(&["bin", "-key", "abc", "-config", "c.json"]),
-            ["bin", "--key", "abc", "--config", "c.json"]
-        );
-        assert_eq!(args(&["bin", "--key", "x"]), ["bin", "--key", "x"]);
-        assert_eq!(args(&["bin", "sign", "-"]), ["bin", "sign", "-"]);
-        assert_eq!(args(&["bin", "-h"]), ["bin", "-h"]);
-        assert_eq!(args(&["bin", "--", "-key"]), ["bin", "--", "-key"]);
-        let cli = Cli::parse_from(args(&["bin", "-key=s3cret", "-config=/etc/m2.json"]));
-        assert_eq!(cli.key.as_deref(), Some("s3cret"));
-        assert_eq!(cli.config, PathBuf::from("/etc/m2.json"));
+/// Runs the daemon; a shutdown that takes longer than [`SHUTDOWN_LIMIT`]
+/// exits anyway (what was not committed is redelivered or resent at the next
+/// start).
+fn daemon(cli: &Cli) -> Result<()> {
+    let config = cli::load_config(cli)?;
+    let _log_guard = cli::init_tracing(
+        cli::json_logs(cli, &config),
+        config.log.main_log_dir.as_deref(),
+    );
+    let secrets = cli::secrets(cli)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    let stopped = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cli::shutdown_signal(shutdown.clone()));
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_LIMIT).await;
+        };
+        tokio::select! {
+            r = m2pool_payment::run(config, secrets, shutdown.clone()) => Some(r),
+            _ = deadline => None,
+        }
+    });
+    match stopped {
+        Some(r) => Ok(r?),
+        None => {
+            error!(
+                limit_secs = SHUTDOWN_LIMIT.as_secs(),
+                "did not stop in time; exiting anyway"
+            );
+            std::process::exit(1);
+        }
     }
 }
