@@ -3,8 +3,10 @@
 //!
 //! Publishes are `mandatory`, so a response that no queue takes comes back as a
 //! return and counts as a failure, like a nack. After a failure the relay starts
-//! again from the oldest unsent row: delivery is at least once, and a repeat is
-//! the identical body.
+//! again from the oldest unsent row, and the rows of that response queue after
+//! the failed one go out again behind it, so the newest answer is always the
+//! last one delivered: delivery is at least once, and a repeat is the identical
+//! body.
 
 use super::{Broker, QueueError, amqp};
 use crate::backoff::Backoff;
@@ -195,10 +197,22 @@ pub(super) async fn relay(
                 .await
                 .map_err(amqp("recover publisher"))?;
         }
+        // A row counts as sent only if every earlier row of its kind in this
+        // round was confirmed too: after a failure, the later rows of that
+        // queue go out again behind the retried one, so the last answer a
+        // business system sees about a deposit or payout is its newest (a
+        // `1` is never followed by only an older `2`). Other queues go on.
+        let kinds: HashMap<i64, &str> = rows.iter().map(|r| (r.id, r.kind.as_str())).collect();
+        let mut broken: HashSet<&str> = HashSet::new();
         let mut sent = Vec::with_capacity(pending.len());
         for (id, confirm, published) in pending {
             let result = confirm.await;
             metrics.publish_confirm.observe(published.elapsed());
+            let kind = kinds.get(&id).copied().unwrap_or_default();
+            if broken.contains(kind) {
+                continue;
+            }
+            let before = sent.len();
             match result {
                 Ok(Confirmation::Ack(None)) => sent.push(id),
                 Ok(Confirmation::Ack(Some(returned))) => {
@@ -215,6 +229,9 @@ pub(super) async fn relay(
                     failed = true;
                     warn!(target: "m2pool::queue", id, error = %e, "no confirm for a response; will retry");
                 }
+            }
+            if sent.len() == before {
+                broken.insert(kind);
             }
         }
         store.mark_sent(&sent).await?;
