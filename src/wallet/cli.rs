@@ -4,7 +4,7 @@
 
 use super::{Kek, Label, WalletError, WalletStore};
 use crate::msg::{addr_hex, amount::format_units};
-use alloy::primitives::{Address, B256};
+use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -72,7 +72,7 @@ pub async fn import(
         return Err(WalletCliError::BadKey);
     }
     let signer =
-        PrivateKeySigner::from_bytes(&B256::from(*raw)).map_err(|_| WalletCliError::BadKey)?;
+        PrivateKeySigner::from_slice(raw.as_slice()).map_err(|_| WalletCliError::BadKey)?;
     store_signer(store, kek, chain, &signer, label).await
 }
 

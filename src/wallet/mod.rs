@@ -277,12 +277,12 @@ impl WalletStore {
             return Ok(None);
         };
         let secret = kek.decrypt(&address, &stored)?;
-        let signer = PrivateKeySigner::from_bytes(&B256::from(*secret)).map_err(|_| {
-            WalletError::Corrupt {
+        // Straight from the zeroized buffer: no plaintext copy is left behind.
+        let signer =
+            PrivateKeySigner::from_slice(secret.as_slice()).map_err(|_| WalletError::Corrupt {
                 what: "wallets.encrypted_key",
                 value: format!("{address:#x}: not a valid secp256k1 key"),
-            }
-        })?;
+            })?;
         if signer.address() != address {
             return Err(WalletError::Corrupt {
                 what: "wallets.encrypted_key",
