@@ -508,6 +508,8 @@ fn eth_config(e: raw::RawEth) -> Result<EthConfig, ConfigError> {
             format!("{confirm_height} is out of range; use 1 to 10000 (20 is usual)"),
         ));
     }
+    // The watch set keeps a bit per symbol in a u64, ETH included.
+    const MAX_TOKENS: usize = 63;
     let tokens = match e.tokens {
         None => vec![Token {
             symbol: "USDT".to_owned(),
@@ -515,6 +517,12 @@ fn eth_config(e: raw::RawEth) -> Result<EthConfig, ConfigError> {
             decimals: 6,
         }],
         Some(list) => {
+            if list.len() > MAX_TOKENS {
+                return Err(invalid(
+                    "eth_config.tokens",
+                    format!("{} tokens; at most {MAX_TOKENS} are supported", list.len()),
+                ));
+            }
             let mut tokens: Vec<Token> = Vec::with_capacity(list.len());
             for (i, t) in list.into_iter().enumerate() {
                 let key = format!("eth_config.tokens[{i}]");

@@ -122,6 +122,17 @@ fn errors_name_the_key() {
         ),
         (
             Box::new(|v| {
+                v["eth_config"]["tokens"] = (0..64)
+                    .map(|i| {
+                        serde_json::json!({"symbol": format!("T{i}"),
+                            "address": format!("0x{i:040x}"), "decimals": 6})
+                    })
+                    .collect();
+            }),
+            "eth_config.tokens",
+        ),
+        (
+            Box::new(|v| {
                 v["eth_config"]
                     .as_object_mut()
                     .expect("obj")
