@@ -454,6 +454,18 @@ async fn a_node_restarted_with_its_state_is_retried_without_limit_and_the_gap_is
             "attempt {n} logged as a warning: {tried:?}"
         );
     }
+    // The new-heads WebSocket was made again by the daemon, a warning per
+    // failed attempt.
+    let resubscribed = attempts(&w, "WARN", "cannot subscribe to new heads; retrying");
+    assert!(resubscribed.len() >= 2, "{resubscribed:?}");
+    eventually("the new-heads subscription open again", || async {
+        Ok(log_lines(&w)
+            .iter()
+            .filter(|l| l["fields"]["message"] == "new-heads subscription open")
+            .count()
+            >= 2)
+    })
+    .await?;
     assert!(
         daemon.0.try_wait()?.is_none(),
         "the daemon never gave up: it is still running"
