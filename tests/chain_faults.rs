@@ -1,5 +1,8 @@
 //! The chain misbehaving: reorganisations (anvil_reorg, anvil_rollback,
-//! evm_snapshot/evm_revert), stuck payouts, and the node going away.
+//! evm_snapshot/evm_revert, and one in the middle of a catch-up), stuck
+//! payouts, and the node going away or misbehaving: restarted with its state,
+//! its WebSocket or every connection cut, fallback endpoints, `eth_getLogs`
+//! refusals, a head that stops advancing.
 
 mod common;
 
@@ -313,44 +316,281 @@ async fn a_stuck_payout_is_replaced_with_higher_fees_and_confirms_once() -> Resu
     w.cleanup().await
 }
 
+// ---------------------------------------------------------------------------
+// The node going away, and misbehaving while it is there.
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `GET /healthz` on the daemon's HTTP endpoint: the status and the JSON body.
+async fn healthz(port: u16) -> Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await?;
+    let status = raw.split_whitespace().nth(1).context("status")?.parse()?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+/// Waits until `/healthz` answers `status` and its `ETH` entry passes `check`.
+async fn wait_health(
+    port: u16,
+    what: &str,
+    status: u16,
+    check: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let mut last = None;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Ok((s, body)) = healthz(port).await {
+            if s == status && check(&body["chains"]["ETH"]) {
+                return Ok(body);
+            }
+            last = Some((s, body));
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "healthz: {what} not within {WAIT:?}; last answer {last:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The JSON lines of a daemon process's log (`log_config.format` = `json`).
+fn log_lines(w: &World) -> Vec<Value> {
+    std::fs::read_to_string(w.daemon_log_path())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The `attempt` of every `level` line whose message is `message`.
+fn attempts(w: &World, level: &str, message: &str) -> Vec<u64> {
+    log_lines(w)
+        .iter()
+        .filter(|l| l["level"] == level && l["fields"]["message"] == message)
+        .filter_map(|l| l["fields"]["attempt"].as_u64())
+        .collect()
+}
+
+const NODE_RETRY: &str = "node request failed; retrying";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_restart_is_survived_and_deposits_made_meanwhile_are_reported() -> Result<()> {
-    let mut w = World::new("node-restart").await?;
+async fn a_node_restarted_with_its_state_is_retried_without_limit_and_the_gap_is_read() -> Result<()>
+{
+    let state_dir = tempfile::tempdir()?;
+    let state = state_dir.path().join("anvil-state.json");
+    let state = state.to_str().context("state path")?.to_owned();
+    let http = free_port()?;
+    let mut w = World::with("node-restart", &["--dump-state", &state], |c| {
+        c["http_config"] = json!({"listen": format!("127.0.0.1:{http}")});
+        c["log_config"]["format"] = "json".into();
+    })
+    .await?;
+    let mut replies = w.replies("topup_resp").await?;
+    let mut daemon = w.spawn_process(&[])?;
+    let (addr, first, first_block) = seen_deposit(&w, &mut replies).await?;
+    let head = w.head().await?;
+
+    // The node is stopped as an operator stops it; it writes its state on the way out.
+    w.anvil.terminate().await?;
+    anyhow::ensure!(
+        std::fs::metadata(&state).is_ok_and(|m| m.len() > 0),
+        "anvil wrote no state to {state}"
+    );
+    wait_health(http, "the node reported disconnected", 503, |c| {
+        c["node_connected"] == false
+    })
+    .await?;
+    // The daemon keeps trying, a warning per attempt. After the fifth it
+    // waits 4 s: the node comes back within that time, unseen.
+    eventually("the fifth attempt to reach the stopped node", || async {
+        Ok(attempts(&w, "WARN", NODE_RETRY).contains(&5))
+    })
+    .await?;
+    let port = w.anvil.port;
+    w.anvil = Anvil::spawn_on(port, &["--load-state", &state])?;
+    assert_eq!(w.head().await?, head, "the node came back with its chain");
+    assert_eq!(
+        w.eth
+            .get_transaction_receipt(first)
+            .await?
+            .and_then(|r| r.block_number),
+        Some(first_block),
+        "and with the first deposit in it"
+    );
+    // Blocks and deposits the daemon has not seen: it has not reconnected yet.
+    w.mine(2).await?;
+    let (second, second_block) = w.send_usdt(w.user(), addr, 4_000_000).await?;
+    w.mine(2).await?;
+    let (third, third_block) = w.send_usdt(w.user(), addr, 5_000_000).await?;
+    let (_, h) = healthz(http).await?;
+    assert_eq!(
+        h["chains"]["ETH"]["node_connected"], false,
+        "the deposits were made before the daemon reconnected: {h}"
+    );
+
+    for (tx, block) in [(second, second_block), (third, third_block)] {
+        let r = replies
+            .wait("a deposit made while the daemon was away", tx_is(tx, 2))
+            .await?;
+        assert_eq!(r.v["block_height"], block);
+    }
+    wait_health(http, "the node reported connected again", 200, |c| {
+        c["node_connected"] == true
+    })
+    .await?;
+    let tried = attempts(&w, "WARN", NODE_RETRY);
+    for n in 1..=5 {
+        assert!(
+            tried.contains(&n),
+            "attempt {n} logged as a warning: {tried:?}"
+        );
+    }
+    // The new-heads WebSocket was made again by the daemon, a warning per
+    // failed attempt.
+    let resubscribed = attempts(&w, "WARN", "cannot subscribe to new heads; retrying");
+    assert!(resubscribed.len() >= 2, "{resubscribed:?}");
+    eventually("the new-heads subscription open again", || async {
+        Ok(log_lines(&w)
+            .iter()
+            .filter(|l| l["fields"]["message"] == "new-heads subscription open")
+            .count()
+            >= 2)
+    })
+    .await?;
+    assert!(
+        daemon.0.try_wait()?.is_none(),
+        "the daemon never gave up: it is still running"
+    );
+
+    w.mine(20).await?;
+    for (tx, block) in [
+        (first, first_block),
+        (second, second_block),
+        (third, third_block),
+    ] {
+        replies.wait("final", tx_is(tx, 1)).await?;
+        assert_eq!(statuses(&replies, tx), vec![(2, block), (1, block)]);
+    }
+    w.cleanup().await
+}
+
+/// A world whose WebSocket goes through `proxy` and whose watcher is woken
+/// by nothing else (the poll interval is an hour).
+async fn woken_only_by_heads(test: &str) -> Result<(World, rpc_proxy::TcpProxy)> {
+    let mut w = World::new(test).await?;
+    let proxy = rpc_proxy::TcpProxy::start(w.anvil.port).await?;
+    w.config_json["eth_config"]["ws_url"] = proxy.ws().into();
+    w.config_json["eth_config"]["poll_interval_ms"] = 3_600_000.into();
+    Ok((w, proxy))
+}
+
+/// Nothing matching `pred` arrives within `secs` (a bounded look for something
+/// that must not happen).
+async fn none_within(replies: &mut Replies, secs: u64, pred: impl Fn(&Value) -> bool) {
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(secs),
+        replies.wait("nothing", &pred),
+    )
+    .await;
+    replies.drain();
+    assert!(replies.matching(pred).is_empty(), "it arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_websocket_is_made_again_and_wakes_the_watcher() -> Result<()> {
+    let (w, proxy) = woken_only_by_heads("ws-drop").await?;
     let mut replies = w.replies("topup_resp").await?;
     let daemon = w.start().await?;
-    let (addr, first, _) = seen_deposit(&w, &mut replies).await?;
+    // Only a new head can have woken the watcher for this one.
+    let (addr, _, _) = seen_deposit(&w, &mut replies).await?;
+    let opened = proxy.forwarded();
 
-    // The node goes away (its WebSocket and RPC with it) and comes back on the
-    // same port with the same chain.
-    let state: String = w.eth.raw_request("anvil_dumpState".into(), ()).await?;
-    let port = w.anvil.port;
-    drop(std::mem::replace(&mut w.anvil, Anvil::spawn_on(0, &[])?));
-    w.anvil = Anvil::spawn_on(port, &[])?;
-    let loaded: bool = w
-        .eth
-        .raw_request("anvil_loadState".into(), (state,))
-        .await?;
-    assert!(loaded);
-    // Blocks and a deposit while the daemon is still reconnecting.
-    w.mine(3).await?;
-    let (second, block) = w.send_usdt(w.user(), addr, 4_000_000).await?;
+    // The WebSocket drops; RPC is still there. A deposit meanwhile wakes nobody.
+    proxy.cut();
+    let (second, block) = w.send_usdt(w.user(), addr, 2_000_000).await?;
+    none_within(&mut replies, 2, tx_is(second, 2)).await;
+    proxy.restore();
     let r = replies
-        .wait("the deposit made during the gap", tx_is(second, 2))
+        .wait(
+            "the deposit made while the WebSocket was down",
+            tx_is(second, 2),
+        )
         .await?;
     assert_eq!(r.v["block_height"], block);
-    w.mine(20).await?;
-    replies.wait("first final", tx_is(first, 1)).await?;
-    replies.wait("second final", tx_is(second, 1)).await?;
+    assert!(proxy.forwarded() > opened, "a new WebSocket connection");
+    // The new subscription keeps waking it.
+    let (third, _) = w.send_usdt(w.user(), addr, 3_000_000).await?;
+    replies
+        .wait("a deposit after the reconnection", tx_is(third, 2))
+        .await?;
     daemon.stop().await?;
     w.cleanup().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn get_logs_ranges_are_halved_when_the_node_refuses_them() -> Result<()> {
-    let w = World::new("range-limit").await?;
-    let proxy = rpc_proxy::RangeLimitProxy::start(w.anvil.http(), 4).await?;
-    let mut w = w;
+async fn a_cut_to_the_node_is_survived_and_deposits_made_during_it_are_reported() -> Result<()> {
+    let mut w = World::new("node-cut").await?;
+    let proxy = rpc_proxy::TcpProxy::start(w.anvil.port).await?;
+    w.config_json["eth_config"]["rpc_url"] = proxy.http().into();
+    w.config_json["eth_config"]["ws_url"] = proxy.ws().into();
+    let mut replies = w.replies("topup_resp").await?;
+    let daemon = w.start().await?;
+    let (addr, first, first_block) = seen_deposit(&w, &mut replies).await?;
+
+    // RPC and WebSocket both gone; the chain goes on.
+    proxy.cut();
+    let closed = proxy.closed();
+    w.mine(3).await?;
+    let (second, second_block) = w.send_usdt(w.user(), addr, 2_000_000).await?;
+    w.mine(3).await?;
+    let (third, third_block) = w.send_usdt(w.user(), addr, 3_000_000).await?;
+    eventually("the daemon keeps trying to reach the node", || async {
+        Ok(proxy.closed() >= closed + 3)
+    })
+    .await?;
+    replies.drain();
+    assert!(
+        replies.matching(tx_is(second, 2)).is_empty(),
+        "the cut really hid the node"
+    );
+    proxy.restore();
+    for (tx, block) in [(second, second_block), (third, third_block)] {
+        let r = replies
+            .wait("a deposit made during the cut", tx_is(tx, 2))
+            .await?;
+        assert_eq!(r.v["block_height"], block);
+    }
+    w.mine(20).await?;
+    for (tx, block) in [
+        (first, first_block),
+        (second, second_block),
+        (third, third_block),
+    ] {
+        replies.wait("final", tx_is(tx, 1)).await?;
+        assert_eq!(statuses(&replies, tx), vec![(2, block), (1, block)]);
+    }
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+/// The daemon reads 96 blocks with 16 deposits through a node that refuses
+/// what `refuse` says: every deposit is reported, each refused range is
+/// retried from the same block with half as many blocks (not fewer), and the
+/// ranges read cover every block exactly once.
+async fn ranges_halved(test: &str, refuse: rpc_proxy::Refuse) -> Result<()> {
+    let mut w = World::new(test).await?;
+    let proxy = rpc_proxy::RpcProxy::start(w.anvil.http(), Some(refuse)).await?;
     w.config_json["eth_config"]["rpc_url"] = proxy.url().into();
+    w.config_json["eth_config"]["max_block_range"] = 64.into();
     w.config_json["eth_config"]
         .as_object_mut()
         .map(|o| o.remove("ws_url"));
@@ -360,32 +600,72 @@ async fn get_logs_ranges_are_halved_when_the_node_refuses_them() -> Result<()> {
     w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
     w.wait_watched("USDT", addr, true).await?;
     daemon.stop().await?;
+    let store = w.store().await?;
+    let cursor = store.recent_blocks("ETH", 1).await?[0].number;
+    store.close().await;
 
-    // While the daemon is down: 30 blocks and deposits in some of them.
+    // While the daemon is down: a deposit every 6 blocks.
     let mut deposits = Vec::new();
-    for _ in 0..3 {
-        w.mine(9).await?;
-        deposits.push(w.send_usdt(w.user(), addr, 1_000_000).await?.0);
+    for _ in 0..16 {
+        w.mine(5).await?;
+        deposits.push(w.send_usdt(w.user(), addr, 1_000_000).await?);
     }
+    let head = w.head().await?;
+    let asked_before = proxy.logs_asked().len();
     let daemon = w.start().await?;
-    for tx in &deposits {
-        replies
-            .wait("a deposit read through a range-limited node", tx_is(*tx, 2))
+    for (tx, block) in &deposits {
+        let r = replies
+            .wait("a deposit read through a refusing node", tx_is(*tx, 2))
             .await?;
+        assert_eq!(r.v["block_height"], *block);
     }
-    assert!(
-        proxy.refused.load(std::sync::atomic::Ordering::Relaxed) > 0,
-        "the node did refuse wide ranges"
-    );
     daemon.stop().await?;
+
+    let asked = proxy.logs_asked().split_off(asked_before);
+    assert!(
+        asked.first().is_some_and(|a| a.refused && a.width() == 64),
+        "the first range is the widest, and refused: {asked:?}"
+    );
+    let mut chain = 0;
+    let mut longest = 0;
+    for pair in asked.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if a.refused {
+            assert_eq!(b.from, a.from, "retried from the same block: {asked:?}");
+            assert!(
+                b.width() < a.width() && b.width() * 2 >= a.width(),
+                "halved, not more: {a:?} then {b:?} in {asked:?}"
+            );
+            chain += 1;
+            longest = longest.max(chain);
+        } else {
+            chain = 0;
+        }
+    }
+    assert!(longest >= 2, "halved at least twice in a row: {asked:?}");
+    let read: Vec<_> = asked.iter().filter(|a| !a.refused).collect();
+    let mut next = cursor + 1;
+    for a in &read {
+        assert_eq!(a.from, next, "no block skipped or read twice: {read:?}");
+        next = a.to + 1;
+    }
+    assert_eq!(next, head + 1, "read up to the head: {read:?}");
     w.cleanup().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_logs_ranges_are_halved_when_the_node_limits_the_block_range() -> Result<()> {
+    ranges_halved("range-limit", rpc_proxy::Refuse::RangeOver(10)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_logs_ranges_are_halved_when_the_node_returns_too_many_results() -> Result<()> {
+    ranges_halved("results-limit", rpc_proxy::Refuse::ResultsOver(2)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fallback_endpoint_is_used_when_the_first_is_down() -> Result<()> {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let dead = free_port()?;
     let w = World::with("fallback", &[], |c| {
         let real = c["eth_config"]["rpc_url"].clone();
         c["eth_config"]["rpc_url"] = format!("http://127.0.0.1:{dead}").into();
@@ -401,22 +681,176 @@ async fn a_fallback_endpoint_is_used_when_the_first_is_down() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_rpc_endpoint_takes_over_when_the_first_dies_while_running() -> Result<()> {
+    let mut w = World::new("fallback-live").await?;
+    let primary = rpc_proxy::TcpProxy::start(w.anvil.port).await?;
+    let fallback = rpc_proxy::TcpProxy::start(w.anvil.port).await?;
+    w.config_json["eth_config"]["rpc_url"] = primary.http().into();
+    w.config_json["eth_config"]["fallback_rpc_urls"] = json!([fallback.http()]);
+    w.config_json["eth_config"]["poll_interval_ms"] = 200.into();
+    w.config_json["eth_config"]
+        .as_object_mut()
+        .map(|o| o.remove("ws_url"));
+    let mut replies = w.replies("topup_resp").await?;
+    let daemon = w.start().await?;
+    let (addr, first, first_block) = seen_deposit(&w, &mut replies).await?;
+    assert_eq!(fallback.forwarded(), 0, "unused while the first works");
+
+    primary.cut();
+    let (second, second_block) = w.send_usdt(w.user(), addr, 2_000_000).await?;
+    let r = replies
+        .wait("a deposit read through the fallback", tx_is(second, 2))
+        .await?;
+    assert_eq!(r.v["block_height"], second_block);
+    assert!(fallback.forwarded() > 0, "read through the fallback");
+    w.mine(20).await?;
+    for (tx, block) in [(first, first_block), (second, second_block)] {
+        replies.wait("final", tx_is(tx, 1)).await?;
+        assert_eq!(statuses(&replies, tx), vec![(2, block), (1, block)]);
+    }
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_heads_come_from_a_fallback_websocket_when_the_first_is_dead() -> Result<()> {
+    let (mut w, first) = woken_only_by_heads("fallback-ws").await?;
+    let second = rpc_proxy::TcpProxy::start(w.anvil.port).await?;
+    w.config_json["eth_config"]["fallback_ws_urls"] = json!([second.ws()]);
+    // Dead from the start.
+    first.cut();
+    let mut replies = w.replies("topup_resp").await?;
+    let daemon = w.start().await?;
+    let (addr, _, _) = seen_deposit(&w, &mut replies).await?;
+    assert!(second.forwarded() > 0, "woken through the fallback");
+
+    // The one in use dies while running; the first is back by then.
+    first.restore();
+    second.cut();
+    let (tx, block) = w.send_usdt(w.user(), addr, 2_000_000).await?;
+    let r = replies
+        .wait("a deposit after the fallback WebSocket died", tx_is(tx, 2))
+        .await?;
+    assert_eq!(r.v["block_height"], block);
+    assert!(first.forwarded() > 0, "woken through the first again");
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_head_stops_is_reported_and_its_recovery_too() -> Result<()> {
-    let w = World::with("stall", &[], |c| {
-        c["eth_config"]["head_stall_secs"] = 1.into();
+    let http = free_port()?;
+    // A node that makes a block every second, like a real chain.
+    let w = World::with("stall", &["--block-time", "1"], |c| {
+        c["eth_config"]["head_stall_secs"] = 3.into();
         c["eth_config"]["poll_interval_ms"] = 200.into();
+        c["http_config"] = json!({"listen": format!("127.0.0.1:{http}")});
+        c["log_config"]["format"] = "json".into();
     })
     .await?;
     let _daemon = w.spawn_process(&[])?;
-    let log = || std::fs::read_to_string(w.daemon_log_path()).unwrap_or_default();
-    eventually("the stall is reported", || async {
-        Ok(log().contains("has not advanced"))
+    let stalled = |c: &Value| c["head_stalled"] == true;
+    let healthy = |c: &Value| {
+        c["head_stalled"] == false
+            && c["node_connected"] == true
+            && c["seconds_since_head"].is_u64()
+    };
+    wait_health(http, "healthy", 200, healthy).await?;
+    // Longer than the limit, with blocks coming: no false alarm.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < until {
+        let (s, h) = healthz(http).await?;
+        assert!(s == 200 && healthy(&h["chains"]["ETH"]), "{s} {h}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+
+    // Mining stops; the node still answers.
+    let _: Value = w
+        .eth
+        .raw_request("evm_setIntervalMining".into(), (0,))
+        .await?;
+    let h = wait_health(http, "the stall reported", 503, stalled).await?;
+    assert_eq!(h["chains"]["ETH"]["node_connected"], true, "{h}");
+    let logged = |level: &'static str, what: &'static str| {
+        log_lines(&w).iter().any(|l| {
+            l["level"] == level
+                && l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(what))
+        })
+    };
+    assert!(logged("WARN", "has not advanced"), "the stall is logged");
+
+    let _: Value = w
+        .eth
+        .raw_request("evm_setIntervalMining".into(), (1,))
+        .await?;
+    wait_health(http, "the recovery reported", 200, healthy).await?;
+    eventually("the recovery is logged", || async {
+        Ok(logged("INFO", "advances again"))
     })
     .await?;
-    w.mine(1).await?;
-    eventually("the recovery is reported", || async {
-        Ok(log().contains("advances again"))
+    w.cleanup().await
+}
+
+/// A chain reorganised in the middle of a catch-up, after the cursor was
+/// checked: only the parent-hash check of each block read can see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reorg_in_the_middle_of_a_catch_up_is_caught_by_the_parent_hash() -> Result<()> {
+    let mut w = World::new("reorg-mid-scan").await?;
+    let proxy = rpc_proxy::RpcProxy::start(w.anvil.http(), None).await?;
+    w.config_json["eth_config"]["rpc_url"] = proxy.url().into();
+    w.config_json["eth_config"]["max_block_range"] = 5.into();
+    w.config_json["eth_config"]
+        .as_object_mut()
+        .map(|o| o.remove("ws_url"));
+    let mut replies = w.replies("topup_resp").await?;
+    let daemon = w.start().await?;
+    let addr = Address::random();
+    w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
+    w.wait_watched("USDT", addr, true).await?;
+    daemon.stop().await?;
+    let store = w.store().await?;
+    let cursor = store.recent_blocks("ETH", 1).await?[0].number;
+    store.close().await;
+
+    // While the daemon is down: a deposit in the last block of the first
+    // range it will read (cursor+1..=cursor+5), and blocks after it.
+    let head = w.head().await?;
+    anyhow::ensure!(
+        head <= cursor + 4,
+        "head {head} ran ahead of the cursor {cursor}"
+    );
+    w.mine(cursor + 4 - head).await?;
+    let (tx, block) = w.send_usdt(w.user(), addr, 7_000_000).await?;
+    assert_eq!(block, cursor + 5);
+    w.mine(10).await?;
+    // When the daemon asks for the second range, the deposit's block and
+    // every one after it are replaced with empty ones first.
+    let depth = w.head().await? - block + 1;
+    proxy.before_logs_from(block + 1, "anvil_reorg", json!([depth, []]));
+
+    let daemon = w.start().await?;
+    let r = replies.wait("status 2", tx_is(tx, 2)).await?;
+    assert_eq!(r.v["block_height"], block);
+    eventually("the chain reorganised mid catch-up", || async {
+        Ok(proxy.before_logs_done())
     })
     .await?;
+    assert!(
+        w.eth.get_transaction_receipt(tx).await?.is_none(),
+        "it left the chain"
+    );
+    w.mine(25).await?;
+    let r = replies.wait("status 0", tx_is(tx, 0)).await?;
+    assert!(
+        r.v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("left the canonical chain")),
+        "{}",
+        r.raw
+    );
+    assert!(replies.matching(tx_is(tx, 1)).is_empty(), "never final");
+    daemon.stop().await?;
     w.cleanup().await
 }

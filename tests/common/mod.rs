@@ -126,6 +126,26 @@ impl Anvil {
     pub fn ws(&self) -> String {
         format!("ws://127.0.0.1:{}", self.port)
     }
+
+    /// Stops anvil as an operator would, with SIGTERM (SIGKILL, as on drop,
+    /// would skip writing `--dump-state`), and waits for it to exit.
+    pub async fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        ensure!(sent.success(), "kill -TERM anvil failed");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "anvil did not exit within {WAIT:?} of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Anvil {

@@ -1,53 +1,131 @@
-//! A JSON-RPC proxy in front of a real node that refuses `eth_getLogs` over
-//! more than `max_range` blocks, as many hosted nodes do. Everything else is
-//! forwarded unchanged.
+//! Proxies between the daemon and a real anvil, to inject the faults of real
+//! nodes and networks; nothing is answered in the node's place except the
+//! refusals a test asks for.
+//!
+//! - [`RpcProxy`]: HTTP JSON-RPC. Refuses `eth_getLogs` the way hosted nodes
+//!   do (a block-range limit, or a cap on the number of results), records every
+//!   `eth_getLogs` range it is asked for, and can run one call on the node just
+//!   before forwarding a given `eth_getLogs` (to reorganise the chain in the
+//!   middle of a catch-up).
+//! - [`TcpProxy`]: plain TCP (JSON-RPC over HTTP and WebSocket alike) that can
+//!   be cut (every connection dropped, new ones closed at once) and restored.
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
-/// The running proxy; stops when dropped.
-pub struct RangeLimitProxy {
+/// What the node refuses.
+#[derive(Debug, Clone, Copy)]
+pub enum Refuse {
+    /// `eth_getLogs` over more than this many blocks: "query exceeds max
+    /// block range N".
+    RangeOver(u64),
+    /// `eth_getLogs` whose answer holds more than this many logs: "query
+    /// returned more than N results" (Infura's wording).
+    ResultsOver(usize),
+}
+
+/// One `eth_getLogs` the proxy was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogsAsked {
+    pub from: u64,
+    pub to: u64,
+    /// The proxy answered with the refusal instead of the logs.
+    pub refused: bool,
+}
+
+impl LogsAsked {
+    /// Blocks in the range.
+    pub fn width(&self) -> u64 {
+        self.to.saturating_sub(self.from) + 1
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct RpcShared {
+    upstream: String,
+    refuse: Option<Refuse>,
+    asked: Mutex<Vec<LogsAsked>>,
+    /// Once: when `eth_getLogs` from this block is asked, send this request to
+    /// the node first.
+    before_logs: Mutex<Option<(u64, Value)>>,
+    client: alloy::transports::http::reqwest::Client,
+}
+
+/// The running HTTP JSON-RPC proxy; stops when dropped.
+pub struct RpcProxy {
     pub port: u16,
-    /// How many `eth_getLogs` it refused.
-    pub refused: Arc<AtomicUsize>,
+    shared: Arc<RpcShared>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for RangeLimitProxy {
+impl Drop for RpcProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-impl RangeLimitProxy {
-    pub async fn start(upstream: String, max_range: u64) -> Result<Self> {
+impl RpcProxy {
+    /// A proxy to the node at `upstream` (an `http://` URL).
+    pub async fn start(upstream: String, refuse: Option<Refuse>) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let refused = Arc::new(AtomicUsize::new(0));
-        let client = alloy::transports::http::reqwest::Client::new();
-        let counter = refused.clone();
+        let shared = Arc::new(RpcShared {
+            upstream,
+            refuse,
+            asked: Mutex::new(Vec::new()),
+            before_logs: Mutex::new(None),
+            client: alloy::transports::http::reqwest::Client::new(),
+        });
+        let s = shared.clone();
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                let (client, upstream, counter) =
-                    (client.clone(), upstream.clone(), counter.clone());
+                let s = s.clone();
                 tokio::spawn(async move {
-                    let _ = serve(sock, client, upstream, max_range, counter).await;
+                    let _ = serve(sock, s).await;
                 });
             }
         });
-        Ok(Self {
-            port,
-            refused,
-            task,
-        })
+        Ok(Self { port, shared, task })
     }
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every `eth_getLogs` asked so far, in order.
+    pub fn logs_asked(&self) -> Vec<LogsAsked> {
+        lock(&self.shared.asked).clone()
+    }
+
+    /// How many `eth_getLogs` were refused.
+    pub fn refused(&self) -> usize {
+        lock(&self.shared.asked)
+            .iter()
+            .filter(|a| a.refused)
+            .count()
+    }
+
+    /// The next time `eth_getLogs` from block `from` is asked, sends
+    /// `method(params)` to the node first (once).
+    pub fn before_logs_from(&self, from: u64, method: &str, params: Value) {
+        *lock(&self.shared.before_logs) = Some((
+            from,
+            json!({"jsonrpc": "2.0", "id": 9_999_999, "method": method, "params": params}),
+        ));
+    }
+
+    /// Whether the call given to [`Self::before_logs_from`] was made.
+    pub fn before_logs_done(&self) -> bool {
+        lock(&self.shared.before_logs).is_none()
     }
 }
 
@@ -56,24 +134,78 @@ fn block_number(v: &Value) -> Option<u64> {
         .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
 }
 
-fn too_wide(req: &Value, max_range: u64) -> bool {
+/// The block range of an `eth_getLogs` request.
+fn logs_range(req: &Value) -> Option<(u64, u64)> {
     if req["method"] != "eth_getLogs" {
-        return false;
+        return None;
     }
     let f = &req["params"][0];
-    match (block_number(&f["fromBlock"]), block_number(&f["toBlock"])) {
-        (Some(a), Some(b)) => b.saturating_sub(a) + 1 > max_range,
-        _ => false,
-    }
+    Some((block_number(&f["fromBlock"])?, block_number(&f["toBlock"])?))
 }
 
-async fn serve(
-    sock: TcpStream,
-    client: alloy::transports::http::reqwest::Client,
-    upstream: String,
-    max_range: u64,
-    refused: Arc<AtomicUsize>,
-) -> Result<()> {
+async fn forward(s: &RpcShared, body: Vec<u8>) -> Result<Vec<u8>> {
+    Ok(s.client
+        .post(&s.upstream)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?
+        .bytes()
+        .await?
+        .to_vec())
+}
+
+fn refusal(id: &Value, message: String) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(
+        &json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32005, "message": message}}),
+    )?)
+}
+
+/// The answer to one JSON-RPC request (or batch, forwarded as is).
+async fn answer(s: &RpcShared, body: Vec<u8>) -> Result<Vec<u8>> {
+    let req: Value = serde_json::from_slice(&body)?;
+    let Some((from, to)) = logs_range(&req) else {
+        return forward(s, body).await;
+    };
+    let first = {
+        let mut hook = lock(&s.before_logs);
+        match hook.as_ref() {
+            Some((at, _)) if *at == from => hook.take().map(|(_, call)| call),
+            _ => None,
+        }
+    };
+    if let Some(call) = first {
+        let out = forward(s, serde_json::to_vec(&call)?).await?;
+        let v: Value = serde_json::from_slice(&out)?;
+        anyhow::ensure!(v.get("error").is_none(), "{call} failed: {v}");
+    }
+    let (refused, out) = match s.refuse {
+        Some(Refuse::RangeOver(max)) if to.saturating_sub(from) + 1 > max => (
+            true,
+            refusal(&req["id"], format!("query exceeds max block range {max}"))?,
+        ),
+        Some(Refuse::ResultsOver(max)) => {
+            let out = forward(s, body).await?;
+            let v: Value = serde_json::from_slice(&out)?;
+            if v["result"].as_array().is_some_and(|logs| logs.len() > max) {
+                (
+                    true,
+                    refusal(
+                        &req["id"],
+                        format!("query returned more than {max} results"),
+                    )?,
+                )
+            } else {
+                (false, out)
+            }
+        }
+        _ => (false, forward(s, body).await?),
+    };
+    lock(&s.asked).push(LogsAsked { from, to, refused });
+    Ok(out)
+}
+
+async fn serve(sock: TcpStream, s: Arc<RpcShared>) -> Result<()> {
     let (read, mut write) = sock.into_split();
     let mut read = BufReader::new(read);
     loop {
@@ -94,27 +226,106 @@ async fn serve(
         }
         let mut body = vec![0u8; length];
         read.read_exact(&mut body).await?;
-        let req: Value = serde_json::from_slice(&body)?;
-        let answer = if !req.is_array() && too_wide(&req, max_range) {
-            refused.fetch_add(1, Ordering::Relaxed);
-            serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": req["id"],
-                "error": {"code": -32005, "message": format!("query exceeds max block range {max_range}")}}))?
-        } else {
-            client
-                .post(&upstream)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await?
-                .bytes()
-                .await?
-                .to_vec()
-        };
+        let out = answer(&s, body).await?;
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            answer.len()
+            out.len()
         );
         write.write_all(head.as_bytes()).await?;
-        write.write_all(&answer).await?;
+        write.write_all(&out).await?;
+    }
+}
+
+struct TcpShared {
+    upstream: SocketAddr,
+    /// Open, and the token that ends the connections of this opening.
+    state: Mutex<(bool, CancellationToken)>,
+    forwarded: AtomicUsize,
+    closed: AtomicUsize,
+}
+
+/// The running TCP proxy; stops (and drops its connections) when dropped.
+pub struct TcpProxy {
+    pub port: u16,
+    shared: Arc<TcpShared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        lock(&self.shared.state).1.cancel();
+    }
+}
+
+impl TcpProxy {
+    /// A proxy to `127.0.0.1:port`, open.
+    pub async fn start(port: u16) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let own = listener.local_addr()?.port();
+        let shared = Arc::new(TcpShared {
+            upstream: SocketAddr::from(([127, 0, 0, 1], port)),
+            state: Mutex::new((true, CancellationToken::new())),
+            forwarded: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
+        });
+        let s = shared.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let (open, stop) = lock(&s.state).clone();
+                if !open {
+                    s.closed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let Ok(mut node) = TcpStream::connect(s.upstream).await else {
+                        // The node is down: the client sees its connection end.
+                        s.closed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    };
+                    s.forwarded.fetch_add(1, Ordering::Relaxed);
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut node) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            port: own,
+            shared,
+            task,
+        })
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ws(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// Drops every connection and closes new ones at once, until [`Self::restore`].
+    pub fn cut(&self) {
+        let mut st = lock(&self.shared.state);
+        st.0 = false;
+        st.1.cancel();
+    }
+
+    /// Forwards new connections again.
+    pub fn restore(&self) {
+        *lock(&self.shared.state) = (true, CancellationToken::new());
+    }
+
+    /// Connections forwarded to the node so far.
+    pub fn forwarded(&self) -> usize {
+        self.shared.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed at once (cut, or the node down) so far.
+    pub fn closed(&self) -> usize {
+        self.shared.closed.load(Ordering::Relaxed)
     }
 }

@@ -3,10 +3,16 @@
 //! or duplicated notification costs nothing. The subscription is re-made
 //! without limit when it drops, with a `warn` per attempt, moving through the
 //! configured WebSocket endpoints in turn.
+//!
+//! alloy's own WebSocket reconnection is turned off: it would retry the same
+//! endpoint for minutes (never a fallback), and after reconnecting it
+//! re-subscribes silently, so heads missed during the gap would wake nothing.
 
 use crate::backoff::{Backoff, sleep_or_shutdown};
 use alloy::network::Ethereum;
 use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::client::ClientBuilder;
+use alloy::transports::ws::WsConnect;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +32,12 @@ pub(super) async fn follow(
     while !urls.is_empty() {
         let url = &urls[index % urls.len()];
         let subscribed = async {
-            let provider = RootProvider::<Ethereum>::connect(url).await?;
+            // One immediate reconnection attempt inside alloy, then the
+            // subscription ends and this loop takes over.
+            let client = ClientBuilder::default()
+                .ws(WsConnect::new(url.as_str()).with_max_retries(0))
+                .await?;
+            let provider = RootProvider::<Ethereum>::new(client);
             let sub = provider.subscribe_blocks().await?;
             Ok::<_, alloy::transports::TransportError>((provider, sub))
         };
