@@ -250,6 +250,11 @@ async fn wallet_command(cli: &Cli, cmd: &WalletCommand) -> Result<()> {
     Ok(())
 }
 
+/// The main log's filter without `RUST_LOG`: `info`, without alloy's own
+/// WebSocket errors (a dropped new-heads connection is reported once, as a
+/// warning, by the daemon, which makes it again).
+const DEFAULT_LOG_FILTER: &str = "info,alloy_transport_ws=off,alloy_pubsub=off";
+
 /// The main log: stdout (text or JSON), plus daily files in `dir` when
 /// configured; `RUST_LOG` filters both (default `info`). The returned guard
 /// flushes the file writer when dropped.
@@ -260,7 +265,8 @@ pub(crate) fn init_tracing(
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer, fmt};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let stdout = if json {
         fmt::layer().json().boxed()
     } else {

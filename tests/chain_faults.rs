@@ -664,6 +664,34 @@ async fn get_logs_ranges_are_halved_when_the_node_returns_too_many_results() -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_range_logs_miss_a_block_cannot_hide_a_deposit() -> Result<()> {
+    // The node answers every eth_getLogs by block range with nothing, as one
+    // lagging behind its own head does; the blocks' logs blooms say better.
+    let mut w = World::new("empty-ranges").await?;
+    let proxy =
+        rpc_proxy::RpcProxy::start(w.anvil.http(), Some(rpc_proxy::Refuse::EmptyRanges)).await?;
+    w.config_json["eth_config"]["rpc_url"] = proxy.url().into();
+    let mut replies = w.replies("topup_resp").await?;
+    let daemon = w.start().await?;
+    let addr = Address::random();
+    w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
+    w.wait_watched("USDT", addr, true).await?;
+    let (tx, block) = w.send_usdt(w.user(), addr, 4_000_000).await?;
+    let r = replies
+        .wait("the deposit the range answer left out", tx_is(tx, 2))
+        .await?;
+    assert_eq!(r.v["block_height"], block);
+    assert!(
+        !proxy.logs_asked().is_empty(),
+        "the range answers went through the proxy"
+    );
+    w.mine(20).await?;
+    replies.wait("final", tx_is(tx, 1)).await?;
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fallback_endpoint_is_used_when_the_first_is_down() -> Result<()> {
     let dead = free_port()?;
     let w = World::with("fallback", &[], |c| {

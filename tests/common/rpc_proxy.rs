@@ -28,6 +28,10 @@ pub enum Refuse {
     /// `eth_getLogs` whose answer holds more than this many logs: "query
     /// returned more than N results" (Infura's wording).
     ResultsOver(usize),
+    /// Not a refusal: `eth_getLogs` by block range answers no logs at all, as
+    /// a node lagging behind its own head does (or one half of a
+    /// load-balanced pair); by block hash it answers truly.
+    EmptyRanges,
 }
 
 /// One `eth_getLogs` the proxy was asked for.
@@ -199,6 +203,10 @@ async fn answer(s: &RpcShared, body: Vec<u8>) -> Result<Vec<u8>> {
                 (false, out)
             }
         }
+        Some(Refuse::EmptyRanges) => (
+            false,
+            serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": req["id"], "result": []}))?,
+        ),
         _ => (false, forward(s, body).await?),
     };
     lock(&s.asked).push(LogsAsked { from, to, refused });

@@ -8,7 +8,8 @@
 //! not the cursor's hash means a reorganisation: the scanner walks its window of
 //! recent blocks back to the fork point and reports it. A log whose block hash
 //! is not the block's means the chain moved between two calls: the range is read
-//! again.
+//! again. A block whose logs bloom says it may hold a token transfer, but for
+//! which the range answer had none, is asked for again by its hash.
 
 use super::endpoints::Endpoints;
 use crate::chain::{ChainEvent, OwnTx, Transfer};
@@ -19,7 +20,7 @@ use alloy::consensus::Transaction as _;
 use alloy::eips::BlockNumberOrTag;
 use alloy::network::{Ethereum, ReceiptResponse, TransactionResponse};
 use alloy::primitives::{
-    Address, B256, U256,
+    Address, B256, Bloom, BloomInput, U256,
     map::{AddressMap, AddressSet},
 };
 use alloy::providers::{Provider, RootProvider};
@@ -276,6 +277,30 @@ impl Scanner {
         Ok(by_block)
     }
 
+    /// Whether a block with `bloom` may hold a `Transfer` of a watched token
+    /// (a bloom can say yes wrongly, never no wrongly).
+    fn may_hold_transfers(&self, bloom: &Bloom) -> bool {
+        bloom.contains_input(BloomInput::Raw(erc20::Transfer::SIGNATURE_HASH.as_slice()))
+            && self
+                .contracts
+                .iter()
+                .any(|c| bloom.contains_input(BloomInput::Raw(c.as_slice())))
+    }
+
+    /// The token `Transfer` logs of the block with `hash`.
+    async fn logs_at(&self, hash: B256) -> Result<Vec<Log>, ScanError> {
+        let filter = Filter::new()
+            .at_block_hash(hash)
+            .address(self.contracts.clone())
+            .event_signature(erc20::Transfer::SIGNATURE_HASH);
+        let logs = self
+            .rpc
+            .get_logs(&filter)
+            .await
+            .map_err(node("eth_getLogs(blockHash)"))?;
+        Ok(logs.into_iter().filter(|l| !l.removed).collect())
+    }
+
     /// Verifies and reports blocks `from..=to`; stops early at a reorganisation
     /// or when the node does not have a block yet.
     async fn scan_range(
@@ -320,7 +345,19 @@ impl Scanner {
             if this.parent_hash != cursor.hash {
                 return self.reorg(events).await;
             }
-            let block_logs = logs.remove(&this.number).unwrap_or_default();
+            let mut block_logs = logs.remove(&this.number).unwrap_or_default();
+            if block_logs.is_empty() && self.may_hold_transfers(&block.header.logs_bloom) {
+                // The range answer had nothing for a block whose bloom says it
+                // may hold our tokens' transfers: ask for this block by its
+                // hash (EIP-234), which a node answers for that very block or
+                // refuses. A node that lags behind its own head, or one half of
+                // a load-balanced pair, cannot make a deposit be skipped.
+                block_logs = self.logs_at(this.hash).await?;
+                if !block_logs.is_empty() {
+                    warn!(target: "m2pool::eth", chain = %self.chain, number = this.number, logs = block_logs.len(),
+                          "eth_getLogs by range missed this block's transfers; read them by block hash");
+                }
+            }
             if block_logs.iter().any(|l| l.block_hash != Some(this.hash)) {
                 debug!(target: "m2pool::eth", chain = %self.chain, number = this.number,
                        "logs came from another fork; reading the range again");
