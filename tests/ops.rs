@@ -1,11 +1,19 @@
-//! What operators touch: the health and metrics endpoint, the main log files.
+//! What operators touch: the health and metrics endpoint (real HTTP requests),
+//! the main log, the per-address transaction logs, the demo.
 
 mod common;
 
 use alloy::primitives::Address;
-use anyhow::{Context, Result};
+use alloy::providers::Provider;
+use anyhow::{Context, Result, bail, ensure};
+use common::broker::PrivateBroker;
 use common::*;
-use serde_json::Value;
+use lapin::options::QueueBindOptions;
+use lapin::types::FieldTable;
+use m2pool_payment::wallet::Label;
+use serde_json::{Value, json};
+use std::process::Command;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn free_port() -> Result<u16> {
@@ -29,6 +37,39 @@ async fn http(port: u16, method: &str, path: &str) -> Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// `GET /healthz`: status and parsed body (`Null` while nothing answers).
+async fn healthz(port: u16) -> (u16, Value) {
+    match http(port, "GET", "/healthz").await {
+        Ok((status, body)) => (status, serde_json::from_str(&body).unwrap_or(Value::Null)),
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// Polls `/healthz` until `want` holds, for at most `within`; the last answer
+/// is in the error.
+async fn wait_health(
+    port: u16,
+    what: &str,
+    within: Duration,
+    want: impl Fn(u16, &Value) -> bool,
+) -> Result<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, body) = healthz(port).await;
+        if want(status, &body) {
+            return Ok(body);
+        }
+        if Instant::now() > deadline {
+            bail!("/healthz {what}: not within {within:?}; last answer {status} {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn problems(h: &Value) -> String {
+    h["problems"].to_string()
+}
+
 fn sample(metrics: &str, name: &str) -> Option<f64> {
     metrics
         .lines()
@@ -37,85 +78,449 @@ fn sample(metrics: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+async fn metrics(port: u16) -> Result<String> {
+    let (status, m) = http(port, "GET", "/metrics").await?;
+    ensure!(status == 200, "/metrics answered {status}");
+    Ok(m)
+}
+
+/// Waits until every `(sample, value)` of `want` holds in `/metrics`.
+async fn wait_metrics(port: u16, want: &[(&str, f64)]) -> Result<String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = metrics(port).await?;
+        let wrong: Vec<String> = want
+            .iter()
+            .filter(|(name, v)| sample(&m, name) != Some(*v))
+            .map(|(name, v)| format!("{name} = {:?}, want {v}", sample(&m, name)))
+            .collect();
+        if wrong.is_empty() {
+            return Ok(m);
+        }
+        if Instant::now() > deadline {
+            bail!("metrics not as expected within {WAIT:?}: {wrong:?}\n{m}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn with_http(port: u16, extra: Value) -> impl FnOnce(&mut Value) {
+    move |c| {
+        c["http_config"] = json!({"listen": format!("127.0.0.1:{port}")});
+        if let (Some(h), Some(extra)) = (c["http_config"].as_object_mut(), extra.as_object()) {
+            h.extend(extra.clone());
+        }
+    }
+}
+
+fn is(queue_id: &str, status: u64) -> impl Fn(&Value) -> bool {
+    let q = queue_id.to_owned();
+    move |v| v["queue_id"] == q && v["status"] == status
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics_answer_real_http_requests() -> Result<()> {
     let port = free_port()?;
-    let mut w = World::with("http", &[], |c| {
-        c["http_config"] = serde_json::json!({"listen": format!("127.0.0.1:{port}")})
-    })
-    .await?;
-    let mut replies = w.replies("topup_resp").await?;
+    let mut w = World::with("http", &[], with_http(port, json!({}))).await?;
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, 100_000_000, ether(1)).await?;
+    let mut topups = w.replies("topup_resp").await?;
+    let mut withdrawals = w.replies("withdraw_resp").await?;
     let daemon = w.start().await?;
 
-    // Ok as soon as both connections are up; the first head follows.
-    eventually("healthz says ok and has seen a head", || async {
-        Ok(
-            matches!(http(port, "GET", "/healthz").await, Ok((200, ref b))
-            if b.contains("\"status\":\"ok\"") && !b.contains("\"seconds_since_head\":null")),
-        )
-    })
-    .await?;
-    let (_, body) = http(port, "GET", "/healthz").await?;
-    let h: Value = serde_json::from_str(&body)?;
+    let h = wait_health(port, "ok with a head", WAIT, |s, _| s == 200).await?;
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["problems"], json!([]));
     assert_eq!(h["broker_connected"], true);
-    assert_eq!(h["chains"]["ETH"]["node_connected"], true);
-    assert!(h["chains"]["ETH"]["seconds_since_head"].is_u64(), "{body}");
-    assert!(h["outbox_backlog"].is_i64(), "{body}");
+    let eth = &h["chains"]["ETH"];
+    assert_eq!(eth["node_connected"], true);
+    assert!(eth["seconds_since_head"].is_u64(), "{h}");
+    assert_eq!(eth["head_stalled"], false);
+    // The cursor anchored at start is reported before any new block.
+    assert_eq!(eth["head"], w.head().await?, "{h}");
+    assert_eq!(eth["cursor_lag"], 0, "{h}");
+    assert_eq!(h["outbox_backlog"], 0, "{h}");
 
+    // Known states are there with 0 before anything happened.
+    let m = metrics(port).await?;
+    for state in ["pending", "confirmed", "failed", "cancelled"] {
+        let name = format!("m2pool_payouts{{state=\"{state}\"}}");
+        assert_eq!(sample(&m, &name), Some(0.0), "{name}\n{m}");
+    }
+    for state in ["pending", "confirmed", "failed", "orphaned"] {
+        let name = format!("m2pool_deposits{{state=\"{state}\"}}");
+        assert_eq!(sample(&m, &name), Some(0.0), "{name}\n{m}");
+    }
+    assert_eq!(
+        sample(&m, "m2pool_payout_broadcast_seconds_count"),
+        Some(0.0)
+    );
+
+    // A deposit and a withdrawal, both seen and pending.
     let addr = Address::random();
     w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
     w.wait_watched("USDT", addr, true).await?;
     let (tx, _) = w.send_usdt(w.user(), addr, 1_000_000).await?;
     let hash = format!("{tx:#x}");
-    replies
-        .wait("status 2", |v| v["tx_hash"] == hash.as_str())
+    topups
+        .wait("deposit status 2", |v| {
+            v["tx_hash"] == hash.as_str() && v["status"] == 2
+        })
         .await?;
+    let request = json!({"queue_id": "m-1", "from_address": hex_addr(user), "to_address": hex_addr(Address::random()),
+                         "amount": 2.5, "chain": "ETH", "symbol": "USDT", "timestamp": 1758610297});
+    w.publish("withdraw", request).await?;
+    withdrawals.wait("withdraw status 2", is("m-1", 2)).await?;
     let mut bad = topup(&hex_addr(Address::random()), "USDT");
     bad["sign"] = "00".into();
     w.publish_raw("topup", &serde_json::to_vec(&bad)?).await?;
-    replies.wait("status 3", |v| v["status"] == 3).await?;
+    topups.wait("status 3", |v| v["status"] == 3).await?;
 
-    let (status, m) = http(port, "GET", "/metrics").await?;
-    assert_eq!(status, 200);
+    let m = wait_metrics(
+        port,
+        &[
+            ("m2pool_payouts{state=\"pending\"}", 1.0),
+            ("m2pool_payouts{state=\"confirmed\"}", 0.0),
+            ("m2pool_deposits{state=\"pending\"}", 1.0),
+            // deposit 2, withdrawal 2, the refusal 3
+            ("m2pool_responses_published_total", 3.0),
+        ],
+    )
+    .await?;
     assert_eq!(
-        sample(
-            &m,
-            "m2pool_requests_total{kind=\"topup\",outcome=\"accepted\"}"
-        ),
+        sample(&m, "m2pool_payout_broadcast_seconds_count"),
         Some(1.0),
         "{m}"
     );
-    assert_eq!(
-        sample(
-            &m,
-            "m2pool_requests_total{kind=\"topup\",outcome=\"bad_signature\"}"
-        ),
-        Some(1.0)
-    );
-    assert_eq!(sample(&m, "m2pool_watched_addresses"), Some(1.0));
-    assert_eq!(sample(&m, "m2pool_deposits_seen_total"), Some(1.0));
-    assert_eq!(sample(&m, "m2pool_broker_connected"), Some(1.0));
-    let head = w.head().await? as f64;
-    assert_eq!(sample(&m, "m2pool_chain_head{chain=\"ETH\"}"), Some(head));
-    assert!(sample(&m, "m2pool_chain_cursor_lag{chain=\"ETH\"}").is_some());
     assert!(
-        sample(&m, "m2pool_publish_confirm_seconds_count").is_some_and(|n| n >= 2.0),
+        sample(&m, "m2pool_payout_broadcast_seconds_bucket{le=\"+Inf\"}") == Some(1.0)
+            && sample(&m, "m2pool_payout_broadcast_seconds_sum").is_some_and(|s| s > 0.0),
         "{m}"
     );
-    assert!(sample(&m, "m2pool_channel_capacity{channel=\"requests\"}").is_some());
-    assert!(sample(&m, "m2pool_deposits{state=\"pending\"}").is_some());
-    assert!(sample(&m, "m2pool_outbox_backlog").is_some());
+    assert!(
+        sample(&m, "m2pool_publish_confirm_seconds_count").is_some_and(|n| n >= 3.0),
+        "{m}"
+    );
+
+    // Both final.
+    w.mine(20).await?;
+    topups
+        .wait("deposit status 1", |v| {
+            v["tx_hash"] == hash.as_str() && v["status"] == 1
+        })
+        .await?;
+    withdrawals.wait("withdraw status 1", is("m-1", 1)).await?;
+    let head = w.head().await? as f64;
+    let m = wait_metrics(
+        port,
+        &[
+            ("m2pool_payouts{state=\"pending\"}", 0.0),
+            ("m2pool_payouts{state=\"confirmed\"}", 1.0),
+            ("m2pool_payouts{state=\"failed\"}", 0.0),
+            ("m2pool_payout_states{state=\"confirmed\"}", 1.0),
+            ("m2pool_payout_states{state=\"mined\"}", 0.0),
+            ("m2pool_deposits{state=\"pending\"}", 0.0),
+            ("m2pool_deposits{state=\"confirmed\"}", 1.0),
+            ("m2pool_responses_published_total", 5.0),
+            ("m2pool_chain_head{chain=\"ETH\"}", head),
+            ("m2pool_chain_cursor{chain=\"ETH\"}", head),
+            ("m2pool_chain_cursor_lag{chain=\"ETH\"}", 0.0),
+            ("m2pool_outbox_backlog", 0.0),
+        ],
+    )
+    .await?;
+    let want = [
+        (
+            "m2pool_requests_total{kind=\"topup\",outcome=\"accepted\"}",
+            1.0,
+        ),
+        (
+            "m2pool_requests_total{kind=\"topup\",outcome=\"bad_signature\"}",
+            1.0,
+        ),
+        (
+            "m2pool_requests_total{kind=\"withdraw\",outcome=\"accepted\"}",
+            1.0,
+        ),
+        (
+            "m2pool_requests_total{kind=\"withdraw\",outcome=\"refused\"}",
+            0.0,
+        ),
+        (
+            "m2pool_requests_total{kind=\"pay\",outcome=\"accepted\"}",
+            0.0,
+        ),
+        (
+            "m2pool_requests_total{kind=\"remove\",outcome=\"unaddressable\"}",
+            0.0,
+        ),
+        ("m2pool_watched_addresses", 1.0),
+        ("m2pool_deposits_seen_total", 1.0),
+        ("m2pool_broker_connected", 1.0),
+        // Idle: nothing waits in the internal channels.
+        ("m2pool_channel_fill{channel=\"requests\"}", 0.0),
+        ("m2pool_channel_fill{channel=\"chain_events\"}", 0.0),
+        ("m2pool_channel_capacity{channel=\"requests\"}", 4096.0),
+        ("m2pool_channel_capacity{channel=\"chain_events\"}", 256.0),
+        ("m2pool_payout_broadcast_seconds_count", 1.0),
+    ];
+    for (name, v) in want {
+        assert_eq!(sample(&m, name), Some(v), "{name}\n{m}");
+    }
+    assert!(
+        sample(&m, "m2pool_publish_confirm_seconds_count").is_some_and(|n| n >= 5.0),
+        "{m}"
+    );
 
     assert_eq!(http(port, "GET", "/nope").await?.0, 404);
     assert_eq!(http(port, "POST", "/healthz").await?.0, 405);
 
-    // The node goes away: degraded.
+    // The node goes away: degraded, and says why.
     drop(std::mem::replace(&mut w.anvil, Anvil::spawn(&[])?));
-    eventually("healthz says degraded", || async {
-        Ok(matches!(http(port, "GET", "/healthz").await, Ok((503, ref b)) if b.contains("\"node_connected\":false")))
+    let h = wait_health(port, "degraded without the node", WAIT, |s, h| {
+        s == 503 && h["chains"]["ETH"]["node_connected"] == false
     })
     .await?;
+    assert_eq!(h["status"], "degraded");
+    assert!(problems(&h).contains("node is not connected"), "{h}");
     daemon.stop().await?;
+    w.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_503_while_the_broker_is_stopped() -> Result<()> {
+    let broker = PrivateBroker::start()?;
+    let port = free_port()?;
+    let mut w = World::on_broker(
+        "health-broker",
+        &broker.url(),
+        &[],
+        with_http(port, json!({})),
+    )
+    .await?;
+    let daemon = w.start().await?;
+    wait_health(port, "ok", WAIT, |s, h| {
+        s == 200 && h["broker_connected"] == true
+    })
+    .await?;
+
+    tokio::task::block_in_place(|| broker.stop_app())?;
+    let h = wait_health(port, "503 without the broker", WAIT, |s, h| {
+        s == 503 && h["broker_connected"] == false
+    })
+    .await?;
+    assert!(problems(&h).contains("broker is not connected"), "{h}");
+    // The chain side is fine: only the broker is named.
+    assert_eq!(h["problems"].as_array().map(Vec::len), Some(1), "{h}");
+
+    tokio::task::block_in_place(|| broker.start_app())?;
+    // The daemon reconnects with backoff (up to 30 s between attempts).
+    let h = wait_health(port, "ok with the broker back", WAIT * 2, |s, h| {
+        s == 200 && h["broker_connected"] == true
+    })
+    .await?;
+    assert_eq!(h["problems"], json!([]));
+    w.reconnect().await?;
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_503_while_the_head_stalls() -> Result<()> {
+    const STALL: u64 = 4;
+    let port = free_port()?;
+    let w = World::with("health-stall", &[], |c| {
+        with_http(port, json!({}))(c);
+        c["eth_config"]["head_stall_secs"] = STALL.into();
+    })
+    .await?;
+    // Mining paused: no block comes unless the test mines one.
+    let _: Value = w
+        .eth
+        .raw_request("evm_setAutomine".into(), (false,))
+        .await?;
+    let daemon = w.start().await?;
+    let h = wait_health(port, "ok", WAIT, |s, _| s == 200).await?;
+    let head = h["chains"]["ETH"]["head"].as_u64().context("head")?;
+
+    let h = wait_health(port, "503 with the head stalled", WAIT, |s, h| {
+        s == 503 && h["chains"]["ETH"]["head_stalled"] == true
+    })
+    .await?;
+    let since = h["chains"]["ETH"]["seconds_since_head"]
+        .as_u64()
+        .context("seconds_since_head")?;
+    assert!(since >= STALL, "stalled only after head_stall_secs: {h}");
+    assert!(problems(&h).contains("has not advanced"), "{h}");
+    assert_eq!(h["broker_connected"], true);
+
+    w.mine(1).await?;
+    let h = wait_health(port, "ok once the head moves", WAIT, |s, h| {
+        s == 200 && h["chains"]["ETH"]["head_stalled"] == false
+    })
+    .await?;
+    assert_eq!(h["chains"]["ETH"]["head"], head + 1, "{h}");
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_503_while_responses_cannot_reach_a_queue() -> Result<()> {
+    let port = free_port()?;
+    let w = World::with(
+        "health-outbox",
+        &[],
+        with_http(port, json!({"max_outbox_age_secs": 1})),
+    )
+    .await?;
+    let mut removes = w.replies("remove_resp").await?;
+    let daemon = w.start().await?;
+    wait_health(port, "ok", WAIT, |s, _| s == 200).await?;
+    // Answered: the daemon has declared its topology and serves.
+    let first = hex_addr(Address::random());
+    w.publish("remove", topup(&first, "USDT")).await?;
+    removes
+        .wait("a first answer", |v| v["address"] == first.as_str())
+        .await?;
+
+    // Nothing takes remove responses any more: the broker returns them.
+    let e = &w.config_json["rmq_config"]["remove_resp"];
+    let (queue, exchange, key) = (
+        e["queue"].as_str().context("queue")?,
+        e["exchange"].as_str().context("exchange")?,
+        e["routing"][0].as_str().context("routing")?,
+    );
+    let ch = w.amqp.create_channel().await?;
+    ch.queue_unbind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        FieldTable::default(),
+    )
+    .await?;
+    let stranger = hex_addr(Address::random());
+    w.publish("remove", topup(&stranger, "USDT")).await?;
+    let h = wait_health(port, "503 with a response waiting", WAIT, |s, _| s == 503).await?;
+    assert!(
+        problems(&h).contains("responses wait for the broker"),
+        "{h}"
+    );
+    assert_eq!(h["outbox_backlog"], 1, "{h}");
+    assert!(
+        h["outbox_oldest_secs"].as_u64().is_some_and(|s| s >= 1),
+        "{h}"
+    );
+    assert_eq!(h["broker_connected"], true, "the connection itself is fine");
+
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    removes
+        .wait("the held response", |v| v["address"] == stranger.as_str())
+        .await?;
+    let h = wait_health(port, "ok once it is out", WAIT, |s, _| s == 200).await?;
+    assert_eq!(h["outbox_backlog"], 0, "{h}");
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+/// Runs the daemon binary until `/healthz` answers, stops it with SIGTERM,
+/// and returns what it wrote to stdout and stderr.
+async fn logged_run(w: &World, port: u16, args: &[&str], rust_log: Option<&str>) -> Result<String> {
+    let out = w.dir.path().join(format!("stdout-{}.log", unique("run")));
+    let file = std::fs::File::create(&out)?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_m2pool-payment"));
+    cmd.arg("--config")
+        .arg(w.config_file()?)
+        .args(args)
+        .env("M2POOL_PAYMENT_KEY", std::str::from_utf8(KEY)?)
+        .env("M2POOL_WALLET_KEY", WALLET_KEY)
+        .env_remove("RUST_LOG")
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    if let Some(filter) = rust_log {
+        cmd.env("RUST_LOG", filter);
+    }
+    let mut child = ChildGuard(cmd.spawn()?);
+    let ready = wait_health(port, "ok", WAIT, |s, _| s == 200).await;
+    let pid = i32::try_from(child.0.id())?;
+    // SAFETY: kill(2) on the pid of the child this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.0.try_wait()? {
+            break s;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the daemon did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let text = std::fs::read_to_string(&out)?;
+    ready.with_context(|| format!("daemon output:\n{text}"))?;
+    ensure!(status.success(), "exit {status}:\n{text}");
+    Ok(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_main_log_honours_rust_log_and_the_format() -> Result<()> {
+    let port = free_port()?;
+    let w = World::with("rustlog", &[], with_http(port, json!({}))).await?;
+
+    // Default: human-readable info lines, plain text when not a terminal.
+    let text = logged_run(&w, port, &[], None).await?;
+    assert!(
+        text.lines()
+            .any(|l| l.contains(" INFO ") && l.contains("starting")),
+        "{text}"
+    );
+    assert!(text.contains("stopped"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes off a terminal:\n{text}"
+    );
+    assert!(
+        text.lines().all(|l| !l.trim_start().starts_with('{')),
+        "{text}"
+    );
+
+    // RUST_LOG=error: no info line at all.
+    let text = logged_run(&w, port, &[], Some("error")).await?;
+    for level in ["INFO", "WARN", "DEBUG"] {
+        assert!(
+            !text.contains(level),
+            "RUST_LOG=error printed {level}:\n{text}"
+        );
+    }
+
+    // Directives per target: only the endpoint's info line.
+    let text = logged_run(&w, port, &[], Some("error,m2pool::http=info")).await?;
+    assert!(
+        text.contains("health and metrics endpoint listening"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("starting"),
+        "m2pool::daemon stays at error:\n{text}"
+    );
+
+    // --log-format json: one JSON object a line.
+    let text = logged_run(&w, port, &["--log-format", "json"], None).await?;
+    let mut started = false;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+        started |= v["level"] == "INFO"
+            && v["target"] == "m2pool::daemon"
+            && v["fields"]["message"] == "starting";
+    }
+    assert!(started, "{text}");
     w.cleanup().await
 }
 
@@ -158,6 +563,88 @@ async fn the_main_log_goes_to_daily_files_as_json_when_configured() -> Result<()
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
     assert!(text.contains("stopped"), "the whole run is in the file");
+    w.cleanup().await
+}
+
+/// Waits until `{stem}.log` holds exactly `[kind]: <time>-<rest>`, the time
+/// in Go's `2006-01-02 15:04:05` layout.
+async fn wait_txlog_line(w: &World, stem: &str, kind: &str, rest: &str) -> Result<()> {
+    let path = w.dir.path().join("logs").join(format!("{stem}.log"));
+    let head = format!("[{kind}]: ");
+    let matches = |line: &str| {
+        line.strip_prefix(&head).is_some_and(|l| {
+            l.len() > 20
+                && l.as_bytes()[19] == b'-'
+                && l[..19].bytes().enumerate().all(|(i, b)| match i {
+                    4 | 7 => b == b'-',
+                    10 => b == b' ',
+                    13 | 16 => b == b':',
+                    _ => b.is_ascii_digit(),
+                })
+                && &l[20..] == rest
+        })
+    };
+    eventually(&format!("{head}…-{rest} in {}", path.display()), || async {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        Ok(text.lines().any(matches))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_logs_record_pay_and_remove_per_address() -> Result<()> {
+    let w = World::new("txlog-kinds").await?;
+    let mut pays = w.replies("pay_resp").await?;
+    let mut removes = w.replies("remove_resp").await?;
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, 1_000_000_000, ether(1)).await?;
+    let daemon = w.start().await?;
+
+    // A batch payment: lines in the payer's file, one per transfer.
+    let (to1, to2) = (Address::random(), Address::random());
+    let batch = json!({"queue_id": "log-p", "from_address": hex_addr(user), "chain": "ETH", "symbol": "USDT",
+        "timestamp": 1758610297, "transactions": [
+            {"order_id": "o-1", "to_address": hex_addr(to1), "amount": 1.5},
+            {"order_id": "o-2", "to_address": hex_addr(to2), "amount": 100.5}]});
+    w.publish("pay", batch).await?;
+    pays.wait_count("status 2 per transfer", 2, |v| {
+        v["queue_id"] == "log-p" && v["status"] == 2
+    })
+    .await?;
+    w.mine(20).await?;
+    pays.wait_count("status 1 per transfer", 2, |v| {
+        v["queue_id"] == "log-p" && v["status"] == 1
+    })
+    .await?;
+    let u = hex_addr(user);
+    for (to, amount) in [(to1, "1.500000"), (to2, "100.500000")] {
+        let rest = format!("{u}-{}-ETH-USDT-{amount}", hex_addr(to));
+        wait_txlog_line(&w, &u, "PayReq", &rest).await?;
+        wait_txlog_line(&w, &u, "PayResp", &rest).await?;
+        let theirs = w
+            .dir
+            .path()
+            .join("logs")
+            .join(format!("{}.log", hex_addr(to)));
+        assert!(!theirs.exists(), "payments are filed by from_address");
+    }
+
+    // A remove: lines in the watched address's file.
+    let a = Address::random();
+    w.publish("topup", topup(&hex_addr(a), "USDT")).await?;
+    w.wait_watched("USDT", a, true).await?;
+    w.publish("remove", topup(&hex_addr(a), "USDT")).await?;
+    removes
+        .wait("remove status 1", |v| {
+            v["address"] == hex_addr(a) && v["status"] == 1
+        })
+        .await?;
+    let a = hex_addr(a);
+    let rest = format!("-{a}-ETH-USDT-0");
+    wait_txlog_line(&w, &a, "TopupReq", &rest).await?;
+    wait_txlog_line(&w, &a, "RemoveReq", &rest).await?;
+    wait_txlog_line(&w, &a, "RemoveResp", &rest).await?;
+    daemon.stop().await?;
     w.cleanup().await
 }
 
