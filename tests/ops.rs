@@ -1,18 +1,20 @@
 //! What operators touch: the health and metrics endpoint (real HTTP requests),
-//! the main log, the per-address transaction logs, the demo.
+//! the main log, the per-address transaction logs, the dev environment and
+//! its demo, and the compose stack's token deployment.
 
 mod common;
 
-use alloy::primitives::Address;
+use alloy::primitives::{Address, U256};
 use alloy::providers::Provider;
 use anyhow::{Context, Result, bail, ensure};
 use common::broker::PrivateBroker;
 use common::*;
-use lapin::options::QueueBindOptions;
+use lapin::options::{QueueBindOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use m2pool_payment::wallet::Label;
 use serde_json::{Value, json};
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -20,6 +22,10 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A plain HTTP request; returns the status and the body.
@@ -648,54 +654,273 @@ async fn transaction_logs_record_pay_and_remove_per_address() -> Result<()> {
     w.cleanup().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_shows_every_flow() -> Result<()> {
-    // The demo's hot wallet is anvil's account 1, as in bin/dev.sh.
-    let w = World::new("demo").await?;
-    let store = w.wallets().await?;
-    let key = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
-    let kek = m2pool_payment::wallet::Kek::from_material(WALLET_KEY.as_bytes());
-    m2pool_payment::wallet::cli::import(
-        &store,
-        &kek,
-        "ETH",
-        key,
-        m2pool_payment::wallet::Label::User,
-    )
-    .await?;
-    store.close().await;
-    let daemon = w.start().await?;
-    let config = w.config_file()?;
-    let manifest = env!("CARGO_MANIFEST_DIR");
-    let built = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", "demo", "--manifest-path"])
-        .arg(format!("{manifest}/Cargo.toml"))
-        .status()?;
-    anyhow::ensure!(built.success(), "building the demo");
-    // Beside the daemon's binary, wherever the target directory is.
-    let demo = std::path::Path::new(env!("CARGO_BIN_EXE_m2pool-payment"))
-        .with_file_name("examples")
-        .join("demo");
-    let out = tokio::process::Command::new(demo)
-        .arg(&config)
-        .env("DEV_KEY", std::str::from_utf8(KEY)?)
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for step in [
-        "topup_resp",
-        "withdraw_resp",
-        "pay_resp",
-        "\"status\":3",
-        "Done: every flow",
-    ] {
-        assert!(stdout.contains(step), "the demo shows {step}:\n{stdout}");
+/// `bin/dev.sh` running in its own process group; the group is killed when
+/// this drops, so a failing test leaves nothing behind.
+struct DevEnv {
+    child: std::process::Child,
+    pgid: i32,
+}
+
+impl Drop for DevEnv {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group this test created.
+        unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+        let _ = self.child.wait();
     }
-    daemon.stop().await?;
-    w.cleanup().await
+}
+
+/// Pids of live processes (zombies aside) in process group `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // pid (comm) state ppid pgrp …; comm may hold spaces.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, r)| r.split_whitespace().collect())
+                .unwrap_or_default();
+            fields.first() != Some(&"Z") && fields.get(2) == Some(&pgid.to_string().as_str())
+        })
+        .collect()
+}
+
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_sh_then_demo_sh_show_every_flow_and_stop_cleanly() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir()?;
+    let dev_dir = dir.path().join("dev");
+    let (anvil_port, http_port) = (free_port()?, free_port()?);
+    let prefix = unique("dev");
+    let out_path = dir.path().join("dev.out");
+    let out = std::fs::File::create(&out_path)?;
+    let child = Command::new(root().join("bin/dev.sh"))
+        .env("DEV_PORT", anvil_port.to_string())
+        .env("DEV_HTTP_PORT", http_port.to_string())
+        .env("DEV_DIR", &dev_dir)
+        .env("DEV_QUEUE_PREFIX", &prefix)
+        .env("DEV_BIN", env!("CARGO_BIN_EXE_m2pool-payment"))
+        .env("RUST_LOG", "warn,m2pool=info")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0)
+        .spawn()?;
+    let pgid = i32::try_from(child.id())?;
+    let mut dev = DevEnv { child, pgid };
+    let dev_out = || std::fs::read_to_string(&out_path).unwrap_or_default();
+
+    let ready = wait_health(http_port, "ok from bin/dev.sh", WAIT * 3, |s, _| s == 200).await;
+    ready.with_context(|| format!("bin/dev.sh output:\n{}", dev_out()))?;
+
+    let demo = tokio::time::timeout(
+        Duration::from_secs(300),
+        tokio::process::Command::new(root().join("bin/demo.sh"))
+            .env("DEV_DIR", &dev_dir)
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .context("bin/demo.sh did not finish within 5 minutes")??;
+    let stdout = String::from_utf8_lossy(&demo.stdout);
+    ensure!(
+        demo.status.success(),
+        "bin/demo.sh failed:\n{stdout}\n{}\nbin/dev.sh:\n{}",
+        String::from_utf8_lossy(&demo.stderr),
+        dev_out()
+    );
+    let notices: Vec<(String, Value)> = stdout
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("← "))
+        .filter_map(|l| l.split_once(": "))
+        .filter_map(|(k, v)| Some((k.to_owned(), serde_json::from_str(v).ok()?)))
+        .collect();
+    let shown = |kind: &str, pred: &dyn Fn(&Value) -> bool| {
+        notices.iter().any(|(k, v)| k == kind && pred(v))
+    };
+    for (what, kind, pred) in [
+        (
+            "forged request refused",
+            "topup_resp",
+            &(|v: &Value| v["status"] == 3) as &dyn Fn(&Value) -> bool,
+        ),
+        ("deposit seen", "topup_resp", &|v: &Value| {
+            v["status"] == 2 && v["amount"] == json!(25.5)
+        }),
+        ("deposit final", "topup_resp", &|v: &Value| {
+            v["status"] == 1 && v["amount"] == json!(25.5)
+        }),
+        ("withdrawal broadcast", "withdraw_resp", &|v: &Value| {
+            v["status"] == 2 && v["tx_hash"].as_str().is_some_and(|h| h.len() == 66)
+        }),
+        ("withdrawal final", "withdraw_resp", &|v: &Value| {
+            v["status"] == 1
+        }),
+    ] {
+        assert!(shown(kind, pred), "the demo shows the {what}:\n{stdout}");
+    }
+    for order in ["order-1", "order-2", "order-3"] {
+        for status in [2, 1] {
+            assert!(
+                shown("pay_resp", &|v| v["order_id"] == order
+                    && v["status"] == status),
+                "the demo shows {order} with status {status}:\n{stdout}"
+            );
+        }
+    }
+    assert!(stdout.contains("Done: every flow"), "{stdout}");
+
+    // SIGTERM to bin/dev.sh stops it and everything it started.
+    // SAFETY: kill(2) on the pid of the child this test started.
+    unsafe { libc::kill(pgid, libc::SIGTERM) };
+    let deadline = Instant::now() + WAIT;
+    while dev.child.try_wait()?.is_none() {
+        ensure!(
+            Instant::now() < deadline,
+            "bin/dev.sh did not stop on SIGTERM:\n{}",
+            dev_out()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let left = group_members(pgid);
+    assert!(
+        left.is_empty(),
+        "processes left behind by bin/dev.sh: {left:?}"
+    );
+    assert!(!port_open(anvil_port), "anvil still listens");
+    assert!(!port_open(http_port), "the daemon still listens");
+
+    // The dev config's queues live on the shared broker: remove them.
+    let config: Value = serde_json::from_slice(&std::fs::read(dev_dir.join("config.json"))?)?;
+    let amqp = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await?;
+    let ch = amqp.create_channel().await?;
+    let mut exchanges = std::collections::BTreeSet::new();
+    for e in config["rmq_config"]
+        .as_object()
+        .context("rmq_config")?
+        .values()
+    {
+        if let Some(q) = e["queue"].as_str() {
+            assert!(q.starts_with(&prefix), "{q} is this test's");
+            ch.queue_delete(q.into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        exchanges.extend(e["exchange"].as_str().map(str::to_owned));
+    }
+    for x in exchanges {
+        ch.exchange_delete(x.as_str().into(), Default::default())
+            .await?;
+    }
+    let _ = amqp.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// What `docker compose` would do, short of running docker: the files it
+/// mounts exist, the daemon's config validates, and the token deployer it
+/// runs puts the test USDT at the address that config names (run here
+/// against a real anvil, twice: the second run changes nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_stack_deploys_the_token_its_config_names() -> Result<()> {
+    let compose = std::fs::read_to_string(root().join("docker-compose.yml"))?;
+    let mounted: Vec<&str> = compose
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- ./"))
+        .filter_map(|l| l.split(':').next())
+        .collect();
+    for f in [
+        "deploy/docker-config.json",
+        "deploy/deploy-token.sh",
+        "tests/contracts/TestUSDT.bin",
+    ] {
+        assert!(mounted.contains(&f), "compose mounts {f}");
+    }
+    for f in &mounted {
+        assert!(
+            root().join(f).is_file(),
+            "compose mounts {f}, which is missing"
+        );
+    }
+    assert!(
+        compose.contains("token: {condition: service_completed_successfully}"),
+        "the daemon starts after the token is deployed"
+    );
+    assert!(root().join("deploy/env.example").is_file());
+
+    let config_path = root().join("deploy/docker-config.json");
+    let check = Command::new(env!("CARGO_BIN_EXE_m2pool-payment"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config_path)
+        .output()?;
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let config: Value = serde_json::from_slice(&std::fs::read(&config_path)?)?;
+    let token: Address = config["eth_config"]["tokens"][0]["address"]
+        .as_str()
+        .context("token address")?
+        .parse()?;
+
+    let anvil = Anvil::spawn(&[])?;
+    let eth = alloy::providers::ProviderBuilder::new()
+        .connect_http(anvil.http().parse()?)
+        .erased();
+    let accounts = eth.get_accounts().await?;
+    assert_eq!(
+        config["eth_config"]["chain_id"],
+        eth.get_chain_id().await?,
+        "the config expects the dev node's chain"
+    );
+    assert_eq!(
+        token,
+        accounts[0].create(0),
+        "the config names the first contract of anvil's first account"
+    );
+    let script = std::fs::read_to_string(root().join("deploy/deploy-token.sh"))?;
+    let var = |name: &str| -> Result<Address> {
+        let v = script
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .with_context(|| format!("{name}= in deploy-token.sh"))?;
+        Ok(v.trim().parse()?)
+    };
+    assert_eq!(var("DEPLOYER")?, accounts[0]);
+    assert_eq!(var("TOKEN")?, token);
+    assert_eq!(var("HOLDER")?, accounts[1]);
+
+    let deploy = || {
+        Command::new("sh")
+            .arg(root().join("deploy/deploy-token.sh"))
+            .env("RPC_URL", anvil.http())
+            .env("TOKEN_BIN", root().join("tests/contracts/TestUSDT.bin"))
+            .output()
+    };
+    let usdt = ITestUSDT::new(token, &eth);
+    for run in ["first", "second"] {
+        let out = tokio::task::block_in_place(deploy)?;
+        assert!(
+            out.status.success(),
+            "{run} run: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!eth.get_code_at(token).await?.is_empty(), "code at {token}");
+        assert_eq!(
+            usdt.balanceOf(accounts[1]).call().await?,
+            U256::from(1_000_000_000_000u64),
+            "{run} run: 1,000,000 USDT to the holder, once"
+        );
+    }
+    Ok(())
 }
