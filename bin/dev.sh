@@ -4,18 +4,29 @@
 #
 #   bin/dev.sh            # Ctrl-C stops the daemon and the chain
 #
-# Environment: DEV_PORT (anvil, 8545), DEV_KEY (communication key, dev-secret),
-# DEV_WALLET_KEY (wallet key-encryption key, dev-wallet-key),
-# DEV_CONFIRM_HEIGHT (20), DEV_BLOCK_TIME (seconds per block, 1; 0 = mine on
-# every transaction), RUST_LOG.
+# Environment (all optional; the defaults are what a newcomer wants):
+#   DEV_PORT            anvil's port (8545)
+#   DEV_HTTP_PORT       the daemon's /healthz and /metrics (9100)
+#   DEV_DIR             config, stores and logs (target/dev)
+#   DEV_AMQP            RabbitMQ URI (amqp://guest:guest@127.0.0.1:5672/%2f)
+#   DEV_QUEUE_PREFIX    first word of every queue and exchange name (pay)
+#   DEV_KEY             communication key (dev-secret)
+#   DEV_WALLET_KEY      wallet key-encryption key (dev-wallet-key)
+#   DEV_CONFIRM_HEIGHT  blocks until final (20)
+#   DEV_BLOCK_TIME      seconds per block (1; 0 = mine on every transaction)
+#   DEV_BIN             a built m2pool-payment to run instead of building one
+#   RUST_LOG            the daemon's log filter
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 PORT="${DEV_PORT:-8545}"
+HTTP_PORT="${DEV_HTTP_PORT:-9100}"
 KEY="${DEV_KEY:-dev-secret}"
 CONFIRM="${DEV_CONFIRM_HEIGHT:-20}"
 BLOCK_TIME="${DEV_BLOCK_TIME:-1}"
-DEV="$ROOT/target/dev"
+DEV="${DEV_DIR:-$ROOT/target/dev}"
+AMQP="${DEV_AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+P="${DEV_QUEUE_PREFIX:-pay}"
 RPC="http://127.0.0.1:$PORT"
 # anvil's well-known dev accounts (mnemonic "test test ... junk").
 DEPLOYER=0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266
@@ -24,13 +35,20 @@ USER_KEY=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d
 
 ensure_anvil
 ensure_rabbitmq
-if port_open "$PORT"; then
-    echo "port $PORT is taken: stop what runs there or set DEV_PORT" >&2
-    exit 1
-fi
+for p in "$PORT:DEV_PORT" "$HTTP_PORT:DEV_HTTP_PORT"; do
+    if port_open "${p%%:*}"; then
+        echo "port ${p%%:*} is taken: stop what runs there or set ${p#*:}" >&2
+        exit 1
+    fi
+done
 
-say "building m2pool-payment"
-(cd "$ROOT" && cargo build --quiet --bin m2pool-payment)
+if [ -n "${DEV_BIN:-}" ]; then
+    BIN="$DEV_BIN"
+else
+    say "building m2pool-payment"
+    (cd "$ROOT" && cargo build --quiet --bin m2pool-payment)
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/m2pool-payment"
+fi
 
 mkdir -p "$DEV"
 rm -f "$DEV"/msg.db* "$DEV"/wallet.db*
@@ -75,15 +93,15 @@ cat >"$DEV/config.json" <<JSON
 {
   "net": ["ETH"],
   "rmq_config": {
-    "sub_addr": "amqp://guest:guest@127.0.0.1:5672/%2f",
-    "pay":           { "queue": "pay.auto.queue",            "exchange": "pay.exchange", "routing": ["pay.auto.routing.key"] },
-    "topup":         { "queue": "pay.recharge.queue",        "exchange": "pay.exchange", "routing": ["pay.recharge.routing.key"] },
-    "withdraw":      { "queue": "pay.withdraw.queue",        "exchange": "pay.exchange", "routing": ["pay.withdraw.routing.key"] },
-    "remove":        { "queue": "pay.remove.queue",          "exchange": "pay.exchange", "routing": ["pay.remove.routing.key"] },
-    "pay_resp":      { "queue": "pay.auto.return.queue",     "exchange": "pay.exchange", "routing": ["pay.auto.return.routing.key"] },
-    "topup_resp":    { "queue": "pay.recharge.return.queue", "exchange": "pay.exchange", "routing": ["pay.recharge.return.routing.key"] },
-    "withdraw_resp": { "queue": "pay.withdraw.return.queue", "exchange": "pay.exchange", "routing": ["pay.withdraw.return.routing.key"] },
-    "remove_resp":   { "queue": "pay.remove.return.queue",   "exchange": "pay.exchange", "routing": ["pay.remove.return.routing.key"] }
+    "sub_addr": "$AMQP",
+    "pay":           { "queue": "$P.auto.queue",            "exchange": "$P.exchange", "routing": ["$P.auto.routing.key"] },
+    "topup":         { "queue": "$P.recharge.queue",        "exchange": "$P.exchange", "routing": ["$P.recharge.routing.key"] },
+    "withdraw":      { "queue": "$P.withdraw.queue",        "exchange": "$P.exchange", "routing": ["$P.withdraw.routing.key"] },
+    "remove":        { "queue": "$P.remove.queue",          "exchange": "$P.exchange", "routing": ["$P.remove.routing.key"] },
+    "pay_resp":      { "queue": "$P.auto.return.queue",     "exchange": "$P.exchange", "routing": ["$P.auto.return.routing.key"] },
+    "topup_resp":    { "queue": "$P.recharge.return.queue", "exchange": "$P.exchange", "routing": ["$P.recharge.return.routing.key"] },
+    "withdraw_resp": { "queue": "$P.withdraw.return.queue", "exchange": "$P.exchange", "routing": ["$P.withdraw.return.routing.key"] },
+    "remove_resp":   { "queue": "$P.remove.return.queue",   "exchange": "$P.exchange", "routing": ["$P.remove.return.routing.key"] }
   },
   "msg_config": { "sqlite_path": "$DEV/msg.db" },
   "log_config": { "dir": "$DEV/logs" },
@@ -94,14 +112,14 @@ cat >"$DEV/config.json" <<JSON
     "sqlite_path": "$DEV/wallet.db",
     "chain_id": 31337,
     "tokens": [ { "symbol": "USDT", "address": "$TOKEN", "decimals": 6 } ]
-  }
+  },
+  "http_config": { "listen": "127.0.0.1:$HTTP_PORT" }
 }
 JSON
 
 # The test account is a hot wallet of the gateway, and anvil's account 2 the
 # collection wallet, so withdrawals and payments work at once.
 export M2POOL_WALLET_KEY="${DEV_WALLET_KEY:-dev-wallet-key}"
-BIN="$ROOT/target/debug/m2pool-payment"
 echo "$USER_KEY" | "$BIN" --config "$DEV/config.json" wallet import >/dev/null
 echo "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a" |
     "$BIN" --config "$DEV/config.json" wallet import --collection >/dev/null
@@ -115,8 +133,10 @@ cat <<INFO
                 10000 ETH and 1,000,000 USDT; a hot wallet of the gateway
   collection    0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc (anvil account 2)
   config        $DEV/config.json
-  key           $KEY   (sign messages: target/debug/m2pool-payment sign --key $KEY FILE)
-  RabbitMQ      amqp://guest:guest@127.0.0.1:5672, queues pay.*
+  key           $KEY   (sign messages: $BIN sign --key $KEY FILE)
+  RabbitMQ      ${AMQP%%/%2f}, queues $P.*
+  health        http://127.0.0.1:$HTTP_PORT/healthz   metrics http://127.0.0.1:$HTTP_PORT/metrics
+  demo          bin/demo.sh   (in another terminal: every flow in a minute)
 
 INFO
 

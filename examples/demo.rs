@@ -1,6 +1,6 @@
 //! Every flow in a minute, against the dev environment of `bin/dev.sh`:
-//! a signed topup, a deposit, a withdrawal and a batch payment, each
-//! notification printed as it arrives.
+//! a signed topup (and a forged one, refused), a deposit, a withdrawal and a
+//! batch payment, each notification printed as it arrives.
 //!
 //!   cargo run --example demo -- target/dev/config.json
 //!
@@ -156,12 +156,33 @@ async fn main() -> Result<()> {
         Ok(())
     };
 
-    say("1. Watch a fresh address for USDT deposits (topup)");
+    say("1. Watch a fresh address for USDT deposits (topup); a forged request is refused");
     let watched = Address::random();
     publish("topup", json!({"chain": "ETH", "symbol": "USDT", "address": format!("{watched:#x}"), "timestamp": now()})).await?;
-    // The watch is committed before the deposit is made (the daemon answers
-    // topups by their deposits; give it a moment).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A topup is answered by its deposits, not at once. A forged topup right
+    // behind it is answered at once, with status 3: requests of one queue are
+    // taken in order, so that answer also says the watch is recorded and the
+    // deposit below cannot be missed.
+    let (_, exchange, routing) = entry("topup");
+    let stranger = format!("{:#x}", Address::random());
+    let forged = json!({"chain": "ETH", "symbol": "USDT", "address": stranger, "timestamp": now(), "sign": "00"});
+    println!("  → topup (forged): {forged}");
+    publisher
+        .basic_publish(
+            exchange.as_str().into(),
+            routing.as_str().into(),
+            BasicPublishOptions::default(),
+            &serde_json::to_vec(&forged)?,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+    expect(
+        &mut rx,
+        &|k, v| k == "topup_resp" && v["address"] == stranger.as_str() && v["status"] == 3,
+        "signature refusal",
+    )
+    .await?;
 
     say("2. A user deposits 25.5 USDT to it: status 2 when seen, 1 when final");
     let input = transferCall {
@@ -258,27 +279,6 @@ async fn main() -> Result<()> {
         )
         .await?;
     }
-
-    say("5. A request with a wrong signature gets status 3");
-    let (_, exchange, routing) = entry("topup");
-    let forged = json!({"chain": "ETH", "symbol": "USDT", "address": format!("{:#x}", Address::random()), "timestamp": now(), "sign": "00"});
-    println!("  → topup (forged): {forged}");
-    publisher
-        .basic_publish(
-            exchange.as_str().into(),
-            routing.as_str().into(),
-            BasicPublishOptions::default(),
-            &serde_json::to_vec(&forged)?,
-            BasicProperties::default(),
-        )
-        .await?
-        .await?;
-    expect(
-        &mut rx,
-        &|k, v| k == "topup_resp" && v["status"] == 3,
-        "signature refusal",
-    )
-    .await?;
 
     say("Done: every flow, end to end.");
     Ok(())

@@ -270,7 +270,10 @@ pub(crate) fn init_tracing(
     let stdout = if json {
         fmt::layer().json().boxed()
     } else {
-        fmt::layer().boxed()
+        // Colours only on a terminal: journald, docker logs and files get
+        // plain text.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        fmt::layer().with_ansi(ansi).boxed()
     };
     let (file, guard) = match dir {
         Some(dir) => {

@@ -231,6 +231,12 @@ pub async fn run(
             store: store.clone(),
             requests: broker.requests.downgrade(),
             chain: chain_tx_weak.clone(),
+            limits: crate::health::Limits {
+                head_stall: config.eth.head_stall,
+                max_cursor_lag: config.health.max_cursor_lag,
+                max_outbox_age: config.health.max_outbox_age,
+            },
+            nets: config.nets.clone(),
         };
         spawn_critical(
             &tracker,

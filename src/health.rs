@@ -3,6 +3,13 @@
 //!
 //! Tasks write their part; readers (logs, the health endpoint) take snapshots.
 //! A plain mutex is enough: updates are a few per block.
+//!
+//! [`problems`] judges a snapshot: the daemon is degraded (and `/healthz`
+//! answers 503) while the broker or a node is unreachable, a head has not
+//! advanced for `eth_config.head_stall_secs`, the block cursor trails the head
+//! by more than `http_config.max_cursor_lag` blocks, or the oldest response
+//! not yet confirmed by the broker is older than
+//! `http_config.max_outbox_age_secs`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +40,87 @@ impl ChainHealth {
     pub fn lag(&self) -> u64 {
         self.head.saturating_sub(self.cursor)
     }
+
+    /// Stalled as of now: flagged by the chain task, or the head older than
+    /// `limit` at the moment of asking (so a chain task stuck in a call that
+    /// never returns is seen too).
+    pub fn stalled_after(&self, limit: Duration) -> bool {
+        self.stalled || self.since_head().is_some_and(|d| d > limit)
+    }
+}
+
+/// What degrades health besides lost connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A head unchanged for longer has stalled (`eth_config.head_stall_secs`).
+    pub head_stall: Duration,
+    /// Most blocks the cursor may trail the head (`None`: not checked).
+    pub max_cursor_lag: Option<u64>,
+    /// Oldest age of a response not yet confirmed by the broker (`None`: not checked).
+    pub max_outbox_age: Option<Duration>,
+}
+
+/// The outbox as the message store reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxState {
+    /// Responses not yet confirmed by the broker.
+    pub backlog: i64,
+    /// How long the oldest of them has waited.
+    pub oldest: Option<Duration>,
+}
+
+/// Why the daemon is degraded, in plain words; empty when it is healthy.
+/// `outbox` is what the store said, or why it could not say.
+pub fn problems(
+    snap: &Snapshot,
+    outbox: &Result<OutboxState, String>,
+    limits: &Limits,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if !snap.broker_connected {
+        out.push("the broker is not connected".to_owned());
+    }
+    if snap.chains.is_empty() {
+        out.push("no chain has reported yet".to_owned());
+    }
+    for (name, c) in &snap.chains {
+        if !c.node_connected {
+            out.push(format!("{name}: the node is not connected"));
+        }
+        match c.since_head() {
+            None => out.push(format!("{name}: no head seen yet")),
+            Some(d) if c.stalled_after(limits.head_stall) => out.push(format!(
+                "{name}: the head has not advanced for {}s (limit {}s)",
+                d.as_secs(),
+                limits.head_stall.as_secs()
+            )),
+            Some(_) => {}
+        }
+        if let Some(max) = limits.max_cursor_lag
+            && c.lag() > max
+        {
+            out.push(format!(
+                "{name}: the cursor trails the head by {} blocks (limit {max})",
+                c.lag()
+            ));
+        }
+    }
+    match outbox {
+        Err(e) => out.push(format!("the message store cannot be read: {e}")),
+        Ok(o) => {
+            if let (Some(max), Some(age)) = (limits.max_outbox_age, o.oldest)
+                && age > max
+            {
+                out.push(format!(
+                    "{} responses wait for the broker, the oldest for {}s (limit {}s)",
+                    o.backlog,
+                    age.as_secs(),
+                    max.as_secs()
+                ));
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, Default)]
@@ -128,5 +216,83 @@ mod tests {
         assert!(!h.snapshot().chains["ETH"].stalled);
         h.chain("ETH", |c| c.cursor = 8);
         assert_eq!(h.snapshot().chains["ETH"].lag(), 3);
+    }
+
+    const LIMITS: Limits = Limits {
+        head_stall: Duration::from_secs(60),
+        max_cursor_lag: Some(5),
+        max_outbox_age: Some(Duration::from_secs(30)),
+    };
+
+    fn outbox(backlog: i64, oldest_secs: Option<u64>) -> Result<OutboxState, String> {
+        Ok(OutboxState {
+            backlog,
+            oldest: oldest_secs.map(Duration::from_secs),
+        })
+    }
+
+    fn healthy() -> Health {
+        let h = Health::default();
+        h.set_broker(true);
+        h.saw_head("ETH", 100);
+        h.chain("ETH", |c| c.cursor = 100);
+        h
+    }
+
+    #[test]
+    fn healthy_has_no_problems() {
+        let h = healthy();
+        assert!(problems(&h.snapshot(), &outbox(0, None), &LIMITS).is_empty());
+        // A young backlog and a small lag are normal.
+        h.chain("ETH", |c| c.cursor = 95);
+        assert!(problems(&h.snapshot(), &outbox(5000, Some(29)), &LIMITS).is_empty());
+    }
+
+    #[test]
+    fn each_condition_degrades_and_says_why() {
+        let one = |h: &Health, o: Result<OutboxState, String>, want: &str| {
+            let p = problems(&h.snapshot(), &o, &LIMITS);
+            assert!(p.len() == 1 && p[0].contains(want), "{want}: {p:?}");
+        };
+        let starting = Health::default();
+        starting.set_broker(true);
+        one(&starting, outbox(0, None), "no chain");
+        starting.chain("ETH", |c| c.node_connected = true);
+        one(&starting, outbox(0, None), "no head seen");
+
+        let h = healthy();
+        h.set_broker(false);
+        one(&h, outbox(0, None), "broker is not connected");
+        let h = healthy();
+        h.chain("ETH", |c| c.node_connected = false);
+        one(&h, outbox(0, None), "node is not connected");
+        let h = healthy();
+        h.chain("ETH", |c| c.cursor = 94);
+        one(&h, outbox(0, None), "trails the head by 6 blocks (limit 5)");
+        one(&healthy(), outbox(3, Some(31)), "3 responses wait");
+        one(&healthy(), Err("disk".into()), "cannot be read: disk");
+
+        // Judged at the moment of asking, even if the chain task never looks.
+        let h = healthy();
+        h.chain("ETH", |c| {
+            c.head_changed = Instant::now().checked_sub(Duration::from_secs(61))
+        });
+        one(&h, outbox(0, None), "has not advanced for 61s (limit 60s)");
+        assert!(
+            !h.snapshot().chains["ETH"].stalled,
+            "not flagged by a writer"
+        );
+    }
+
+    #[test]
+    fn unset_limits_are_not_checked() {
+        let h = healthy();
+        h.chain("ETH", |c| c.cursor = 0);
+        let off = Limits {
+            max_cursor_lag: None,
+            max_outbox_age: None,
+            ..LIMITS
+        };
+        assert!(problems(&h.snapshot(), &outbox(9, Some(3600)), &off).is_empty());
     }
 }

@@ -1,13 +1,17 @@
 //! The health and metrics endpoint (off unless `http_config.listen` is set):
 //! `GET /healthz` (JSON; 503 when degraded) and `GET /metrics` (Prometheus).
 //!
+//! `/healthz` is degraded while the broker or a node is unreachable, a head
+//! has stalled, the block cursor trails the head or responses wait too long
+//! for the broker ([`crate::health::problems`]); it lists why in `problems`.
+//!
 //! A deliberately small HTTP/1.1 responder: one request per connection, GET
 //! only, no body. It reads its figures from the shared health state, the
 //! metrics, the message store and the internal channels (through weak handles,
 //! so it never keeps a channel open at shutdown).
 
 use crate::chain::ChainEvent;
-use crate::health::Health;
+use crate::health::{self, Health, Limits, OutboxState};
 use crate::listen::Inbound;
 use crate::metrics::{Gauges, SharedMetrics};
 use crate::store::Store;
@@ -18,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::WeakSender;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// The endpoint failed to start.
 #[derive(Debug, thiserror::Error)]
@@ -43,15 +47,41 @@ pub struct HttpDeps {
     pub requests: WeakSender<Inbound>,
     /// The chains → listen channel.
     pub chain: WeakSender<ChainEvent>,
+    /// When health is degraded besides lost connections.
+    pub limits: Limits,
+    /// The chains that run, whose payouts are counted.
+    pub nets: Vec<String>,
 }
 
 impl HttpDeps {
+    /// The outbox as the store reports it, or why it cannot.
+    async fn outbox(&self) -> Result<OutboxState, String> {
+        let (backlog, oldest_ms) = self.store.outbox_unsent().await.map_err(|e| {
+            warn!(target: "m2pool::http", error = %e, "cannot read the outbox for health");
+            e.to_string()
+        })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Ok(OutboxState {
+            backlog,
+            oldest: oldest_ms.map(|t| Duration::from_millis(now.saturating_sub(t).max(0) as u64)),
+        })
+    }
+
     async fn gauges(&self) -> Gauges {
         let snap = self.health.snapshot();
-        let (payouts, deposits) = self.store.state_counts().await.unwrap_or_default();
+        let (payouts, deposits) = self
+            .store
+            .state_counts(&self.nets)
+            .await
+            .unwrap_or_else(|e| {
+                warn!(target: "m2pool::http", error = %e, "cannot read state counts for metrics");
+                Default::default()
+            });
         let fill = |name, cap: Option<(usize, usize)>| cap.map(|(c, m)| (name, m - c, m));
         Gauges {
-            outbox_backlog: self.store.outbox_backlog().await.unwrap_or(-1),
+            outbox_backlog: self.outbox().await.map_or(-1, |o| o.backlog),
             payouts,
             deposits,
             chains: snap
@@ -80,13 +110,14 @@ impl HttpDeps {
         }
     }
 
+    /// The `/healthz` answer: 200 and `"status":"ok"`, or 503 and
+    /// `"status":"degraded"` with the `problems` in plain words.
     async fn healthz(&self) -> (u16, String) {
         let snap = self.health.snapshot();
-        let backlog = self.store.outbox_backlog().await.unwrap_or(-1);
-        let mut degraded = !snap.broker_connected;
+        let outbox = self.outbox().await;
+        let problems = health::problems(&snap, &outbox, &self.limits);
         let mut chains = serde_json::Map::new();
         for (name, c) in &snap.chains {
-            degraded |= !c.node_connected || c.stalled;
             chains.insert(
                 name.clone(),
                 json!({
@@ -95,18 +126,22 @@ impl HttpDeps {
                     "cursor": c.cursor,
                     "cursor_lag": c.lag(),
                     "seconds_since_head": c.since_head().map(|d| d.as_secs()),
-                    "head_stalled": c.stalled,
+                    "head_stalled": c.stalled_after(self.limits.head_stall),
                 }),
             );
         }
-        if snap.chains.is_empty() {
-            degraded = true;
-        }
+        let (backlog, oldest) = match &outbox {
+            Ok(o) => (o.backlog, o.oldest.map(|d| d.as_secs())),
+            Err(_) => (-1, None),
+        };
+        let degraded = !problems.is_empty();
         let body = json!({
             "status": if degraded { "degraded" } else { "ok" },
+            "problems": problems,
             "broker_connected": snap.broker_connected,
             "chains": chains,
             "outbox_backlog": backlog,
+            "outbox_oldest_secs": oldest,
         });
         (if degraded { 503 } else { 200 }, body.to_string())
     }

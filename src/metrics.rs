@@ -3,7 +3,7 @@
 //! increments on hot paths, reading happens only at a scrape.
 
 use crate::msg::Kind;
-use crate::store::Outcome;
+use crate::store::{Outcome, PayoutState};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +50,9 @@ impl Histogram {
         let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
     }
 }
+
+/// Deposit states, as the store names them.
+const DEPOSIT_STATES: [&str; 4] = ["pending", "confirmed", "failed", "orphaned"];
 
 const OUTCOMES: [Outcome; 4] = [
     Outcome::Accepted,
@@ -102,9 +105,9 @@ fn outcome_index(o: Outcome) -> usize {
 pub struct Gauges {
     /// Outbox rows not yet confirmed by the broker.
     pub outbox_backlog: i64,
-    /// Payouts per state.
+    /// Payouts per stored state (states with none may be absent).
     pub payouts: Vec<(String, i64)>,
-    /// Deposits per state.
+    /// Deposits per state (states with none may be absent).
     pub deposits: Vec<(String, i64)>,
     /// Per chain: head, cursor.
     pub chains: Vec<(String, u64, u64)>,
@@ -184,16 +187,57 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP m2pool_payouts Payouts by state (pending: queued to mined; failed: failed and refused).\n# TYPE m2pool_payouts gauge"
+            "# HELP m2pool_payouts Payouts (withdrawals and payment transfers) by state: pending is everything not final (queued to mined), failed is failed on chain or refused before signing.\n# TYPE m2pool_payouts gauge"
         );
-        for (state, n) in &g.payouts {
+        let count = |state: PayoutState| {
+            g.payouts
+                .iter()
+                .filter(|(s, _)| s == state.as_str())
+                .map(|(_, n)| *n)
+                .sum::<i64>()
+        };
+        let summary = [
+            (
+                "pending",
+                PayoutState::ALL
+                    .iter()
+                    .filter(|s| !s.is_final())
+                    .map(|s| count(*s))
+                    .sum::<i64>(),
+            ),
+            ("confirmed", count(PayoutState::Confirmed)),
+            (
+                "failed",
+                count(PayoutState::Failed) + count(PayoutState::Refused),
+            ),
+            ("cancelled", count(PayoutState::Cancelled)),
+        ];
+        for (state, n) in summary {
             let _ = writeln!(out, "m2pool_payouts{{state=\"{state}\"}} {n}");
         }
         let _ = writeln!(
             out,
-            "# HELP m2pool_deposits Deposits by state.\n# TYPE m2pool_deposits gauge"
+            "# HELP m2pool_payout_states Payouts by stored state, every step of their life.\n# TYPE m2pool_payout_states gauge"
         );
-        for (state, n) in &g.deposits {
+        for state in PayoutState::ALL {
+            let _ = writeln!(
+                out,
+                "m2pool_payout_states{{state=\"{}\"}} {}",
+                state.as_str(),
+                count(state)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP m2pool_deposits Deposits to watched addresses by state.\n# TYPE m2pool_deposits gauge"
+        );
+        for state in DEPOSIT_STATES {
+            let n: i64 = g
+                .deposits
+                .iter()
+                .filter(|(s, _)| s == state)
+                .map(|(_, n)| *n)
+                .sum();
             let _ = writeln!(out, "m2pool_deposits{{state=\"{state}\"}} {n}");
         }
         let _ = writeln!(
@@ -223,10 +267,16 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP m2pool_channel_fill Items waiting in an internal channel, and its capacity.\n# TYPE m2pool_channel_fill gauge"
+            "# HELP m2pool_channel_fill Items waiting in an internal channel.\n# TYPE m2pool_channel_fill gauge"
         );
-        for (name, queued, capacity) in &g.channels {
+        for (name, queued, _) in &g.channels {
             let _ = writeln!(out, "m2pool_channel_fill{{channel=\"{name}\"}} {queued}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP m2pool_channel_capacity Capacity of an internal channel.\n# TYPE m2pool_channel_capacity gauge"
+        );
+        for (name, _, capacity) in &g.channels {
             let _ = writeln!(
                 out,
                 "m2pool_channel_capacity{{channel=\"{name}\"}} {capacity}"
@@ -265,7 +315,15 @@ mod tests {
         m.publish_confirm.observe(Duration::from_millis(30));
         let g = Gauges {
             outbox_backlog: 4,
-            payouts: vec![("sent".into(), 2)],
+            payouts: vec![
+                ("queued".into(), 1),
+                ("sent".into(), 2),
+                ("mined".into(), 4),
+                ("confirmed".into(), 8),
+                ("failed".into(), 16),
+                ("refused".into(), 32),
+            ],
+            deposits: vec![("pending".into(), 3)],
             chains: vec![("ETH".into(), 120, 118)],
             channels: vec![("requests", 5, 4096)],
             ..Gauges::default()
@@ -279,15 +337,44 @@ mod tests {
             text.contains("m2pool_requests_total{kind=\"withdraw\",outcome=\"bad_signature\"} 1")
         );
         assert!(text.contains("m2pool_outbox_backlog 4"));
-        assert!(text.contains("m2pool_payouts{state=\"sent\"} 2"));
+        // Summaries as the HELP text says, known states with 0 rather than absent.
+        assert!(
+            text.contains("m2pool_payouts{state=\"pending\"} 7\n"),
+            "{text}"
+        );
+        assert!(text.contains("m2pool_payouts{state=\"confirmed\"} 8\n"));
+        assert!(text.contains("m2pool_payouts{state=\"failed\"} 48\n"));
+        assert!(text.contains("m2pool_payouts{state=\"cancelled\"} 0\n"));
+        assert!(text.contains("m2pool_payout_states{state=\"sent\"} 2\n"));
+        assert!(text.contains("m2pool_payout_states{state=\"claimed\"} 0\n"));
+        assert!(text.contains("m2pool_deposits{state=\"pending\"} 3\n"));
+        assert!(text.contains("m2pool_deposits{state=\"orphaned\"} 0\n"));
         assert!(text.contains("m2pool_chain_cursor_lag{chain=\"ETH\"} 2"));
         assert!(text.contains("m2pool_channel_fill{channel=\"requests\"} 5"));
         assert!(text.contains("m2pool_publish_confirm_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("m2pool_publish_confirm_seconds_bucket{le=\"+Inf\"} 2"));
         assert!(text.contains("m2pool_publish_confirm_seconds_count 2"));
-        // Every sample line is `name{labels} value` or `name value`.
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
+        // Every sample line is `name{labels} value` or `name value`, and
+        // belongs to the family of the last TYPE line (one group per family).
+        let mut family = String::new();
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap_or_default().to_owned();
+                assert!(seen.insert(family.clone()), "{family} twice");
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
             assert_eq!(line.split(' ').count(), 2, "{line}");
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|b| *b == family)
+                .unwrap_or(name);
+            assert_eq!(base, family, "{line} outside its family");
         }
     }
 }

@@ -78,7 +78,38 @@ pub struct Config {
     /// Health and metrics endpoint (`http_config.listen`, e.g.
     /// `127.0.0.1:9100`; off by default).
     pub http_listen: Option<std::net::SocketAddr>,
+    /// When `/healthz` says degraded besides lost connections and a stalled head.
+    pub health: HealthLimits,
 }
+
+/// Limits beyond which `/healthz` answers 503 (`http_config` keys). A lost
+/// broker or node connection and a stalled head (`eth_config.head_stall_secs`)
+/// always degrade; these add the two backlogs an operator must not let grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthLimits {
+    /// Blocks the cursor may trail the node's head (`max_cursor_lag`, default
+    /// 50; 0 turns the check off): beyond it, deposits are reported late.
+    pub max_cursor_lag: Option<u64>,
+    /// Age of the oldest response the broker has not confirmed yet
+    /// (`max_outbox_age_secs`, default 60; 0 turns the check off): beyond it,
+    /// responses are not getting out. An age rather than a count, so a burst
+    /// that drains in seconds does not flap the health.
+    pub max_outbox_age: Option<Duration>,
+}
+
+impl Default for HealthLimits {
+    fn default() -> Self {
+        Self {
+            max_cursor_lag: Some(DEFAULT_MAX_CURSOR_LAG),
+            max_outbox_age: Some(Duration::from_secs(DEFAULT_MAX_OUTBOX_AGE_SECS)),
+        }
+    }
+}
+
+/// Default of `http_config.max_cursor_lag`.
+pub const DEFAULT_MAX_CURSOR_LAG: u64 = 50;
+/// Default of `http_config.max_outbox_age_secs`.
+pub const DEFAULT_MAX_OUTBOX_AGE_SECS: u64 = 60;
 
 /// Logging (`log_config`).
 #[derive(Debug, Clone)]
@@ -404,11 +435,17 @@ impl Config {
             main_log_dir: main.filter(|d| !d.as_os_str().is_empty()),
             json,
         };
-        let http_listen = match raw
-            .http_config
-            .and_then(|h| h.listen)
-            .filter(|l| !l.trim().is_empty())
-        {
+        let (listen, max_lag, max_age) = match raw.http_config {
+            Some(h) => (h.listen, h.max_cursor_lag, h.max_outbox_age_secs),
+            None => (None, None, None),
+        };
+        let health = HealthLimits {
+            max_cursor_lag: Some(max_lag.unwrap_or(DEFAULT_MAX_CURSOR_LAG)).filter(|n| *n > 0),
+            max_outbox_age: Some(max_age.unwrap_or(DEFAULT_MAX_OUTBOX_AGE_SECS))
+                .filter(|n| *n > 0)
+                .map(Duration::from_secs),
+        };
+        let http_listen = match listen.filter(|l| !l.trim().is_empty()) {
             None => None,
             Some(l) => Some(l.parse().map_err(|_| {
                 invalid(
@@ -425,6 +462,7 @@ impl Config {
             eth,
             log,
             http_listen,
+            health,
         })
     }
 }

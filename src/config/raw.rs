@@ -33,6 +33,8 @@ pub(super) struct RawLog {
 #[derive(Debug, Deserialize)]
 pub(super) struct RawHttp {
     pub listen: Option<String>,
+    pub max_cursor_lag: Option<u64>,
+    pub max_outbox_age_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -195,3 +195,20 @@ fn not_json_is_an_error_not_a_panic() {
     assert!(Config::from_json(b"[]").is_err());
     assert!(Config::from_json(b"").is_err());
 }
+
+#[test]
+fn health_limits_default_and_zero_turns_them_off() {
+    let c = Config::from_json(V2).expect("loads");
+    assert_eq!(c.health, HealthLimits::default());
+    assert_eq!(c.health.max_cursor_lag, Some(DEFAULT_MAX_CURSOR_LAG));
+    let c = v2_with(|v| {
+        v["http_config"] =
+            serde_json::json!({"listen": "127.0.0.1:9100", "max_cursor_lag": 0, "max_outbox_age_secs": 5})
+    })
+    .expect("loads");
+    assert_eq!(c.health.max_cursor_lag, None);
+    assert_eq!(c.health.max_outbox_age, Some(Duration::from_secs(5)));
+    let err = v2_with(|v| v["http_config"] = serde_json::json!({"max_cursor_lag": -1}))
+        .expect_err("negative");
+    assert_eq!(key_of(err), "http_config.max_cursor_lag");
+}

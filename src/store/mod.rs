@@ -354,32 +354,80 @@ impl Store {
             .ctx("count outbox")
     }
 
-    /// Payouts and deposits counted by state, for metrics.
+    /// Outbox rows not yet confirmed by the broker, and when the oldest of
+    /// them was written (unix milliseconds), for health.
+    pub async fn outbox_unsent(&self) -> Result<(i64, Option<i64>), StoreError> {
+        sqlx::query_as(
+            "SELECT COUNT(*),
+                    (SELECT created_at FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT 1)
+             FROM outbox WHERE sent_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .ctx("count outbox")
+    }
+
+    /// Payouts of `chains` and deposits counted by state, for metrics. Cheap
+    /// at any size: every state but `confirmed` is counted through an index
+    /// that holds only its rows (pending work and failures are few), and
+    /// `confirmed` is the rest of `MAX(id)`, since rows are never deleted.
+    /// States with no rows may be absent.
     pub async fn state_counts(
         &self,
+        chains: &[String],
     ) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>), StoreError> {
-        let payouts: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM payouts GROUP BY state ORDER BY state")
-                .fetch_all(&self.pool)
-                .await
-                .ctx("count payouts")?;
-        let deposits: Vec<(i64, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM deposits GROUP BY state ORDER BY state")
-                .fetch_all(&self.pool)
-                .await
-                .ctx("count deposits")?;
+        let mut payouts: Vec<(String, i64)> = Vec::new();
+        for chain in chains {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT state, COUNT(*) FROM payouts INDEXED BY payouts_state
+                 WHERE chain = ? AND state IN ('queued', 'claimed', 'signed', 'sent', 'mined',
+                                               'failed', 'refused', 'cancelled')
+                 GROUP BY state",
+            )
+            .bind(chain)
+            .fetch_all(&self.pool)
+            .await
+            .ctx("count payouts")?;
+            for (state, n) in rows {
+                match payouts.iter_mut().find(|(s, _)| *s == state) {
+                    Some((_, total)) => *total += n,
+                    None => payouts.push((state, n)),
+                }
+            }
+        }
+        let all: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM payouts")
+            .fetch_one(&self.pool)
+            .await
+            .ctx("count payouts")?;
+        let open: i64 = payouts.iter().map(|(_, n)| n).sum();
+        payouts.push(("confirmed".to_owned(), (all - open).max(0)));
+
+        let mut counts: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT state, COUNT(*) FROM deposits INDEXED BY deposits_due
+             WHERE state IN (0, 3) GROUP BY state",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .ctx("count deposits")?;
+        let failed: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deposits INDEXED BY deposits_failed WHERE state = 2",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .ctx("count deposits")?;
+        let all: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM deposits")
+            .fetch_one(&self.pool)
+            .await
+            .ctx("count deposits")?;
+        let open: i64 = counts.iter().map(|(_, n)| n).sum::<i64>() + failed;
+        counts.push((2, failed));
+        counts.push((1, (all - open).max(0)));
         let names = ["pending", "confirmed", "failed", "orphaned"];
-        let deposits = deposits
+        let deposits = counts
             .into_iter()
             .map(|(s, n)| {
-                (
-                    names
-                        .get(s as usize)
-                        .copied()
-                        .unwrap_or("unknown")
-                        .to_owned(),
-                    n,
-                )
+                let name = names.get(s as usize).copied().unwrap_or("unknown");
+                (name.to_owned(), n)
             })
             .collect();
         Ok((payouts, deposits))

@@ -34,6 +34,27 @@ pub enum PayoutState {
 }
 
 impl PayoutState {
+    /// Every state, in the order of a payout's life.
+    pub const ALL: [PayoutState; 9] = [
+        Self::Queued,
+        Self::Claimed,
+        Self::Signed,
+        Self::Sent,
+        Self::Mined,
+        Self::Confirmed,
+        Self::Failed,
+        Self::Refused,
+        Self::Cancelled,
+    ];
+
+    /// Nothing more will happen to it.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Confirmed | Self::Failed | Self::Refused | Self::Cancelled
+        )
+    }
+
     /// Stored name.
     pub fn as_str(self) -> &'static str {
         match self {

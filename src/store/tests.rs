@@ -167,3 +167,122 @@ async fn blocks_window_and_outbox() {
     assert_eq!(s.outbox_backlog().await.expect("count"), 1);
     assert_eq!(s.unsent(0, 10).await.expect("unsent")[0].body, b"{\"a\":2}");
 }
+
+/// What `state_counts` must equal: the tables counted directly.
+async fn counted(s: &Store) -> (Vec<(String, i64)>, Vec<(String, i64)>) {
+    let payouts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, COUNT(*) FROM payouts GROUP BY state ORDER BY state")
+            .fetch_all(&s.pool)
+            .await
+            .expect("count");
+    let deposits: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT state, COUNT(*) FROM deposits GROUP BY state ORDER BY state")
+            .fetch_all(&s.pool)
+            .await
+            .expect("count");
+    let names = ["pending", "confirmed", "failed", "orphaned"];
+    let mut deposits: Vec<(String, i64)> = deposits
+        .into_iter()
+        .map(|(st, n)| (names[st as usize].to_owned(), n))
+        .collect();
+    deposits.sort();
+    (payouts, deposits)
+}
+
+async fn kept(s: &Store) -> (Vec<(String, i64)>, Vec<(String, i64)>) {
+    let (mut p, mut d) = s.state_counts(&["ETH".into()]).await.expect("counts");
+    p.retain(|(_, n)| *n != 0);
+    d.retain(|(_, n)| *n != 0);
+    p.sort();
+    d.sort();
+    (p, d)
+}
+
+#[tokio::test]
+async fn state_counts_match_the_tables_without_counting_them() {
+    let (_d, s) = store().await;
+    let payout = |q: &str| NewPayout {
+        chain: "ETH".into(),
+        kind: "withdraw",
+        queue_id: q.into(),
+        order_id: String::new(),
+        content_hash: [1; 32],
+        symbol: "USDT".into(),
+        from: Address::repeat_byte(1),
+        to: Address::repeat_byte(2),
+        amount: U256::from(5u64),
+    };
+    let mut tx = s.begin().await.expect("begin");
+    let a = tx.insert_payout(&payout("a")).await.expect("insert");
+    let b = tx.insert_payout(&payout("b")).await.expect("insert");
+    tx.insert_payout(&payout("c")).await.expect("insert");
+    use PayoutState::*;
+    assert!(
+        tx.move_payout(a, Queued, Refused, Some("no"))
+            .await
+            .expect("move")
+    );
+    assert!(
+        tx.move_payout(b, Queued, Claimed, None)
+            .await
+            .expect("move")
+    );
+    // A move that does not apply changes nothing.
+    assert!(
+        !tx.move_payout(a, Queued, Cancelled, None)
+            .await
+            .expect("move")
+    );
+    tx.deposit_seen(&dep(100, 1)).await.expect("seen");
+    let mut other = dep(100, 1);
+    other.log_index = 4;
+    tx.deposit_seen(&other).await.expect("seen");
+    tx.deposit_seen(&other)
+        .await
+        .expect("a repeat is not counted");
+    tx.orphan_deposits_above("ETH", 99).await.expect("orphan");
+    let due = tx.due_deposits("ETH", 120).await.expect("due");
+    tx.decide_deposit(due[0].id, false).await.expect("fail");
+    tx.commit().await.expect("commit");
+
+    let (p, d) = kept(&s).await;
+    assert_eq!((p.clone(), d.clone()), counted(&s).await);
+    assert_eq!(
+        p,
+        vec![
+            ("claimed".into(), 1),
+            ("queued".into(), 1),
+            ("refused".into(), 1)
+        ]
+    );
+    assert_eq!(d, vec![("failed".into(), 1), ("orphaned".into(), 1)]);
+
+    // Final ones: confirmed is what is left of every row.
+    let mut tx = s.begin().await.expect("begin");
+    assert!(
+        tx.move_payout(b, Claimed, Confirmed, None)
+            .await
+            .expect("move")
+    );
+    let due = tx.due_deposits("ETH", 1000).await.expect("due");
+    tx.decide_deposit(due[0].id, true).await.expect("confirm");
+    for n in 0..5 {
+        let mut more = dep(200, 9);
+        more.log_index = 10 + n;
+        tx.deposit_seen(&more).await.expect("seen");
+    }
+    tx.commit().await.expect("commit");
+    let (p, d) = kept(&s).await;
+    assert_eq!((p.clone(), d.clone()), counted(&s).await);
+    assert!(p.contains(&("confirmed".into(), 1)), "{p:?}");
+    assert!(
+        d.contains(&("confirmed".into(), 1)) && d.contains(&("pending".into(), 5)),
+        "{d:?}"
+    );
+
+    // A rolled-back insert changes nothing.
+    let mut tx = s.begin().await.expect("begin");
+    tx.insert_payout(&payout("d")).await.expect("insert");
+    drop(tx);
+    assert_eq!(kept(&s).await, counted(&s).await);
+}

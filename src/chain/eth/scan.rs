@@ -154,6 +154,13 @@ impl Scanner {
         self.window.last_key_value().map(|(_, b)| *b)
     }
 
+    /// Tells the health state where the cursor is.
+    fn report_cursor(&self) {
+        if let Some(c) = self.cursor() {
+            self.health.chain(&self.chain, |h| h.cursor = c.number);
+        }
+    }
+
     async fn send(
         &self,
         events: &mpsc::Sender<ChainEvent>,
@@ -213,6 +220,9 @@ impl Scanner {
         if self.window.is_empty() {
             self.anchor(events).await?;
         }
+        // The cursor as anchored or loaded at start is reported before the
+        // first head, so the two never read as a lag that is not there.
+        self.report_cursor();
         let head = self
             .rpc
             .get_block_number()
@@ -223,6 +233,7 @@ impl Scanner {
                   "the node's head advances again");
         }
         self.verify_cursor(head, events).await?;
+        self.report_cursor();
         while let Some(cursor) = self.cursor() {
             if cursor.number >= head || shutdown.is_cancelled() {
                 break;
