@@ -108,6 +108,12 @@ async fn world(name: &str, anvil_args: &[&str], edit: impl FnOnce(&mut Value)) -
         if std::env::var_os("BENCH_NO_TXLOG").is_some() {
             c["log_config"]["dir"] = "".into();
         }
+        if let Some(p) = std::env::var("BENCH_PREFETCH")
+            .ok()
+            .and_then(|p| p.parse::<u16>().ok())
+        {
+            c["rmq_config"]["prefetch"] = p.into();
+        }
         edit(c)
     })
     .await
