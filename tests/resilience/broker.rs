@@ -3,7 +3,7 @@
 
 use crate::common::broker::PrivateBroker;
 use crate::common::*;
-use crate::withdraw;
+use crate::{key_of, withdraw};
 use alloy::primitives::{Address, U256};
 use anyhow::{Context, Result, ensure};
 use m2pool_payment::msg::amount::format_units;
@@ -14,17 +14,6 @@ use std::time::Duration;
 
 /// Response queues of the four flows.
 const QUEUES: [&str; 4] = ["topup_resp", "withdraw_resp", "pay_resp", "remove_resp"];
-
-/// What finds the request a response answers: the address for topup and
-/// remove answers, `queue_id` for withdrawals, `queue_id/order_id` for pays.
-fn key_of(queue: &str, v: &Value) -> String {
-    let s = |f: &str| v[f].as_str().unwrap_or("?").to_owned();
-    match queue {
-        "withdraw_resp" => s("queue_id"),
-        "pay_resp" => format!("{}/{}", s("queue_id"), s("order_id")),
-        _ => s("address"),
-    }
-}
 
 /// The statuses each request must be answered with, in order, by response
 /// queue and key.
@@ -147,7 +136,7 @@ async fn five_hundred_requests_across_a_broker_outage_are_all_answered() -> Resu
         rest.push(("pay", signed(pay_batch(&q, user, &items)?)?));
     }
     // Forged signatures on every queue: answered 3, nothing else happens.
-    for i in 0..15 {
+    for _ in 0..15 {
         let a = hex_addr(Address::random());
         rest.push(("topup", forged(topup(&a, "USDT"))?));
         expected.add("topup_resp", a, &[3]);
