@@ -222,8 +222,11 @@ async fn five_hundred_requests_across_a_broker_outage_are_all_answered() -> Resu
     .await?;
     let store = w.store().await?;
     let backlog = store.outbox_backlog().await?;
+    let (recorded, _, _) = store.inbox_span().await?;
     store.close().await;
-    eprintln!("outbox backlog while the broker is down: {backlog}");
+    eprintln!(
+        "while the broker is down: {backlog} answers wait in the outbox; {recorded} of the 250 requests published so far are in the inbox"
+    );
     assert!(
         backlog >= 120,
         "the 120 deposit notices wait unsent while the broker is down (backlog {backlog})"
@@ -236,6 +239,22 @@ async fn five_hundred_requests_across_a_broker_outage_are_all_answered() -> Resu
     for (kind, body) in second {
         w.publish_raw(kind, body).await?;
     }
+    let ch = w.amqp.create_channel().await?;
+    let mut waiting = 0;
+    for kind in ["topup", "withdraw", "pay", "remove"] {
+        let name = w.config_json["rmq_config"][kind]["queue"]
+            .as_str()
+            .unwrap_or_default();
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let q = ch
+            .queue_declare(name.into(), passive, Default::default())
+            .await?;
+        waiting += q.message_count();
+    }
+    eprintln!("after the restart: {waiting} of the second 250 requests wait in the broker");
     let mut replies = HashMap::new();
     for q in QUEUES {
         replies.insert(q, w.replies(q).await?);
