@@ -52,18 +52,20 @@ impl Listen {
                 info!(target: "m2pool::listen", chain = %w.chain, symbol = %w.symbol,
                       address = %addr_hex(&w.address), removed, "remove request");
                 self.count_watches();
-                // The same remove again answers as it did the first time it
-                // removed the address: it is not watched.
-                let (status, error) = if removed || repeat {
+                // The same remove again (a redelivery) answers as it did the
+                // first time: `1` if that removed the address, the same `0`
+                // if it was not watched then.
+                let (status, error) = if removed {
                     (Status::Success, None)
+                } else if repeat {
+                    match tx.refusal(&r.body_hash).await? {
+                        Some(error) => (Status::Failed, Some(error)),
+                        None => (Status::Success, None),
+                    }
                 } else {
-                    (
-                        Status::Failed,
-                        Some(format!(
-                            "address is not watched for {} {}",
-                            w.chain, w.symbol
-                        )),
-                    )
+                    let error = format!("address is not watched for {} {}", w.chain, w.symbol);
+                    tx.refuse_request(&r.body_hash, &error).await?;
+                    (Status::Failed, Some(error))
                 };
                 let reply = reply::remove(&w.address, &w.chain, &w.symbol, None, status, error);
                 fx.push(reply);

@@ -589,6 +589,36 @@ impl StoreTx {
         Ok(())
     }
 
+    /// Records that the request with `body_hash`, accepted when it was
+    /// routed, was refused when applied (a remove of an address that was not
+    /// watched), so that a redelivery is answered alike.
+    pub async fn refuse_request(
+        &mut self,
+        body_hash: &[u8; 32],
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE inbox SET outcome = ?, error = ? WHERE body_hash = ?")
+            .bind(Outcome::Refused.as_str())
+            .bind(error)
+            .bind(body_hash.as_slice())
+            .execute(&mut *self.tx)
+            .await
+            .ctx("record refusal")?;
+        Ok(())
+    }
+
+    /// The error of the request with `body_hash` if it was refused.
+    pub async fn refusal(&mut self, body_hash: &[u8; 32]) -> Result<Option<String>, StoreError> {
+        let error: Option<Option<String>> =
+            sqlx::query_scalar("SELECT error FROM inbox WHERE body_hash = ? AND outcome = ?")
+                .bind(body_hash.as_slice())
+                .bind(Outcome::Refused.as_str())
+                .fetch_optional(&mut *self.tx)
+                .await
+                .ctx("read refusal")?;
+        Ok(error.flatten())
+    }
+
     /// Stops watching; `false` if it was not watched.
     pub async fn remove_watch(&mut self, w: &WatchRow) -> Result<bool, StoreError> {
         let done =

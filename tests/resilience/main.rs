@@ -28,3 +28,15 @@ pub fn is(queue_id: &str, status: u64) -> impl Fn(&Value) -> bool {
     let q = queue_id.to_owned();
     move |v| v["queue_id"] == q && v["status"] == status
 }
+
+/// What finds the request a response on `queue` answers: the address for
+/// topup and remove answers, `queue_id` for withdrawals, `queue_id/order_id`
+/// for pays.
+pub fn key_of(queue: &str, v: &Value) -> String {
+    let s = |f: &str| v[f].as_str().unwrap_or("?").to_owned();
+    match queue {
+        "withdraw_resp" => s("queue_id"),
+        "pay_resp" => format!("{}/{}", s("queue_id"), s("order_id")),
+        _ => s("address"),
+    }
+}

@@ -1,11 +1,14 @@
 //! SIGTERM: the daemon stops consuming, finishes or parks what is in flight,
-//! flushes the outbox, and exits 0 within a bounded time; a restart completes
-//! everything, paying each payout once.
+//! flushes the outbox, and exits 0 within a bounded time; a request published
+//! after the signal stays in its queue, and a restart completes everything,
+//! paying each payout once.
 
 use crate::common::*;
 use crate::{is, withdraw};
 use alloy::primitives::{Address, U256};
 use anyhow::{Context, Result, ensure};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
 use m2pool_payment::wallet::Label;
 use std::time::{Duration, Instant};
 
@@ -32,6 +35,15 @@ async fn sigterm_stops_cleanly_and_a_restart_completes_the_work() -> Result<()> 
             .status()?
             .success()
     );
+    // Once the daemon has taken the signal, a new withdrawal is not consumed:
+    // it stays in its queue, neither served nor lost.
+    eventually("the daemon logs the SIGTERM", || async {
+        Ok(std::fs::read_to_string(w.daemon_log_path())?.contains("SIGTERM"))
+    })
+    .await?;
+    let late = w
+        .publish("withdraw", withdraw("after-term", user, to, "1")?)
+        .await?;
     let status = loop {
         if let Some(s) = daemon.0.try_wait()? {
             break s;
@@ -56,8 +68,57 @@ async fn sigterm_stops_cleanly_and_a_restart_completes_the_work() -> Result<()> 
     let store = w.store().await?;
     assert_eq!(store.outbox_backlog().await?, 0, "the outbox was flushed");
     store.close().await;
+    // The late withdrawal waits in its queue and is not in the inbox.
+    let ch = w.amqp.create_channel().await?;
+    let queue = w.config_json["rmq_config"]["withdraw"]["queue"]
+        .as_str()
+        .context("withdraw queue")?
+        .to_owned();
+    eventually(
+        "the withdrawal sent after SIGTERM is in its queue",
+        || async {
+            let q = ch
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok(q.message_count() >= 1)
+        },
+    )
+    .await?;
+    let inbox = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}?mode=ro",
+        w.dir.path().join("msg.db").display()
+    ))
+    .await?;
+    let (recorded, all): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*) FILTER (WHERE body = ?), COUNT(*) FROM inbox")
+            .bind(&late)
+            .fetch_one(&inbox)
+            .await?;
+    inbox.close().await;
+    assert_eq!(
+        recorded, 0,
+        "the withdrawal sent after SIGTERM was not taken"
+    );
+    assert!(all >= 1, "the inbox was read");
+    assert!(
+        replies.matching(is("after-term", 2)).is_empty(),
+        "nothing answered it"
+    );
 
     let daemon2 = w.start().await?;
+    replies
+        .wait(
+            "the late withdrawal served after the restart",
+            is("after-term", 2),
+        )
+        .await?;
     for i in 0..N {
         replies
             .wait(&format!("g-{i} status 2"), is(&format!("g-{i}"), 2))
@@ -69,8 +130,18 @@ async fn sigterm_stops_cleanly_and_a_restart_completes_the_work() -> Result<()> 
             .wait(&format!("g-{i} status 1"), is(&format!("g-{i}"), 1))
             .await?;
     }
-    assert_eq!(w.transfers_from(user).await?.len(), N, "each payout once");
-    assert_eq!(w.usdt_balance(to).await?, U256::from(N as u64 * 1_000_000));
+    replies
+        .wait("the late withdrawal final", is("after-term", 1))
+        .await?;
+    assert_eq!(
+        w.transfers_from(user).await?.len(),
+        N + 1,
+        "each payout once"
+    );
+    assert_eq!(
+        w.usdt_balance(to).await?,
+        U256::from((N as u64 + 1) * 1_000_000)
+    );
     daemon2.stop().await.context("stop")?;
     w.cleanup().await
 }
