@@ -192,6 +192,10 @@ impl Sender {
                 _ = self.deps.wake.notified() => {}
                 _ = tokio::time::sleep(until_rebroadcast.min(Duration::from_secs(5))) => {}
                 Some(done) = self.running.join_next(), if !self.running.is_empty() => {
+                    // Actors stop with the daemon: that is no failure.
+                    if shutdown.is_cancelled() && matches!(done, Ok((_, Ok(())))) {
+                        break Ok(());
+                    }
                     break Err(match done {
                         Ok((wallet, Err(e))) => SenderError::Actor { wallet: format!("{wallet:#x}"), message: e.to_string() },
                         Ok((wallet, Ok(()))) => SenderError::Actor { wallet: format!("{wallet:#x}"), message: "stopped".into() },
