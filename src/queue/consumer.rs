@@ -13,7 +13,7 @@ use crate::listen::Inbound;
 use crate::msg::Kind;
 use futures::StreamExt;
 use lapin::Connection;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,7 @@ pub(super) async fn consume(
     entry: QueueEntry,
     mut backlog: Option<Backlog<'_>>,
     shutdown: &CancellationToken,
+    drained: &CancellationToken,
 ) -> Result<(), QueueError> {
     let ch = conn
         .create_channel()
@@ -48,10 +49,11 @@ pub(super) async fn consume(
     ch.basic_qos(broker.cfg.prefetch, BasicQosOptions::default())
         .await
         .map_err(amqp("basic.qos"))?;
+    let consumer_tag = format!("m2pool-payment-{kind}");
     let mut deliveries = ch
         .basic_consume(
             entry.queue.as_str().into(),
-            format!("m2pool-payment-{kind}").into(),
+            consumer_tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -71,7 +73,17 @@ pub(super) async fn consume(
             }
         };
         let next = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {
+                // Take no more, but keep the channel open until listen has
+                // committed and acknowledged what it holds: an ack on a
+                // closed channel is lost, and the broker would deliver the
+                // request again at the next start.
+                let _ = ch
+                    .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default())
+                    .await;
+                let _ = tokio::time::timeout(super::relay::FLUSH_LIMIT, drained.cancelled()).await;
+                return Ok(());
+            }
             d = deliveries.next() => d,
             _ = idle => {
                 if let Some(b) = backlog.take() {

@@ -133,8 +133,9 @@ impl Broker {
     /// Runs until `shutdown`. Connection losses are retried without limit;
     /// topology and store errors are returned (fatal).
     ///
-    /// At shutdown the consumers stop at once (what they did not hand over is
-    /// redelivered after a restart); the relay goes on publishing the outbox
+    /// At shutdown the consumers take no more deliveries (what they did not
+    /// hand over is redelivered after a restart) but keep their channels until
+    /// listen has acknowledged what it holds; the relay goes on publishing the outbox
     /// until `drained` says listen has committed its last batch and nothing is
     /// left, or for at most [`relay::FLUSH_LIMIT`].
     pub async fn run(
@@ -210,7 +211,7 @@ impl Broker {
                 count: backlog.get(kind.as_str()).copied().unwrap_or(0),
                 gate: &gate,
             });
-            consumer::consume(conn, self, kind, entry, wait, shutdown)
+            consumer::consume(conn, self, kind, entry, wait, shutdown, drained)
         });
         let relay = relay::relay(conn, self, shutdown, drained);
         // The connection state, as lapin's own recovery changes it.
