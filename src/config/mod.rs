@@ -17,6 +17,10 @@ use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Deliveries a consumer may hold unacknowledged when the config does not say:
+/// several of listen's batches, so the broker keeps sending while one commits.
+pub const DEFAULT_PREFETCH: u16 = 4096;
+
 /// Mainnet USDT (TetherToken), the default token table's only entry.
 pub const MAINNET_USDT: &str = "0xdAC17F958D2ee523a2206206994597C13D831ec7";
 
@@ -130,7 +134,8 @@ pub struct LogConfig {
 pub struct RmqConfig {
     /// AMQP URI (`sub_addr`); may carry a password, hence secret.
     pub url: Secret<String>,
-    /// Unacknowledged deliveries per consumer (`prefetch`, default 1000).
+    /// Unacknowledged deliveries per consumer (`prefetch`, default
+    /// [`DEFAULT_PREFETCH`]).
     pub prefetch: u16,
     /// Where requests that cannot be answered are published
     /// (`dead_letter_exchange`, a durable fanout exchange; none by default:
@@ -377,7 +382,7 @@ impl Config {
         let q = |key: &str, raw: RawQueue| queue_entry(&format!("rmq_config.{key}"), raw);
         let rmq = RmqConfig {
             url: Secret::new(r.sub_addr),
-            prefetch: r.prefetch.unwrap_or(1000).max(1),
+            prefetch: r.prefetch.unwrap_or(DEFAULT_PREFETCH).max(1),
             dead_letter_exchange: r.dead_letter_exchange.filter(|x| !x.trim().is_empty()),
             topup: q("topup", r.topup)?,
             withdraw: q("withdraw", r.withdraw)?,
