@@ -237,8 +237,17 @@ impl Writer {
                 }
             }
             let path = self.path(&line.file);
-            let file = OpenOptions::new().create(true).append(true).open(&path)?;
-            let size = file.metadata()?.len();
+            // Most files are new (an address seen for the first time): create
+            // it, and only for one that exists ask how big it is.
+            let (file, size) = match OpenOptions::new().create_new(true).append(true).open(&path) {
+                Ok(f) => (f, 0),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let f = OpenOptions::new().append(true).open(&path)?;
+                    let size = f.metadata()?.len();
+                    (f, size)
+                }
+                Err(e) => return Err(e),
+            };
             self.open.insert(
                 line.file.clone(),
                 OpenFile {

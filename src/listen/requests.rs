@@ -8,7 +8,7 @@ use crate::msg::{Status, addr_hex};
 use crate::reply;
 use crate::server::{Request, Routed};
 use crate::store::{NewPayout, Outcome, Payout, PayoutState, StoreTx, WatchRow};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// The `error` of a cancelled payout's answer.
 const CANCELLED: &str = "cancelled";
@@ -37,7 +37,9 @@ impl Listen {
                     .get_mut(&w.chain)
                     .is_some_and(|set| set.insert(w.address, &w.symbol));
                 adds.push(w);
-                info!(target: "m2pool::listen", chain = %w.chain, symbol = %w.symbol,
+                // Per-address logs and the inbox record every topup; the main
+                // log would drown in them at thousands a second.
+                debug!(target: "m2pool::listen", chain = %w.chain, symbol = %w.symbol,
                       address = %addr_hex(&w.address), new, "address watched");
                 self.count_watches();
             }
