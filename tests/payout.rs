@@ -591,3 +591,71 @@ async fn nonces_used_by_another_sender_are_skipped() -> Result<()> {
     daemon.stop().await?;
     w.cleanup().await
 }
+
+/// The daemon killed after the node accepted a payout and before it recorded
+/// that (a test-only fail point), then started again: it sends the same bytes
+/// again, the node answers that it has them ("transaction already imported"
+/// while the payout waits in its pool, "nonce too low" once it is mined),
+/// and the payout is announced (status 2) at once, without waiting for any
+/// block; one transfer in all.
+async fn killed_after_broadcast(name: &str, mining: bool) -> Result<()> {
+    let w = World::new(name).await?;
+    let mut replies = w.replies("withdraw_resp").await?;
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, 100_000_000, ether(1)).await?;
+    if !mining {
+        let _: Value = w
+            .eth
+            .raw_request("evm_setAutomine".into(), (false,))
+            .await?;
+    }
+    let to = Address::random();
+    let mut child = w.spawn_process(&[("M2POOL_FAILPOINT", "after_broadcast")])?;
+    w.publish("withdraw", withdraw("k-1", user, to, "2.5")?)
+        .await?;
+    tokio::time::timeout(WAIT, async {
+        while child.0.try_wait()?.is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("the daemon did not hit the fail point")??;
+    let store = w.store().await?;
+    let p = store.payouts("ETH").await?;
+    store.close().await;
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].state, PayoutState::Signed, "broadcast, not recorded");
+    let hash = p[0].tx_hash.context("the signed transaction")?;
+    let receipt = w.eth.get_transaction_receipt(hash).await?;
+    assert_eq!(receipt.is_some(), mining, "mined only with automine");
+    assert!(
+        w.eth.get_transaction_by_hash(hash).await?.is_some(),
+        "the node has it"
+    );
+
+    let head = w.head().await?;
+    let daemon = w.start().await?;
+    let sent = replies.wait("status 2 after restart", is("k-1", 2)).await?;
+    assert_eq!(tx_of(&sent)?, hash, "the same bytes");
+    assert_eq!(w.head().await?, head, "announced without a new block");
+    if !mining {
+        let _: Value = w.eth.raw_request("evm_setAutomine".into(), (true,)).await?;
+    }
+    w.mine(21).await?;
+    replies.wait("status 1", is("k-1", 1)).await?;
+    assert_eq!(w.transfers_from(user).await?.len(), 1);
+    assert_eq!(w.usdt_balance(to).await?, U256::from(2_500_000u64));
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_broadcast_while_in_the_pool_is_announced_on_restart() -> Result<()> {
+    killed_after_broadcast("after-broadcast-pool", false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_broadcast_once_mined_is_announced_on_restart() -> Result<()> {
+    killed_after_broadcast("after-broadcast-mined", true).await
+}

@@ -400,3 +400,78 @@ async fn a_topup_queued_while_the_daemon_is_down_sees_its_deposit() -> Result<()
     daemon.stop().await?;
     w.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_declares_its_topology_and_names_a_conflicting_exchange() -> Result<()> {
+    use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions};
+    let w = World::new("topology").await?;
+    // Nothing declared: the world had declared it for its own use.
+    w.delete_topology().await?;
+    let exchange = w.config_json["rmq_config"]["topup"]["exchange"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // The broker already holds that exchange with another type.
+    let ch = w.amqp.create_channel().await?;
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        lapin::ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await?;
+    let refused = w
+        .start()
+        .await?
+        .exited()
+        .await
+        .expect_err("the daemon must refuse a conflicting exchange");
+    let text = format!("{refused:#}");
+    assert!(
+        text.contains(&format!("exchange `{exchange}`")) && text.contains("other settings"),
+        "plain words naming the exchange: {text}"
+    );
+
+    // Without the conflict the daemon declares every queue and binding itself.
+    ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await?;
+    let daemon = w.start().await?;
+    let queues: Vec<String> = w.config_json["rmq_config"]
+        .as_object()
+        .map(|o| {
+            o.values()
+                .filter_map(|e| e["queue"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(queues.len(), 8);
+    for q in &queues {
+        eventually(&format!("queue {q} declared by the daemon"), || async {
+            let probe = w.amqp.create_channel().await?;
+            let found = probe
+                .queue_declare(
+                    q.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .is_ok();
+            Ok(found)
+        })
+        .await?;
+    }
+    // And bound: a request reaches it, and its answer reaches the response queue.
+    let mut replies = w.replies("topup_resp").await?;
+    let addr = Address::random();
+    w.publish("topup", topup(&hex_addr(addr), "DOGE")).await?;
+    let r = replies.wait("the refusal", about(addr)).await?;
+    assert_eq!(r.v["status"], 0);
+    daemon.stop().await?;
+    w.cleanup().await
+}

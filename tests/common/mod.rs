@@ -185,6 +185,14 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Waits for it to stop by itself (a fatal error), without asking it to.
+    pub async fn exited(self) -> Result<()> {
+        tokio::time::timeout(WAIT, self.handle)
+            .await
+            .context("the daemon did not stop by itself")??
+            .context("daemon stopped with an error")
+    }
+
     /// Stops it and checks it stopped cleanly.
     pub async fn stop(self) -> Result<()> {
         self.token.cancel();
@@ -572,6 +580,13 @@ impl World {
 
     /// Deletes this world's queues and exchange.
     pub async fn cleanup(self) -> Result<()> {
+        self.delete_topology().await?;
+        let _ = self.amqp.close(200, "done".into()).await;
+        Ok(())
+    }
+
+    /// Deletes this world's queues and exchanges on the broker.
+    pub async fn delete_topology(&self) -> Result<()> {
         let ch = self.amqp.create_channel().await?;
         let mut exchanges = std::collections::BTreeSet::new();
         if let Some(entries) = self.config_json["rmq_config"].as_object() {
@@ -589,7 +604,7 @@ impl World {
             ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
                 .await?;
         }
-        let _ = self.amqp.close(200, "done".into()).await;
+        let _ = ch.close(200, "deleted".into()).await;
         Ok(())
     }
 }

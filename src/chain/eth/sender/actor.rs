@@ -314,15 +314,18 @@ impl Actor {
         if replies > 0 {
             self.deps.outbox.notify_one();
         }
-        if std::env::var("M2POOL_FAILPOINT").as_deref() == Ok("after_sign") && !stored.is_empty() {
-            // Test-only: die between storing the signed bytes and the broadcast.
-            error!(target: "m2pool::payout", "fail point after_sign: aborting");
-            std::process::abort();
+        if !stored.is_empty() {
+            // Between storing the signed bytes and the broadcast.
+            failpoint("after_sign");
         }
 
         // 6. Broadcast in nonce order; record what the node accepted.
         let refs: Vec<&SignedTx> = stored.iter().map(|(_, s)| s).collect();
         let results = sign::broadcast(&self.endpoints, &refs).await;
+        if !stored.is_empty() {
+            // Between the broadcast and recording it (status 2).
+            failpoint("after_broadcast");
+        }
         let accepted: Vec<i64> = stored
             .iter()
             .zip(&results)
@@ -491,6 +494,16 @@ impl Actor {
         );
         tx.push_outbox(reply.kind, &reply.body).await?;
         Ok(1)
+    }
+}
+
+/// Test-only crash points, in debug builds: the process aborts at the point
+/// `M2POOL_FAILPOINT` names (`after_sign`, `after_broadcast`), so tests can
+/// prove what a crash there leaves behind. Release builds have none.
+fn failpoint(name: &str) {
+    if cfg!(debug_assertions) && std::env::var("M2POOL_FAILPOINT").as_deref() == Ok(name) {
+        error!(target: "m2pool::payout", failpoint = name, "fail point reached: aborting");
+        std::process::abort();
     }
 }
 
