@@ -6,9 +6,12 @@
 //! nonce yet), check each against what is left after in-flight reservations,
 //! sign with consecutive nonces, store the signed bytes (before
 //! any broadcast: DESIGN §3), broadcast them in nonce order, and record the
-//! accepted ones as sent with their `status=2`. A payout the wallet cannot
-//! cover goes to the collection wallet's actor; one nobody can pay, or whose
-//! payer lacks gas, is refused with a plain-words error.
+//! accepted ones as sent with their `status=2`. A batch's broadcast runs
+//! while the next batch is signed (batches still go out in nonce order, one
+//! after the other), so the node admits one while the next is prepared. A
+//! payout the wallet cannot cover goes to the collection wallet's actor; one
+//! nobody can pay, or whose payer lacks gas, is refused with a plain-words
+//! error.
 
 use super::sign::{self, Draft, NodeError, View};
 use super::{ActorMsg, Job, SenderDeps};
@@ -25,6 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -46,6 +50,12 @@ pub(in crate::chain) enum ActorError {
     /// The message store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A batch's broadcast task panicked.
+    #[error("broadcast task: {message}")]
+    Broadcast {
+        /// The panic.
+        message: String,
+    },
 }
 
 pub(super) struct Actor {
@@ -111,13 +121,17 @@ impl Actor {
             }
         }
         let mut batch = Vec::with_capacity(BATCH);
-        loop {
+        // The broadcast of the batch signed before, running while the next
+        // batch is signed: the node admits one batch while we prepare the
+        // next. Batches are broadcast in nonce order, one after the other.
+        let mut sending: Option<JoinHandle<Result<(), ActorError>>> = None;
+        let result = loop {
             let n = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => break Ok(()),
                 n = jobs.recv_many(&mut batch, BATCH) => n,
             };
             if n == 0 {
-                return Ok(());
+                break Ok(());
             }
             let mut pays = Vec::with_capacity(n);
             let mut replacements = Vec::new();
@@ -128,12 +142,31 @@ impl Actor {
                 }
             }
             if !pays.is_empty() {
-                self.process(pays, &shutdown).await?;
+                let stored = match self.process(pays, &shutdown).await {
+                    Ok(stored) => stored,
+                    Err(e) => break Err(e),
+                };
+                if let Err(e) = finish(sending.take()).await {
+                    break Err(e);
+                }
+                if !stored.is_empty() {
+                    let (deps, endpoints) = (self.deps.clone(), self.endpoints.clone());
+                    sending = Some(tokio::spawn(broadcast(deps, endpoints, stored)));
+                }
+            }
+            if !replacements.is_empty()
+                && let Err(e) = finish(sending.take()).await
+            {
+                break Err(e);
             }
             for (payout, tx) in replacements {
                 self.replace(payout, tx, &shutdown).await?;
             }
-        }
+        };
+        // What was signed goes out before the actor ends (and is sent again,
+        // same bytes, at the next start if it does not).
+        finish(sending).await?;
+        result
     }
 
     /// Retries `f` on the current node endpoint until it succeeds, moving to
@@ -171,11 +204,13 @@ impl Actor {
         }
     }
 
+    /// Claims, checks, signs and stores a batch; returns the stored
+    /// transactions (payout id, signed bytes) in nonce order, to broadcast.
     async fn process(
         &mut self,
         jobs: Vec<Job>,
         shutdown: &CancellationToken,
-    ) -> Result<(), ActorError> {
+    ) -> Result<Vec<(i64, SignedTx)>, ActorError> {
         // 1. Balances and nonce at one block, and fees. While the node cannot
         // be reached the payouts stay queued, so they can still be cancelled.
         let mut symbols: Vec<(String, Address)> = Vec::new();
@@ -193,21 +228,21 @@ impl Actor {
             })
             .await
         else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let ceiling = self.deps.cfg.payout.max_fee_per_gas;
         let Some(fees) = self
             .patiently("fees", shutdown, |rpc| sign::fees(rpc, ceiling))
             .await
         else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         if self.next_nonce.is_none() {
             let Some(pending) = self
                 .patiently("nonce", shutdown, |rpc| sign::pending_nonce(rpc, wallet))
                 .await
             else {
-                return Ok(());
+                return Ok(Vec::new());
             };
             let stored = self.deps.store.max_nonce(&self.deps.chain, wallet).await?;
             self.next_nonce = Some(stored.map_or(pending, |n| pending.max(n + 1)));
@@ -236,7 +271,7 @@ impl Actor {
         }
         tx.commit().await?;
         if claimed.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
 
         // 3. The key, decrypted for this batch only.
@@ -250,17 +285,17 @@ impl Actor {
                 Ok(Some(s)) => break s,
                 Ok(None) => {
                     let e = format!("this gateway holds no key for {}", addr_hex(&self.wallet));
-                    return self.refuse_all(claimed, &e).await;
+                    return self.refuse_all(claimed, &e).await.map(|()| Vec::new());
                 }
                 Err(e @ (WalletError::Crypto(_) | WalletError::Corrupt { .. })) => {
                     error!(target: "m2pool::payout", wallet = %addr_hex(&self.wallet), error = %e, "wallet key unusable");
                     let e = format!("the key of {} cannot be used: {e}", addr_hex(&self.wallet));
-                    return self.refuse_all(claimed, &e).await;
+                    return self.refuse_all(claimed, &e).await.map(|()| Vec::new());
                 }
                 Err(e) => {
                     warn!(target: "m2pool::payout", error = %e, "wallet store unavailable; retrying");
                     if sleep_or_shutdown(Duration::from_secs(1), shutdown).await {
-                        return Ok(());
+                        return Ok(Vec::new());
                     }
                 }
             }
@@ -290,7 +325,7 @@ impl Actor {
                     forward.push(job);
                 }
                 Check::Refuse(e) => refused.push((job, e)),
-                Check::Shutdown => return Ok(()),
+                Check::Shutdown => return Ok(Vec::new()),
             }
         }
         drop(signer);
@@ -319,28 +354,7 @@ impl Actor {
             failpoint("after_sign");
         }
 
-        // 6. Broadcast in nonce order; record what the node accepted.
-        let refs: Vec<&SignedTx> = stored.iter().map(|(_, s)| s).collect();
-        let results = sign::broadcast(&self.endpoints, &refs).await;
-        if !stored.is_empty() {
-            // Between the broadcast and recording it (status 2).
-            failpoint("after_broadcast");
-        }
-        let accepted: Vec<i64> = stored
-            .iter()
-            .zip(&results)
-            .filter_map(|((id, stx), r)| match r {
-                Ok(()) => Some(*id),
-                Err(e) => {
-                    warn!(target: "m2pool::payout", id, tx = %format!("{:#x}", stx.tx_hash), error = %e,
-                          "broadcast not accepted; it will be sent again, same bytes");
-                    None
-                }
-            })
-            .collect();
-        super::announce(&self.deps, &accepted).await?;
-
-        // 7. What this wallet cannot cover goes to the collection wallet.
+        // 6. What this wallet cannot cover goes to the collection wallet.
         if let Some((_, to)) = &self.collection {
             for job in forward {
                 if to.send(ActorMsg::Pay(job)).await.is_err() {
@@ -348,7 +362,8 @@ impl Actor {
                 }
             }
         }
-        Ok(())
+        // 7. The caller broadcasts them (see [`broadcast`]).
+        Ok(stored)
     }
 
     async fn check(
@@ -495,6 +510,44 @@ impl Actor {
         tx.push_outbox(reply.kind, &reply.body).await?;
         Ok(1)
     }
+}
+
+/// Waits for a batch's broadcast (if one is running) and returns its outcome.
+async fn finish(sending: Option<JoinHandle<Result<(), ActorError>>>) -> Result<(), ActorError> {
+    match sending {
+        None => Ok(()),
+        Some(h) => h.await.map_err(|e| ActorError::Broadcast {
+            message: e.to_string(),
+        })?,
+    }
+}
+
+/// Broadcasts a stored batch in nonce order and records what the node
+/// accepted (sent, with its `status=2`); what it did not accept stays signed
+/// and is sent again, same bytes.
+async fn broadcast(
+    deps: Arc<SenderDeps>,
+    endpoints: Endpoints,
+    stored: Vec<(i64, SignedTx)>,
+) -> Result<(), ActorError> {
+    let refs: Vec<&SignedTx> = stored.iter().map(|(_, s)| s).collect();
+    let results = sign::broadcast(&endpoints, &refs).await;
+    // Between the broadcast and recording it (status 2).
+    failpoint("after_broadcast");
+    let accepted: Vec<i64> = stored
+        .iter()
+        .zip(&results)
+        .filter_map(|((id, stx), r)| match r {
+            Ok(()) => Some(*id),
+            Err(e) => {
+                warn!(target: "m2pool::payout", id, tx = %format!("{:#x}", stx.tx_hash), error = %e,
+                      "broadcast not accepted; it will be sent again, same bytes");
+                None
+            }
+        })
+        .collect();
+    super::announce(&deps, &accepted).await?;
+    Ok(())
 }
 
 /// Test-only crash points, in debug builds: the process aborts at the point
