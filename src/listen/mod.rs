@@ -292,7 +292,6 @@ impl Listen {
         fx.flush(&mut tx).await?;
         tx.commit().await?;
         self.wake(&fx);
-        self.log_lines(std::mem::take(&mut fx.lines)).await;
         // One acknowledgement per consumer covers the batch: each consumer
         // hands its deliveries over in order, so every delivery up to the last
         // one of this batch is committed (`multiple`). A delivery of a channel
@@ -310,6 +309,9 @@ impl Listen {
             }
         });
         futures::future::join_all(acks).await;
+        // The broker sends more as soon as it has the acks; the log lines
+        // (queued to their writer) come after.
+        self.log_lines(std::mem::take(&mut fx.lines)).await;
         Ok(())
     }
 
