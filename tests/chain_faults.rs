@@ -584,8 +584,9 @@ async fn a_cut_to_the_node_is_survived_and_deposits_made_during_it_are_reported(
 
 /// The daemon reads 96 blocks with 16 deposits through a node that refuses
 /// what `refuse` says: every deposit is reported, each refused range is
-/// retried from the same block with half as many blocks (not fewer), and the
-/// ranges read cover every block exactly once.
+/// retried from the same block with half as many blocks (not fewer), the range
+/// does not grow back into the refusal, and the ranges read cover every block
+/// exactly once.
 async fn ranges_halved(test: &str, refuse: rpc_proxy::Refuse) -> Result<()> {
     let mut w = World::new(test).await?;
     let proxy = rpc_proxy::RpcProxy::start(w.anvil.http(), Some(refuse)).await?;
@@ -643,6 +644,14 @@ async fn ranges_halved(test: &str, refuse: rpc_proxy::Refuse) -> Result<()> {
         }
     }
     assert!(longest >= 2, "halved at least twice in a row: {asked:?}");
+    // Once a range has been read, the range does not grow back past what the
+    // node refused: at most one more refusal (a denser stretch), not one in two.
+    let first_read = asked.iter().position(|a| !a.refused).unwrap_or(asked.len());
+    let later_refusals = asked[first_read..].iter().filter(|a| a.refused).count();
+    assert!(
+        later_refusals <= 1,
+        "{later_refusals} refusals after the first range read: {asked:?}"
+    );
     let read: Vec<_> = asked.iter().filter(|a| !a.refused).collect();
     let mut next = cursor + 1;
     for a in &read {

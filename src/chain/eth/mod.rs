@@ -8,6 +8,7 @@
 
 mod endpoints;
 mod heads;
+mod range;
 mod scan;
 mod sender;
 

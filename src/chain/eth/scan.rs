@@ -12,6 +12,7 @@
 //! which the range answer had none, is asked for again by its hash.
 
 use super::endpoints::Endpoints;
+use super::range::RangeSize;
 use crate::chain::{ChainEvent, OwnTx, Transfer};
 use crate::config::EthConfig;
 use crate::health::Health;
@@ -105,8 +106,8 @@ pub(super) struct Scanner {
     /// Recent verified blocks; the last is the cursor.
     window: BTreeMap<u64, BlockRef>,
     keep: u64,
-    range: u64,
-    max_range: u64,
+    /// Blocks asked for per `eth_getLogs`.
+    range: RangeSize,
     start_block: Option<u64>,
     /// Hot wallets whose transactions are reported as [`OwnTx`].
     tracked: AddressSet,
@@ -141,8 +142,7 @@ impl Scanner {
             ether: Arc::from("ETH"),
             window: recent.into_iter().map(|b| (b.number, b)).collect(),
             keep,
-            range: cfg.max_block_range,
-            max_range: cfg.max_block_range,
+            range: RangeSize::new(cfg.max_block_range),
             start_block: cfg.start_block,
             tracked: tracked.into_iter().collect(),
             track,
@@ -239,21 +239,20 @@ impl Scanner {
                 break;
             }
             let from = cursor.number + 1;
-            let to = head.min(from + self.range - 1);
+            let to = head.min(from + self.range.blocks() - 1);
             let logs = match self.logs(from, to).await {
                 Ok(logs) => logs,
                 Err(ScanError::Node { source, .. })
-                    if is_range_error(&source) && self.range > 1 =>
+                    if is_range_error(&source) && self.range.halve() =>
                 {
-                    self.range = (self.range / 2).max(1);
-                    warn!(target: "m2pool::eth", chain = %self.chain, from, to, range = self.range,
+                    warn!(target: "m2pool::eth", chain = %self.chain, from, to, range = self.range.blocks(),
                           error = %source, "eth_getLogs refused the range; halving it");
                     continue;
                 }
                 Err(e) => return Err(e),
             };
             self.scan_range(from, to, logs, events, shutdown).await?;
-            self.range = (self.range * 2).min(self.max_range);
+            self.range.read();
         }
         Ok(())
     }
