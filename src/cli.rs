@@ -234,15 +234,7 @@ async fn wallet_command(cli: &Cli, cmd: &WalletCommand) -> Result<()> {
             println!("{a:#x}");
         }
         WalletCommand::List { chain } => {
-            let decimals: HashMap<String, u8> = std::iter::once(("ETH".to_owned(), 18))
-                .chain(
-                    config
-                        .eth
-                        .tokens
-                        .iter()
-                        .map(|t| (t.symbol.clone(), t.decimals)),
-                )
-                .collect();
+            let decimals: HashMap<String, u8> = config.eth.symbols().collect();
             print!("{}", wallet::cli::list(&store, chain, &decimals).await?);
         }
     }

@@ -303,6 +303,12 @@ impl EthConfig {
 }
 
 impl EthConfig {
+    /// Every symbol with its decimals: `("ETH", 18)` first, then the tokens.
+    pub fn symbols(&self) -> impl Iterator<Item = (String, u8)> + '_ {
+        std::iter::once(("ETH".to_owned(), 18))
+            .chain(self.tokens.iter().map(|t| (t.symbol.clone(), t.decimals)))
+    }
+
     /// Decimals of `symbol`: 18 for `ETH`, the token's otherwise.
     pub fn decimals(&self, symbol: &str) -> Option<u8> {
         if symbol.eq_ignore_ascii_case("ETH") {

@@ -150,15 +150,7 @@ impl Listen {
             })
             .await?;
         info!(target: "m2pool::listen", watches = loaded, "watch set loaded");
-        let decimals = std::iter::once(("ETH".to_owned(), 18u8))
-            .chain(
-                config
-                    .eth
-                    .tokens
-                    .iter()
-                    .map(|t| (t.symbol.clone(), t.decimals)),
-            )
-            .collect();
+        let decimals = config.eth.symbols().collect();
         let listen = Self {
             store,
             watches,

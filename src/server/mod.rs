@@ -91,15 +91,7 @@ impl Router {
             .iter()
             .map(|name| ChainSymbols {
                 name: name.clone(),
-                symbols: std::iter::once(("ETH".to_owned(), 18))
-                    .chain(
-                        config
-                            .eth
-                            .tokens
-                            .iter()
-                            .map(|t| (t.symbol.clone(), t.decimals)),
-                    )
-                    .collect(),
+                symbols: config.eth.symbols().collect(),
             })
             .collect();
         Self {

@@ -257,16 +257,19 @@ impl Scanner {
         Ok(())
     }
 
+    /// A filter for the watched tokens' `Transfer` logs, blocks not yet set.
+    fn transfers(&self) -> Filter {
+        Filter::new()
+            .address(self.contracts.clone())
+            .event_signature(erc20::Transfer::SIGNATURE_HASH)
+    }
+
     async fn logs(&self, from: u64, to: u64) -> Result<HashMap<u64, Vec<Log>>, ScanError> {
         let mut by_block: HashMap<u64, Vec<Log>> = HashMap::new();
         if self.contracts.is_empty() {
             return Ok(by_block);
         }
-        let filter = Filter::new()
-            .from_block(from)
-            .to_block(to)
-            .address(self.contracts.clone())
-            .event_signature(erc20::Transfer::SIGNATURE_HASH);
+        let filter = self.transfers().from_block(from).to_block(to);
         let logs = self
             .rpc
             .get_logs(&filter)
@@ -299,10 +302,7 @@ impl Scanner {
 
     /// The token `Transfer` logs of the block with `hash`.
     async fn logs_at(&self, hash: B256) -> Result<Vec<Log>, ScanError> {
-        let filter = Filter::new()
-            .at_block_hash(hash)
-            .address(self.contracts.clone())
-            .event_signature(erc20::Transfer::SIGNATURE_HASH);
+        let filter = self.transfers().at_block_hash(hash);
         let logs = self
             .rpc
             .get_logs(&filter)
