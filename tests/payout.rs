@@ -659,3 +659,92 @@ async fn killed_after_broadcast_while_in_the_pool_is_announced_on_restart() -> R
 async fn killed_after_broadcast_once_mined_is_announced_on_restart() -> Result<()> {
     killed_after_broadcast("after-broadcast-mined", true).await
 }
+
+/// Shutdown while a batch is half signed: the actor is retrying the node for
+/// the second payout of a batch (its recipient's code cannot be read) when
+/// SIGTERM comes, with a second batch waiting behind it. What was signed is
+/// kept, no further batch is taken, and after a restart every payout is mined
+/// with the wallet's nonces gap-free. (Before: the signed part of the batch
+/// was dropped with its nonce taken, and about one run in two the actor took
+/// the waiting batch after the shutdown and signed it above the hole, so that
+/// nothing of that wallet was ever mined again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_in_the_middle_of_a_batch_leaves_no_nonce_gap() -> Result<()> {
+    let mut w = World::new("shutdown-mid-batch").await?;
+    let mut replies = w.replies("pay_resp").await?;
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, 0, ether(1)).await?;
+    let stuck = Address::random();
+    let proxy =
+        rpc_proxy::RpcProxy::start(w.anvil.http(), Some(rpc_proxy::Refuse::CodeOf(stuck))).await?;
+    let direct = w.config_json["eth_config"]["rpc_url"].clone();
+    w.config_json["eth_config"]["rpc_url"] = proxy.url().into();
+    let pay = |queue_id: &str, to: &[Address]| {
+        let items: Vec<Value> = to
+            .iter()
+            .enumerate()
+            .map(|(i, a)| json!({"order_id": format!("o-{}", i + 1), "to_address": hex_addr(*a), "amount": 0.01}))
+            .collect();
+        json!({"queue_id": queue_id, "from_address": hex_addr(user), "chain": "ETH", "symbol": "ETH",
+            "timestamp": 1758610297, "transactions": items})
+    };
+    // The actor takes what has reached it: the first item alone, then the
+    // rest, whose last one it cannot check.
+    let first = [
+        Address::random(),
+        Address::random(),
+        Address::random(),
+        stuck,
+    ];
+    let second = [Address::random(), Address::random()];
+    let daemon = w.start().await?;
+    w.publish("pay", pay("mid-1", &first)).await?;
+    eventually(
+        "the actor retries the node in the middle of the batch",
+        || async { Ok(proxy.code_refused() >= 2) },
+    )
+    .await?;
+    w.publish("pay", pay("mid-2", &second)).await?;
+    eventually("the second batch is queued", || async {
+        let store = w.store().await?;
+        let n = store.payouts("ETH").await?.len();
+        store.close().await;
+        Ok(n == 6)
+    })
+    .await?;
+    daemon.stop().await?;
+
+    w.config_json["eth_config"]["rpc_url"] = direct;
+    let daemon = w.start().await?;
+    let order = |q: &'static str, o: &'static str, status: u64| {
+        move |v: &Value| v["queue_id"] == q && v["order_id"] == o && v["status"] == status
+    };
+    let all = [
+        ("mid-1", "o-1"),
+        ("mid-1", "o-2"),
+        ("mid-2", "o-1"),
+        ("mid-2", "o-2"),
+    ];
+    for (q, o) in all {
+        replies
+            .wait(&format!("{q}/{o} sent"), order(q, o, 2))
+            .await?;
+    }
+    w.mine(20).await?;
+    for (q, o) in all {
+        replies
+            .wait(&format!("{q}/{o} final"), order(q, o, 1))
+            .await?;
+    }
+    assert_eq!(
+        w.nonce(user).await?,
+        6,
+        "six transactions, nonces 0 to 5, all mined"
+    );
+    for to in first.iter().chain(&second) {
+        let got = w.eth.get_balance(*to).await?;
+        assert_eq!(got, U256::from(10_000_000_000_000_000u64), "paid once");
+    }
+    daemon.stop().await?;
+    w.cleanup().await
+}

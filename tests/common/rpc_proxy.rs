@@ -32,6 +32,9 @@ pub enum Refuse {
     /// a node lagging behind its own head does (or one half of a
     /// load-balanced pair); by block hash it answers truly.
     EmptyRanges,
+    /// `eth_getCode` of this address fails as a node that cannot answer it
+    /// now does; every other request is forwarded.
+    CodeOf(alloy::primitives::Address),
 }
 
 /// One `eth_getLogs` the proxy was asked for.
@@ -58,6 +61,8 @@ struct RpcShared {
     upstream: String,
     refuse: Option<Refuse>,
     asked: Mutex<Vec<LogsAsked>>,
+    /// How many `eth_getCode` were failed ([`Refuse::CodeOf`]).
+    code_refused: std::sync::atomic::AtomicUsize,
     /// Once: when `eth_getLogs` from this block is asked, send this request to
     /// the node first.
     before_logs: Mutex<Option<(u64, Value)>>,
@@ -86,6 +91,7 @@ impl RpcProxy {
             upstream,
             refuse,
             asked: Mutex::new(Vec::new()),
+            code_refused: Default::default(),
             before_logs: Mutex::new(None),
             client: alloy::transports::http::reqwest::Client::new(),
         });
@@ -116,6 +122,13 @@ impl RpcProxy {
             .iter()
             .filter(|a| a.refused)
             .count()
+    }
+
+    /// How many `eth_getCode` requests were failed.
+    pub fn code_refused(&self) -> usize {
+        self.shared
+            .code_refused
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The next time `eth_getLogs` from block `from` is asked, sends
@@ -168,6 +181,18 @@ fn refusal(id: &Value, message: String) -> Result<Vec<u8>> {
 /// The answer to one JSON-RPC request (or batch, forwarded as is).
 async fn answer(s: &RpcShared, body: Vec<u8>) -> Result<Vec<u8>> {
     let req: Value = serde_json::from_slice(&body)?;
+    if let Some(Refuse::CodeOf(a)) = s.refuse
+        && req["method"] == "eth_getCode"
+        && req["params"][0]
+            .as_str()
+            .is_some_and(|p| p.eq_ignore_ascii_case(&format!("{a:#x}")))
+    {
+        s.code_refused
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        return Ok(serde_json::to_vec(
+            &json!({"jsonrpc": "2.0", "id": req["id"], "error": {"code": -32000, "message": "internal error: state unavailable"}}),
+        )?);
+    }
     let Some((from, to)) = logs_range(&req) else {
         return forward(s, body).await;
     };

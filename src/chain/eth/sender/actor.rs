@@ -127,6 +127,8 @@ impl Actor {
         let mut sending: Option<JoinHandle<Result<(), ActorError>>> = None;
         let result = loop {
             let n = tokio::select! {
+                // Shutdown first: no new batch is taken once it is asked for.
+                biased;
                 _ = shutdown.cancelled() => break Ok(()),
                 n = jobs.recv_many(&mut batch, BATCH) => n,
             };
@@ -306,6 +308,10 @@ impl Actor {
         let mut refused: Vec<(Job, String)> = Vec::new();
         let mut forward: Vec<Job> = Vec::new();
         for job in claimed {
+            if shutdown.is_cancelled() {
+                // The rest stay claimed: back to queued at the next start.
+                break;
+            }
             match self.check(&job, &view, fees, shutdown).await {
                 Check::Pay(draft) => {
                     let nonce = self.next_nonce.unwrap_or(view.nonce);
@@ -325,7 +331,10 @@ impl Actor {
                     forward.push(job);
                 }
                 Check::Refuse(e) => refused.push((job, e)),
-                Check::Shutdown => return Ok(Vec::new()),
+                // What is signed already is stored below: its nonces are
+                // taken, and dropping it would leave a gap no later
+                // transaction of this wallet could get past.
+                Check::Shutdown => break,
             }
         }
         drop(signer);
@@ -355,7 +364,12 @@ impl Actor {
         }
 
         // 6. What this wallet cannot cover goes to the collection wallet.
-        if let Some((_, to)) = &self.collection {
+        // (Not at shutdown: they stay claimed and are queued again at the next start.)
+        if let Some((_, to)) = self
+            .collection
+            .as_ref()
+            .filter(|_| !shutdown.is_cancelled())
+        {
             for job in forward {
                 if to.send(ActorMsg::Pay(job)).await.is_err() {
                     warn!(target: "m2pool::payout", "collection wallet's actor is gone");
