@@ -890,3 +890,73 @@ async fn a_reorg_in_the_middle_of_a_catch_up_is_caught_by_the_parent_hash() -> R
     daemon.stop().await?;
     w.cleanup().await
 }
+
+/// A node that accepts requests and never answers is given up on after
+/// `rpc_timeout_secs`, and the fallback endpoint serves (without the timeout
+/// the first request would wait for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_answers_is_timed_out_and_the_fallback_used() -> Result<()> {
+    let mut w = World::new("silent-node").await?;
+    let silent =
+        rpc_proxy::RpcProxy::start(w.anvil.http(), Some(rpc_proxy::Refuse::Silent)).await?;
+    let real = w.config_json["eth_config"]["rpc_url"].clone();
+    w.config_json["eth_config"]["rpc_url"] = silent.url().into();
+    w.config_json["eth_config"]["fallback_rpc_urls"] = json!([real]);
+    w.config_json["eth_config"]["rpc_timeout_secs"] = 1.into();
+    w.config_json["eth_config"]["poll_interval_ms"] = 200.into();
+    let mut replies = w.replies("topup_resp").await?;
+    let daemon = w.start().await?;
+    seen_deposit(&w, &mut replies).await?;
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+/// A node that refuses JSON-RPC batches of more than 5 calls as a whole:
+/// with `max_rpc_batch` 5, the payouts (12 at once) and their rebroadcast
+/// (every unmined payout) go out in batches the node takes, none refused, and
+/// all confirm. (One batch of everything would be refused every time: signed
+/// payouts that never leave.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_fit_a_node_that_limits_batch_size() -> Result<()> {
+    let mut w = World::new("batch-limit").await?;
+    let proxy =
+        rpc_proxy::RpcProxy::start(w.anvil.http(), Some(rpc_proxy::Refuse::BatchOver(5))).await?;
+    w.config_json["eth_config"]["rpc_url"] = proxy.url().into();
+    w.config_json["eth_config"]["max_rpc_batch"] = 5.into();
+    w.config_json["eth_config"]["rebroadcast_secs"] = 1.into();
+    let mut replies = w.replies("withdraw_resp").await?;
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, 100_000_000, ether(1)).await?;
+    // Held in the pool, so that the rebroadcast has all 12 to send again.
+    let _: Value = w
+        .eth
+        .raw_request("evm_setAutomine".into(), (false,))
+        .await?;
+    let daemon = w.start().await?;
+    let ids: Vec<String> = (0..12).map(|i| format!("bl-{i}")).collect();
+    for id in &ids {
+        w.publish("withdraw", withdraw(id, user, Address::random(), "1")?)
+            .await?;
+    }
+    for id in &ids {
+        replies.wait(&format!("{id} sent"), is(id, 2)).await?;
+    }
+    let sent = |b: &[(usize, bool)]| b.iter().map(|(n, _)| n).sum::<usize>();
+    eventually("all 12 broadcast again", || async {
+        Ok(sent(&proxy.batches()) >= 24)
+    })
+    .await?;
+    let _: Value = w.eth.raw_request("evm_setAutomine".into(), (true,)).await?;
+    w.mine(21).await?;
+    for id in &ids {
+        replies.wait(&format!("{id} final"), is(id, 1)).await?;
+    }
+    let batches = proxy.batches();
+    assert!(
+        batches.iter().all(|(n, refused)| *n <= 5 && !refused),
+        "no batch over the limit: {batches:?}"
+    );
+    assert_eq!(w.transfers_from(user).await?.len(), 12, "each paid once");
+    daemon.stop().await?;
+    w.cleanup().await
+}

@@ -260,6 +260,12 @@ pub struct EthConfig {
     pub poll_interval: Duration,
     /// Most blocks asked for in one `eth_getLogs` (default 500).
     pub max_block_range: u64,
+    /// A JSON-RPC request over HTTP with no answer by then fails and is
+    /// retried, moving on to a fallback endpoint (`rpc_timeout_secs`, default 30).
+    pub rpc_timeout: Duration,
+    /// Most calls in one JSON-RPC batch (`max_rpc_batch`, default 100: Erigon's
+    /// limit; geth's is 1000).
+    pub max_rpc_batch: usize,
     /// Payouts, gas and fees.
     pub payout: PayoutConfig,
 }
@@ -641,6 +647,16 @@ fn eth_config(e: raw::RawEth) -> Result<EthConfig, ConfigError> {
     let rebroadcast = positive("eth_config.rebroadcast_secs", e.rebroadcast_secs, 30)?;
     let stuck_after = positive("eth_config.stuck_payout_secs", e.stuck_payout_secs, 180)?;
     let head_stall = positive("eth_config.head_stall_secs", e.head_stall_secs, 120)?;
+    let rpc_timeout = positive("eth_config.rpc_timeout_secs", e.rpc_timeout_secs, 30)?;
+    let max_rpc_batch = match e.max_rpc_batch.unwrap_or(100) {
+        n @ 1..=10_000 => n as usize,
+        n => {
+            return Err(invalid(
+                "eth_config.max_rpc_batch",
+                format!("{n} is out of range; use 1 to 10000 (100 suits every common node)"),
+            ));
+        }
+    };
     let fallback_rpc_urls = e.fallback_rpc_urls.unwrap_or_default();
     for (i, u) in fallback_rpc_urls.iter().enumerate() {
         check_url(
@@ -677,6 +693,8 @@ fn eth_config(e: raw::RawEth) -> Result<EthConfig, ConfigError> {
         start_block: e.start_block,
         poll_interval: Duration::from_millis(poll),
         max_block_range,
+        rpc_timeout,
+        max_rpc_batch,
         payout,
     })
 }

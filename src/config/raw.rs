@@ -109,6 +109,8 @@ pub(super) struct RawEth {
     pub start_block: Option<u64>,
     pub poll_interval_ms: Option<u64>,
     pub max_block_range: Option<u64>,
+    pub rpc_timeout_secs: Option<u64>,
+    pub max_rpc_batch: Option<u64>,
     pub collection_address: Option<String>,
     pub max_fee_per_gas_gwei: Option<u64>,
     pub gas_limit_token: Option<u64>,

@@ -19,6 +19,8 @@ fn go_v2_config_loads_unchanged() {
     assert_eq!(c.eth.rpc_url, "http://localhost:8545");
     assert_eq!(c.eth.ws_url.as_deref(), Some("ws://localhost:8546"));
     assert_eq!(c.eth.confirm_height, 20);
+    assert_eq!(c.eth.rpc_timeout, std::time::Duration::from_secs(30));
+    assert_eq!(c.eth.max_rpc_batch, 100);
     assert_eq!(c.eth.tokens.len(), 1);
     assert_eq!(c.eth.tokens[0].symbol, "USDT");
     assert_eq!(c.eth.tokens[0].decimals, 6);
@@ -180,6 +182,14 @@ fn errors_name_the_key() {
         (
             Box::new(|v| v["mysql_config"]["wallet"]["port"] = "3306".into()),
             "mysql_config.wallet.port",
+        ),
+        (
+            Box::new(|v| v["eth_config"]["rpc_timeout_secs"] = 0.into()),
+            "eth_config.rpc_timeout_secs",
+        ),
+        (
+            Box::new(|v| v["eth_config"]["max_rpc_batch"] = 0.into()),
+            "eth_config.max_rpc_batch",
         ),
     ];
     for (edit, want) in cases {

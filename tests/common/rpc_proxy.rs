@@ -35,6 +35,11 @@ pub enum Refuse {
     /// `eth_getCode` of this address fails as a node that cannot answer it
     /// now does; every other request is forwarded.
     CodeOf(alloy::primitives::Address),
+    /// A JSON-RPC batch of more calls than this is refused as a whole, as
+    /// geth (1000) and Erigon (100) do.
+    BatchOver(usize),
+    /// Every request is read and never answered (a node that hangs).
+    Silent,
 }
 
 /// One `eth_getLogs` the proxy was asked for.
@@ -63,6 +68,8 @@ struct RpcShared {
     asked: Mutex<Vec<LogsAsked>>,
     /// How many `eth_getCode` were failed ([`Refuse::CodeOf`]).
     code_refused: std::sync::atomic::AtomicUsize,
+    /// Sizes of the JSON-RPC batches asked, and whether each was refused.
+    batches: Mutex<Vec<(usize, bool)>>,
     /// Once: when `eth_getLogs` from this block is asked, send this request to
     /// the node first.
     before_logs: Mutex<Option<(u64, Value)>>,
@@ -92,6 +99,7 @@ impl RpcProxy {
             refuse,
             asked: Mutex::new(Vec::new()),
             code_refused: Default::default(),
+            batches: Mutex::new(Vec::new()),
             before_logs: Mutex::new(None),
             client: alloy::transports::http::reqwest::Client::new(),
         });
@@ -129,6 +137,11 @@ impl RpcProxy {
         self.shared
             .code_refused
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Every JSON-RPC batch asked so far: its size and whether it was refused.
+    pub fn batches(&self) -> Vec<(usize, bool)> {
+        lock(&self.shared.batches).clone()
     }
 
     /// The next time `eth_getLogs` from block `from` is asked, sends
@@ -181,6 +194,16 @@ fn refusal(id: &Value, message: String) -> Result<Vec<u8>> {
 /// The answer to one JSON-RPC request (or batch, forwarded as is).
 async fn answer(s: &RpcShared, body: Vec<u8>) -> Result<Vec<u8>> {
     let req: Value = serde_json::from_slice(&body)?;
+    if let Some(calls) = req.as_array() {
+        let refused = matches!(s.refuse, Some(Refuse::BatchOver(max)) if calls.len() > max);
+        lock(&s.batches).push((calls.len(), refused));
+        if refused {
+            return Ok(serde_json::to_vec(
+                &json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": "batch too large"}}),
+            )?);
+        }
+        return forward(s, body).await;
+    }
     if let Some(Refuse::CodeOf(a)) = s.refuse
         && req["method"] == "eth_getCode"
         && req["params"][0]
@@ -259,6 +282,9 @@ async fn serve(sock: TcpStream, s: Arc<RpcShared>) -> Result<()> {
         }
         let mut body = vec![0u8; length];
         read.read_exact(&mut body).await?;
+        if matches!(s.refuse, Some(Refuse::Silent)) {
+            continue;
+        }
         let out = answer(&s, body).await?;
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",

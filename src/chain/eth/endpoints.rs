@@ -4,7 +4,10 @@
 
 use alloy::network::Ethereum;
 use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::client::RpcClient;
+use alloy::transports::http::reqwest;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tracing::{error, warn};
 
 /// Why an endpoint cannot be used.
@@ -17,6 +20,14 @@ pub(super) enum EndpointError {
         url: String,
         /// What the transport said.
         source: alloy::transports::TransportError,
+    },
+    /// An HTTP endpoint whose address or client cannot be used.
+    #[error("{url}: {reason}")]
+    Unusable {
+        /// The endpoint.
+        url: String,
+        /// Why.
+        reason: String,
     },
     /// It serves another chain.
     #[error("{url} is on chain id {got}, expected {expected}")]
@@ -41,15 +52,30 @@ struct Current {
 pub(super) struct Endpoints {
     chain: Arc<str>,
     urls: Arc<Vec<String>>,
+    /// Per request over HTTP.
+    timeout: Duration,
+    /// Most calls in one JSON-RPC batch.
+    max_batch: usize,
     expected: Arc<Mutex<Option<u64>>>,
     current: Arc<Mutex<Current>>,
 }
 
 impl Endpoints {
-    pub fn new(chain: Arc<str>, urls: Vec<String>, expected: Option<u64>) -> Self {
+    /// The endpoints `urls` of `chain`; an HTTP request with no answer within
+    /// `timeout` fails (a node that accepts and never answers would otherwise
+    /// hold its caller for ever); JSON-RPC batches hold at most `max_batch` calls.
+    pub fn new(
+        chain: Arc<str>,
+        urls: Vec<String>,
+        expected: Option<u64>,
+        timeout: Duration,
+        max_batch: usize,
+    ) -> Self {
         Self {
             chain,
             urls: Arc::new(urls),
+            timeout,
+            max_batch: max_batch.max(1),
             expected: Arc::new(Mutex::new(expected)),
             current: Arc::new(Mutex::new(Current {
                 index: 0,
@@ -79,9 +105,22 @@ impl Endpoints {
             url: url.clone(),
             source,
         };
-        let provider = RootProvider::<Ethereum>::connect(&url)
-            .await
-            .map_err(unreachable)?;
+        let provider = if url.starts_with("http://") || url.starts_with("https://") {
+            let unusable = |reason: String| EndpointError::Unusable {
+                url: url.clone(),
+                reason,
+            };
+            let parsed = url.parse().map_err(|e| unusable(format!("{e}")))?;
+            let client = reqwest::Client::builder()
+                .timeout(self.timeout)
+                .build()
+                .map_err(|e| unusable(e.to_string()))?;
+            RootProvider::<Ethereum>::new(RpcClient::new_http_with_client(client, parsed))
+        } else {
+            RootProvider::<Ethereum>::connect(&url)
+                .await
+                .map_err(unreachable)?
+        };
         let got = provider.get_chain_id().await.map_err(unreachable)?;
         {
             let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
@@ -119,6 +158,11 @@ impl Endpoints {
         c.provider = None;
         warn!(target: "m2pool::eth", chain = %self.chain, from = %self.urls[index], to = %self.urls[c.index],
               "switching node endpoint");
+    }
+
+    /// Most calls in one JSON-RPC batch (`eth_config.max_rpc_batch`).
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
     }
 
     /// The index of the current endpoint.

@@ -113,7 +113,13 @@ impl EthChain {
         events: mpsc::Sender<ChainEvent>,
         shutdown: CancellationToken,
     ) -> Result<(), ChainError> {
-        let endpoints = Endpoints::new(self.name.clone(), self.cfg.rpc_urls(), self.cfg.chain_id);
+        let endpoints = Endpoints::new(
+            self.name.clone(),
+            self.cfg.rpc_urls(),
+            self.cfg.chain_id,
+            self.cfg.rpc_timeout,
+            self.cfg.max_rpc_batch,
+        );
         let Some((chain_id, rpc)) = self.connect(&endpoints, &shutdown).await? else {
             return Ok(());
         };

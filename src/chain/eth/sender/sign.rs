@@ -232,9 +232,11 @@ pub(super) fn is_already_known(error: &str) -> bool {
     .any(|s| lower.contains(s))
 }
 
-/// Broadcasts `txs` in order in one JSON-RPC batch; for each, whether the node
-/// has it now (a refusal counts as accepted when the node says it already has
-/// it, or can find it by hash: "nonce too low" for ours, mined meanwhile).
+/// Broadcasts `txs` in order, in JSON-RPC batches of at most
+/// `eth_config.max_rpc_batch` sent one after the other (a node refuses a
+/// larger batch as a whole); for each, whether the node has it now (a refusal
+/// counts as accepted when the node says it already has it, or can find it by
+/// hash: "nonce too low" for ours, mined meanwhile).
 pub(super) async fn broadcast(endpoints: &Endpoints, txs: &[&SignedTx]) -> Vec<Result<(), String>> {
     if txs.is_empty() {
         return Vec::new();
@@ -243,7 +245,18 @@ pub(super) async fn broadcast(endpoints: &Endpoints, txs: &[&SignedTx]) -> Vec<R
         Ok((_, rpc)) => rpc,
         Err(e) => return txs.iter().map(|_| Err(e.to_string())).collect(),
     };
-    let rpc = &rpc;
+    let mut out = Vec::with_capacity(txs.len());
+    for chunk in txs.chunks(endpoints.max_batch()) {
+        out.extend(broadcast_batch(&rpc, chunk).await);
+    }
+    out
+}
+
+/// Broadcasts `txs` in order in one JSON-RPC batch (see [`broadcast`]).
+async fn broadcast_batch(
+    rpc: &RootProvider<Ethereum>,
+    txs: &[&SignedTx],
+) -> Vec<Result<(), String>> {
     let mut batch = alloy::rpc::client::BatchRequest::new(rpc.client());
     let mut waiters = Vec::with_capacity(txs.len());
     for tx in txs {
