@@ -710,13 +710,17 @@ async fn a_node_whose_range_logs_miss_a_block_cannot_hide_a_deposit() -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fallback_endpoint_is_used_when_the_first_is_down() -> Result<()> {
     let dead = free_port()?;
-    let w = World::with("fallback", &[], |c| {
-        let real = c["eth_config"]["rpc_url"].clone();
-        c["eth_config"]["rpc_url"] = format!("http://127.0.0.1:{dead}").into();
-        c["eth_config"]["fallback_rpc_urls"] = json!([real]);
-        c["eth_config"]["poll_interval_ms"] = 200.into();
-    })
-    .await?;
+    let w = World::new("fallback").await?;
+    deposit_seen_through_the_fallback(w, format!("http://127.0.0.1:{dead}")).await
+}
+
+/// With `first` as the JSON-RPC endpoint and the real node as its fallback, a
+/// deposit is reported.
+async fn deposit_seen_through_the_fallback(mut w: World, first: String) -> Result<()> {
+    let real = w.config_json["eth_config"]["rpc_url"].clone();
+    w.config_json["eth_config"]["rpc_url"] = first.into();
+    w.config_json["eth_config"]["fallback_rpc_urls"] = json!([real]);
+    w.config_json["eth_config"]["poll_interval_ms"] = 200.into();
     let mut replies = w.replies("topup_resp").await?;
     let daemon = w.start().await?;
     seen_deposit(&w, &mut replies).await?;
@@ -899,16 +903,8 @@ async fn a_node_that_never_answers_is_timed_out_and_the_fallback_used() -> Resul
     let mut w = World::new("silent-node").await?;
     let silent =
         rpc_proxy::RpcProxy::start(w.anvil.http(), Some(rpc_proxy::Refuse::Silent)).await?;
-    let real = w.config_json["eth_config"]["rpc_url"].clone();
-    w.config_json["eth_config"]["rpc_url"] = silent.url().into();
-    w.config_json["eth_config"]["fallback_rpc_urls"] = json!([real]);
     w.config_json["eth_config"]["rpc_timeout_secs"] = 1.into();
-    w.config_json["eth_config"]["poll_interval_ms"] = 200.into();
-    let mut replies = w.replies("topup_resp").await?;
-    let daemon = w.start().await?;
-    seen_deposit(&w, &mut replies).await?;
-    daemon.stop().await?;
-    w.cleanup().await
+    deposit_seen_through_the_fallback(w, silent.url()).await
 }
 
 /// A node that refuses JSON-RPC batches of more than 5 calls as a whole:
