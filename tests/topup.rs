@@ -221,6 +221,13 @@ async fn bad_signatures_and_malformed_bodies_are_answered_and_survived() -> Resu
     assert!(!w.store().await?.is_watched("ETH", "USDT", forged).await?);
 
     // Malformed bodies: no panic, no stop; addressable ones get status 0.
+    // (The deep one overflowed the stack of the signature check.)
+    let deep = format!(
+        r#"{{"address":"{}","sign":"00","a":{}1{}}}"#,
+        hex_addr(Address::random()),
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
     for raw in [
         &b"not json at all"[..],
         b"",
@@ -228,6 +235,7 @@ async fn bad_signatures_and_malformed_bodies_are_answered_and_survived() -> Resu
         b"{\"chain\":",
         b"\xff\xfe\x00garbage",
         b"{\"address\": 12}",
+        deep.as_bytes(),
     ] {
         w.publish_raw("topup", raw).await?;
     }

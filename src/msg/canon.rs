@@ -22,6 +22,42 @@ pub enum CanonError {
     /// is read can never differ.
     #[error("field `{0}` appears twice")]
     DuplicateField(String),
+    /// Arrays and objects nested deeper than [`MAX_DEPTH`]: no message needs
+    /// it, and walking it would cost stack and time out of proportion.
+    #[error("body nests arrays and objects deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+}
+
+/// How deep arrays and objects may nest in a body (a batch payment needs 3).
+pub const MAX_DEPTH: usize = 32;
+
+/// Whether `body` nests `[`/`{` deeper than [`MAX_DEPTH`] outside strings; a
+/// linear scan, so that nothing recursive ever sees such a body.
+fn too_deep(body: &[u8]) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// A JSON object with its members' raw text, sorted by name.
@@ -66,6 +102,9 @@ impl fmt::Display for DuplicateMarker {
 impl RawObject {
     /// Reads a body that must be one JSON object (and nothing after it).
     pub fn parse(body: &[u8]) -> Result<Self, CanonError> {
+        if too_deep(body) {
+            return Err(CanonError::TooDeep);
+        }
         serde_json::from_slice(body).map_err(|e| {
             let msg = e.to_string();
             match msg
@@ -173,6 +212,38 @@ mod tests {
             canon(body),
             "amount=50.250&chain=ETH&ok=true&symbol=USDT&timestamp=1758610297"
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursion() {
+        // Deep enough to overflow a thread's stack if anything recursed on it.
+        let deep = format!(
+            r#"{{"address":"0x1","a":{}1{}}}"#,
+            "[".repeat(200_000),
+            "]".repeat(200_000)
+        );
+        assert_eq!(
+            RawObject::parse(deep.as_bytes()).map(|_| ()),
+            Err(CanonError::TooDeep)
+        );
+        let at_limit = format!(
+            r#"{{"a":{}1{}}}"#,
+            "[".repeat(MAX_DEPTH - 1),
+            "]".repeat(MAX_DEPTH - 1)
+        );
+        assert!(RawObject::parse(at_limit.as_bytes()).is_ok());
+        let over = format!(
+            r#"{{"a":{}1{}}}"#,
+            "[".repeat(MAX_DEPTH),
+            "]".repeat(MAX_DEPTH)
+        );
+        assert_eq!(
+            RawObject::parse(over.as_bytes()).map(|_| ()),
+            Err(CanonError::TooDeep)
+        );
+        // Brackets inside strings (escaped quotes too) do not count.
+        let text = format!(r#"{{"a":"\"{}"}}"#, "[".repeat(1_000));
+        assert!(RawObject::parse(text.as_bytes()).is_ok());
     }
 
     #[test]

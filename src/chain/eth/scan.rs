@@ -76,6 +76,9 @@ fn node(what: &'static str) -> impl FnOnce(RpcError<TransportErrorKind>) -> Scan
     move |source| ScanError::Node { what, source }
 }
 
+/// Pause before reading a range again when the last read applied no block.
+const NO_PROGRESS_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Whether an `eth_getLogs` error asks for a smaller range.
 fn is_range_error(e: &RpcError<TransportErrorKind>) -> bool {
     let text = e.to_string().to_ascii_lowercase();
@@ -253,6 +256,14 @@ impl Scanner {
             };
             self.scan_range(from, to, logs, events, shutdown).await?;
             self.range.read();
+            // Nothing applied (the node does not have the block yet, or
+            // answered from another fork): ask again after a pause, not in a
+            // tight loop.
+            if self.cursor().map(|c| c.number) == Some(cursor.number)
+                && crate::backoff::sleep_or_shutdown(NO_PROGRESS_PAUSE, shutdown).await
+            {
+                break;
+            }
         }
         Ok(())
     }
@@ -475,6 +486,14 @@ impl Scanner {
                 (r.transaction_hash(), (r.status(), fee))
             })
             .collect();
+        // A value transfer without its receipt is not guessed at: the block
+        // is read again (a failed one is dropped, as a reverted call moved nothing).
+        if ether.iter().any(|t| !by_hash.contains_key(&t.tx_hash)) {
+            return Err(ScanError::Incomplete {
+                what: "eth_getBlockReceipts",
+                missing: "the receipt of an ether transfer",
+            });
+        }
         ether.retain(|t| by_hash.get(&t.tx_hash).is_some_and(|(ok, _)| *ok));
         let own = own
             .into_iter()

@@ -130,6 +130,21 @@ impl Actor {
                 // Shutdown first: no new batch is taken once it is asked for.
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
+                // A broadcast that fails (its record could not be stored)
+                // stops the actor now, not when the next batch comes.
+                done = async {
+                    match sending.as_mut() {
+                        Some(h) => h.await,
+                        None => std::future::pending().await,
+                    }
+                }, if sending.is_some() => {
+                    sending = None;
+                    match done {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(e)) => break Err(e),
+                        Err(e) => break Err(ActorError::Broadcast { message: e.to_string() }),
+                    }
+                }
                 n = jobs.recv_many(&mut batch, BATCH) => n,
             };
             if n == 0 {
