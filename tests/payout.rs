@@ -748,3 +748,58 @@ async fn shutdown_in_the_middle_of_a_batch_leaves_no_nonce_gap() -> Result<()> {
     daemon.stop().await?;
     w.cleanup().await
 }
+
+/// A forged batch of 1,000 empty transfers whose strings are long: each of
+/// the 1,000 refusals (status 3) echoes only short fields, so one request
+/// cannot make replies hundreds of times its own size; an id no valid request
+/// has (over 256 characters) is not echoed at all, and the daemon goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_echo_short_fields_only() -> Result<()> {
+    let w = World::new("echo-bound").await?;
+    let mut replies = w.replies("pay_resp").await?;
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, 100_000_000, ether(1)).await?;
+    let daemon = w.start().await?;
+    // Under the 1 MiB body limit: 60 KB of strings, 1,000 amounts of 300 digits.
+    let long = "x".repeat(20_000);
+    let digits: Value = serde_json::from_str(&"9".repeat(300))?;
+    let forged = |queue_id: &str| {
+        let items: Vec<Value> = (0..1000)
+            .map(|_| json!({"amount": digits.clone()}))
+            .collect();
+        json!({"queue_id": queue_id, "chain": long, "symbol": long, "from_address": long,
+               "timestamp": 1, "sign": "00", "transactions": items})
+    };
+    let echoed = "q".repeat(250);
+    w.publish_raw("pay", &serde_json::to_vec(&forged(&echoed))?)
+        .await?;
+    w.publish_raw("pay", &serde_json::to_vec(&forged(&"z".repeat(300)))?)
+        .await?;
+    let refused = replies
+        .wait_count("status 3 for each transfer", 1000, |v| {
+            v["queue_id"] == echoed.as_str() && v["status"] == 3
+        })
+        .await?;
+    let longest = refused.iter().map(|r| r.raw.len()).max().unwrap_or(0);
+    assert!(longest < 1_000, "a refusal of {longest} bytes");
+    assert_eq!(refused[0].v["chain"], "", "too long to echo");
+
+    // The daemon still pays.
+    w.publish("pay", json!({"queue_id": "after", "from_address": hex_addr(user), "chain": "ETH",
+        "symbol": "USDT", "timestamp": 1758610297,
+        "transactions": [{"order_id": "o-1", "to_address": hex_addr(Address::random()), "amount": 1}]}))
+    .await?;
+    replies
+        .wait("the next payment", |v| {
+            v["queue_id"] == "after" && v["status"] == 2
+        })
+        .await?;
+    assert!(
+        replies
+            .matching(|v| v["queue_id"].as_str().is_some_and(|q| q.starts_with('z')))
+            .is_empty(),
+        "an id over 256 characters is not echoed"
+    );
+    daemon.stop().await?;
+    w.cleanup().await
+}

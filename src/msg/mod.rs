@@ -95,7 +95,8 @@ impl Decimal {
     pub fn echo(text: Option<&str>) -> Self {
         match text {
             Some(t)
-                if serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok()
+                if t.len() <= ECHO_MAX
+                    && serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok()
                     && t.starts_with(|c: char| c == '-' || c.is_ascii_digit()) =>
             {
                 Self(t.to_owned())
@@ -200,6 +201,17 @@ pub fn opt_str_field(obj: &RawObject, field: &'static str) -> Result<Option<Stri
 /// A string field if it is one, for addressing a rejection; never fails.
 pub fn lenient_str(obj: &RawObject, field: &'static str) -> Option<String> {
     str_field(obj, field).ok()
+}
+
+/// Longest string a refusal echoes back ([`echo_str`]): above every valid
+/// value (ids are at most 200 characters), far below what would let one
+/// request make replies many times its own size.
+pub const ECHO_MAX: usize = 256;
+
+/// A string field to echo in a refusal: as [`lenient_str`], but `None` when it
+/// is longer than [`ECHO_MAX`] bytes (no valid request has such a value).
+pub fn echo_str(obj: &RawObject, field: &'static str) -> Option<String> {
+    lenient_str(obj, field).filter(|s| s.len() <= ECHO_MAX)
 }
 
 /// A required integer field (`timestamp`).

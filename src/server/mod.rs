@@ -140,7 +140,7 @@ impl Router {
     }
 
     fn watch_request(&self, kind: Kind, obj: &RawObject) -> Routed {
-        let Some(address) = msg::lenient_str(obj, "address").map(|a| a.to_ascii_lowercase()) else {
+        let Some(address) = msg::echo_str(obj, "address").map(|a| a.to_ascii_lowercase()) else {
             return Routed::Unaddressable {
                 reason: format!("{kind} request without an `address` string cannot be answered"),
             };
@@ -149,9 +149,9 @@ impl Router {
             let reply = reply::watch_refusal(
                 kind,
                 address.clone(),
-                msg::lenient_str(obj, "chain").unwrap_or_default(),
-                msg::lenient_str(obj, "symbol").unwrap_or_default(),
-                msg::lenient_str(obj, "queue_id"),
+                msg::echo_str(obj, "chain").unwrap_or_default(),
+                msg::echo_str(obj, "symbol").unwrap_or_default(),
+                msg::echo_str(obj, "queue_id"),
                 status,
                 error.clone(),
             );

@@ -27,8 +27,8 @@ struct ItemText {
 
 fn lenient_item(obj: &RawObject) -> ItemText {
     ItemText {
-        order_id: msg::lenient_str(obj, "order_id"),
-        to: msg::lenient_str(obj, "to_address").map(|a| a.to_ascii_lowercase()),
+        order_id: msg::echo_str(obj, "order_id"),
+        to: msg::echo_str(obj, "to_address").map(|a| a.to_ascii_lowercase()),
         amount: obj.get("amount").map(|v| v.get().trim().to_owned()),
     }
 }
@@ -62,7 +62,7 @@ pub(crate) fn content_hash(p: &NewPayout) -> [u8; 32] {
 
 impl Router {
     pub(super) fn payout_request(&self, kind: Kind, obj: &RawObject) -> Routed {
-        let Some(queue_id) = msg::lenient_str(obj, "queue_id") else {
+        let Some(queue_id) = msg::echo_str(obj, "queue_id") else {
             return Routed::Unaddressable {
                 reason: format!("{kind} request without a `queue_id` string cannot be answered"),
             };
@@ -92,12 +92,12 @@ impl Router {
                             queue_id: queue_id.clone(),
                             status,
                             amount: Decimal::echo(item.amount.as_deref()),
-                            chain: msg::lenient_str(obj, "chain").unwrap_or_default(),
-                            symbol: msg::lenient_str(obj, "symbol").unwrap_or_default(),
+                            chain: msg::echo_str(obj, "chain").unwrap_or_default(),
+                            symbol: msg::echo_str(obj, "symbol").unwrap_or_default(),
                             order_id: (kind == Kind::Pay)
                                 .then(|| item.order_id.clone().unwrap_or_default()),
                             tx_hash: String::new(),
-                            from_address: msg::lenient_str(obj, "from_address")
+                            from_address: msg::echo_str(obj, "from_address")
                                 .map(|a| a.to_ascii_lowercase()),
                             to_address: item.to.clone(),
                             error: Some(error.clone()),
