@@ -92,6 +92,52 @@ async fn a_deposit_reorged_out_and_mined_again_confirms_in_its_new_block() -> Re
     w.cleanup().await
 }
 
+/// A token deposit mined again after a reorganisation behind another
+/// transfer of the token sits at another log index in its new block: it is
+/// still one deposit, one `2` and one `1` (not a second `2` and a `0` for the
+/// old position).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_mined_again_at_another_log_index_is_one_deposit() -> Result<()> {
+    let w = World::new("reorg-log-index").await?;
+    let mut replies = w.replies("topup_resp").await?;
+    let daemon = w.start().await?;
+    let (_, tx, block) = seen_deposit(&w, &mut replies).await?;
+    let index_of = |r: &alloy::rpc::types::TransactionReceipt| {
+        r.inner.logs().first().and_then(|l| l.log_index)
+    };
+    let before = w.eth.get_transaction_receipt(tx).await?.context("mined")?;
+    let raw = raw_of(&w, tx).await?;
+    // The new first block holds a transfer of the token ahead of the deposit.
+    let filler = ITestUSDT::new(w.token, &w.eth)
+        .transfer(Address::random(), U256::ZERO)
+        .from(w.accounts[4])
+        .into_transaction_request();
+    let depth = w.head().await? - block + 1;
+    let _: Value = w
+        .eth
+        .raw_request(
+            "anvil_reorg".into(),
+            (depth, vec![json!([filler, 0]), json!([raw, 0])]),
+        )
+        .await?;
+    let after = w
+        .eth
+        .get_transaction_receipt(tx)
+        .await?
+        .context("mined again")?;
+    let new_block = after.block_number.context("block")?;
+    assert_ne!(index_of(&after), index_of(&before), "another log index");
+    w.mine(21).await?;
+    replies.wait("status 1", tx_is(tx, 1)).await?;
+    assert_eq!(
+        statuses(&replies, tx),
+        vec![(2, block), (1, new_block)],
+        "one 2, then one 1 in its new block"
+    );
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
 /// `tx` is gone from the chain; after 25 more blocks its deposit is answered
 /// `0` (left the canonical chain) and never `1`.
 async fn answered_left_the_chain(w: &World, replies: &mut Replies, tx: B256) -> Result<()> {

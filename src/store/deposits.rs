@@ -9,7 +9,7 @@
 use super::{Ctx, StoreError, StoreTx, address, b256, now_ms};
 use alloy::primitives::{Address, B256, U256};
 use sqlx::{QueryBuilder, Row, Sqlite};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Pending: seen in a canonical block, waiting for depth.
 pub const PENDING: i64 = 0;
@@ -58,6 +58,20 @@ pub enum DepositSeen {
     Known,
 }
 
+/// An earlier row of a transaction seen again (see [`StoreTx::match_earlier`]).
+struct EarlierRow {
+    id: i64,
+    log_index: i64,
+    symbol: String,
+    address: Vec<u8>,
+    from: Vec<u8>,
+    amount: String,
+    state: i64,
+    block_hash: Vec<u8>,
+    /// Already matched to a transfer of this batch.
+    claimed: bool,
+}
+
 /// A deposit whose `due` height has been reached.
 #[derive(Debug, Clone)]
 pub struct DueDeposit {
@@ -95,19 +109,23 @@ impl StoreTx {
 
     /// Records deposits seen in canonical blocks, in order; returns what each
     /// did. New deposits (the usual case) go in with a few multi-row
-    /// statements; only known ones are looked at one by one.
+    /// statements; transfers of transactions seen before are matched to their
+    /// earlier rows by content (see [`StoreTx::match_earlier`]).
     pub async fn deposits_seen(
         &mut self,
         ds: &[NewDeposit<'_>],
     ) -> Result<Vec<DepositSeen>, StoreError> {
         let now = now_ms();
-        let mut inserted: HashSet<(String, Vec<u8>, i64)> = HashSet::with_capacity(ds.len());
-        for chunk in ds.chunks(200) {
+        let mut out = vec![DepositSeen::New; ds.len()];
+        let fresh = self.match_earlier(ds, &mut out, now).await?;
+        let mut inserted: HashSet<(String, Vec<u8>, i64)> = HashSet::with_capacity(fresh.len());
+        for chunk in fresh.chunks(200) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO deposits (chain, tx_hash, log_index, symbol, address, from_address,
                     amount, block_number, block_hash, state, due, created_at, updated_at) ",
             );
-            q.push_values(chunk, |mut b, d| {
+            q.push_values(chunk, |mut b, &i| {
+                let d = &ds[i];
                 b.push_bind(d.chain)
                     .push_bind(d.tx_hash.as_slice())
                     .push_bind(d.log_index)
@@ -130,14 +148,154 @@ impl StoreTx {
                 .ctx("insert deposits")?;
             inserted.extend(rows);
         }
-        let mut out = Vec::with_capacity(ds.len());
-        for d in ds {
+        for &i in &fresh {
+            let d = &ds[i];
             let key = (d.chain.to_owned(), d.tx_hash.to_vec(), d.log_index);
-            out.push(if inserted.remove(&key) {
+            out[i] = if inserted.remove(&key) {
                 DepositSeen::New
             } else {
                 self.deposit_seen_again(d, now).await?
-            });
+            };
+        }
+        Ok(out)
+    }
+
+    /// Matches the transfers of transactions already in the store to their
+    /// earlier rows, sets their outcome in `out`, and returns the indexes of
+    /// the others (to insert).
+    ///
+    /// A transaction mined again after a reorganisation may sit elsewhere in
+    /// its new block, so its logs' indexes change: an earlier row is the same
+    /// deposit when symbol, recipient, sender and amount agree (the same log
+    /// index is preferred). Such a row is moved to the new block and index, so
+    /// the deposit keeps its one `2` and gets one final answer; a confirmed one
+    /// (a reorganisation deeper than the confirmation depth) is left as it is,
+    /// never credited twice.
+    async fn match_earlier(
+        &mut self,
+        ds: &[NewDeposit<'_>],
+        out: &mut [DepositSeen],
+        now: i64,
+    ) -> Result<Vec<usize>, StoreError> {
+        let mut earlier = self.earlier_rows(ds).await?;
+        let mut fresh = Vec::with_capacity(ds.len());
+        let mut moves: Vec<(i64, i64, usize)> = Vec::new();
+        for (i, d) in ds.iter().enumerate() {
+            let Some(rows) = earlier.get_mut(&d.tx_hash) else {
+                fresh.push(i);
+                continue;
+            };
+            // In the same block a transaction's logs keep their indexes: a
+            // row there at another index is another transfer.
+            let same = |r: &EarlierRow| {
+                !r.claimed
+                    && (r.block_hash != d.block_hash.as_slice() || r.log_index == d.log_index)
+                    && r.symbol == d.symbol
+                    && r.address == d.address.as_slice()
+                    && r.from == d.from.as_slice()
+                    && r.amount == d.amount.to_string()
+            };
+            let Some(r) = rows
+                .iter_mut()
+                .filter(|r| same(r))
+                .min_by_key(|r| (r.log_index != d.log_index, r.id))
+            else {
+                fresh.push(i);
+                continue;
+            };
+            r.claimed = true;
+            out[i] = match r.state {
+                PENDING
+                    if r.block_hash == d.block_hash.as_slice() && r.log_index == d.log_index =>
+                {
+                    DepositSeen::Known
+                }
+                CONFIRMED => DepositSeen::Known,
+                FAILED => DepositSeen::Reopened,
+                _ => DepositSeen::Remined,
+            };
+            if matches!(out[i], DepositSeen::Reopened | DepositSeen::Remined) {
+                moves.push((r.id, r.log_index, i));
+            }
+        }
+        // Indexes move in two steps, so that one row may take an index
+        // another row of the same transaction still holds.
+        for &(id, old, i) in &moves {
+            if old != ds[i].log_index {
+                sqlx::query("UPDATE deposits SET log_index = ? WHERE id = ?")
+                    .bind(-2 - id)
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await
+                    .ctx("move deposit")?;
+            }
+        }
+        for &(id, _, i) in &moves {
+            let d = &ds[i];
+            sqlx::query(
+                "UPDATE deposits SET log_index = ?, block_number = ?, block_hash = ?, state = ?,
+                    due = ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(d.log_index)
+            .bind(d.block_number as i64)
+            .bind(d.block_hash.as_slice())
+            .bind(PENDING)
+            .bind(d.due as i64)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await
+            .ctx("move deposit")?;
+        }
+        Ok(fresh)
+    }
+
+    /// Rows of earlier sightings of the transactions in `ds`, by hash (none
+    /// for a block seen for the first time, the usual case).
+    async fn earlier_rows(
+        &mut self,
+        ds: &[NewDeposit<'_>],
+    ) -> Result<HashMap<B256, Vec<EarlierRow>>, StoreError> {
+        let mut out: HashMap<B256, Vec<EarlierRow>> = HashMap::new();
+        let Some(chain) = ds.first().map(|d| d.chain) else {
+            return Ok(out);
+        };
+        let hashes: Vec<&B256> = ds
+            .iter()
+            .map(|d| &d.tx_hash)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        for chunk in hashes.chunks(500) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT id, tx_hash, log_index, symbol, address, from_address, amount, state, block_hash
+                 FROM deposits WHERE chain = ",
+            );
+            q.push_bind(chain).push(" AND tx_hash IN (");
+            let mut list = q.separated(", ");
+            for h in chunk {
+                list.push_bind(h.as_slice());
+            }
+            q.push(")");
+            for r in q
+                .build()
+                .fetch_all(&mut *self.tx)
+                .await
+                .ctx("read earlier deposits")?
+            {
+                let hash = b256(r.get::<&[u8], _>(1), "deposits.tx_hash")?;
+                out.entry(hash).or_default().push(EarlierRow {
+                    id: r.get(0),
+                    log_index: r.get(2),
+                    symbol: r.get(3),
+                    address: r.get(4),
+                    from: r.get(5),
+                    amount: r.get(6),
+                    state: r.get(7),
+                    block_hash: r.get(8),
+                    claimed: false,
+                });
+            }
         }
         Ok(out)
     }

@@ -268,6 +268,7 @@ async fn state_counts_match_the_tables_without_counting_them() {
     tx.decide_deposit(due[0].id, true).await.expect("confirm");
     for n in 0..5 {
         let mut more = dep(200, 9);
+        more.tx_hash = B256::repeat_byte(0xbb);
         more.log_index = 10 + n;
         tx.deposit_seen(&more).await.expect("seen");
     }
@@ -285,4 +286,110 @@ async fn state_counts_match_the_tables_without_counting_them() {
     tx.insert_payout(&payout("d")).await.expect("insert");
     drop(tx);
     assert_eq!(kept(&s).await, counted(&s).await);
+}
+
+#[tokio::test]
+async fn a_deposit_mined_again_at_another_log_index_keeps_its_row() {
+    let (_d, s) = store().await;
+    let mut tx = s.begin().await.expect("begin");
+    // One transaction paying two watched addresses: logs 3 and 4 of block 100.
+    let a = dep(100, 1);
+    let mut b = dep(100, 1);
+    b.log_index = 4;
+    b.address = Address::repeat_byte(7);
+    b.amount = U256::from(7u64);
+    assert_eq!(
+        tx.deposits_seen(&[a.clone(), b.clone()])
+            .await
+            .expect("seen"),
+        vec![DepositSeen::New, DepositSeen::New]
+    );
+    tx.orphan_deposits_above("ETH", 99).await.expect("orphan");
+    // Mined again in block 101 one position later: a takes b's old index.
+    let (mut a2, mut b2) = (a.clone(), b.clone());
+    for (d, index) in [(&mut a2, 4), (&mut b2, 5)] {
+        d.log_index = index;
+        d.block_number = 101;
+        d.block_hash = B256::repeat_byte(2);
+        d.due = 121;
+    }
+    assert_eq!(
+        tx.deposits_seen(&[a2.clone(), b2.clone()])
+            .await
+            .expect("seen"),
+        vec![DepositSeen::Remined, DepositSeen::Remined],
+        "no second status 2"
+    );
+    assert!(
+        tx.due_deposits("ETH", 120).await.expect("due").is_empty(),
+        "nothing decided at the old height"
+    );
+    let due = tx.due_deposits("ETH", 121).await.expect("due");
+    let got: Vec<_> = due
+        .iter()
+        .map(|d| (d.log_index, d.address, d.amount, d.block_number, d.orphaned))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (4, a.address, a.amount, 101, false),
+            (5, b.address, b.amount, 101, false)
+        ],
+        "two rows, moved, each with its own content"
+    );
+    // Seen again in the same block: nothing to do.
+    assert_eq!(
+        tx.deposits_seen(&[a2.clone()]).await.expect("seen"),
+        vec![DepositSeen::Known]
+    );
+    // Confirmed, then mined again elsewhere by a reorganisation deeper than
+    // the confirmation depth: not a second deposit.
+    tx.decide_deposit(due[0].id, true).await.expect("confirm");
+    let mut a3 = a2.clone();
+    a3.log_index = 0;
+    a3.block_number = 150;
+    a3.block_hash = B256::repeat_byte(3);
+    assert_eq!(
+        tx.deposits_seen(&[a3]).await.expect("seen"),
+        vec![DepositSeen::Known]
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deposits")
+        .fetch_one(&mut *tx.tx)
+        .await
+        .expect("count");
+    assert_eq!(rows, 2);
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn two_equal_transfers_in_one_transaction_stay_two_deposits() {
+    let (_d, s) = store().await;
+    let mut tx = s.begin().await.expect("begin");
+    let a = dep(100, 1);
+    let mut b = dep(100, 1);
+    b.log_index = 5;
+    assert_eq!(
+        tx.deposits_seen(&[a.clone(), b.clone()])
+            .await
+            .expect("seen"),
+        vec![DepositSeen::New, DepositSeen::New]
+    );
+    assert_eq!(
+        tx.deposits_seen(&[a.clone(), b.clone()])
+            .await
+            .expect("seen"),
+        vec![DepositSeen::Known, DepositSeen::Known]
+    );
+    // One at a time, the second one first: still each its own row.
+    let mut c = dep(100, 1);
+    c.log_index = 9;
+    assert_eq!(
+        tx.deposits_seen(&[c]).await.expect("seen"),
+        vec![DepositSeen::New]
+    );
+    assert_eq!(
+        tx.deposits_seen(&[b]).await.expect("seen"),
+        vec![DepositSeen::Known]
+    );
+    tx.commit().await.expect("commit");
 }
