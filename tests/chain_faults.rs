@@ -32,6 +32,15 @@ fn statuses(replies: &Replies, tx: B256) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The block `tx` is mined in now.
+async fn block_of(w: &World, tx: B256) -> Result<u64> {
+    w.eth
+        .get_transaction_receipt(tx)
+        .await?
+        .and_then(|r| r.block_number)
+        .context("mined")
+}
+
 async fn raw_of(w: &World, tx: B256) -> Result<Bytes> {
     Ok(w.eth
         .raw_request("eth_getRawTransactionByHash".into(), (tx,))
@@ -76,12 +85,7 @@ async fn a_deposit_reorged_out_and_mined_again_confirms_in_its_new_block() -> Re
         Ok(w.eth.get_transaction_receipt(tx).await?.is_some())
     })
     .await?;
-    let new_block = w
-        .eth
-        .get_transaction_receipt(tx)
-        .await?
-        .and_then(|r| r.block_number)
-        .context("mined again")?;
+    let new_block = block_of(&w, tx).await?;
     assert!(new_block > block);
 
     w.mine(20).await?;
@@ -134,6 +138,43 @@ async fn a_deposit_mined_again_at_another_log_index_is_one_deposit() -> Result<(
         vec![(2, block), (1, new_block)],
         "one 2, then one 1 in its new block"
     );
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+/// The address of a deposit already reported `2` is removed; then a
+/// reorganisation takes the deposit's block and the same transaction is mined
+/// again: the money did arrive, so the deposit still ends `1` in its new block
+/// (not `0` for a block that left the chain), and nothing else sent to the
+/// removed address is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_orphaned_after_its_address_was_removed_still_confirms() -> Result<()> {
+    let w = World::new("reorg-removed").await?;
+    let mut replies = w.replies("topup_resp").await?;
+    let mut removes = w.replies("remove_resp").await?;
+    let daemon = w.start().await?;
+    let (addr, tx, block) = seen_deposit(&w, &mut replies).await?;
+    w.publish("remove", topup(&hex_addr(addr), "USDT")).await?;
+    removes
+        .wait("remove status 1", |v| {
+            v["address"] == hex_addr(addr) && v["status"] == 1
+        })
+        .await?;
+    w.wait_watched("USDT", addr, false).await?;
+
+    let raw = raw_of(&w, tx).await?;
+    let depth = w.head().await? - block + 1;
+    let _: Value = w
+        .eth
+        .raw_request("anvil_reorg".into(), (depth, vec![json!([raw, 0])]))
+        .await?;
+    let new_block = block_of(&w, tx).await?;
+    // A later transfer to the removed address is not a deposit.
+    let (later, _) = w.send_usdt(w.user(), addr, 1_000_000).await?;
+    w.mine(21).await?;
+    replies.wait("status 1", tx_is(tx, 1)).await?;
+    assert_eq!(statuses(&replies, tx), vec![(2, block), (1, new_block)]);
+    assert!(replies.matching(tx_is(later, 2)).is_empty(), "not watched");
     daemon.stop().await?;
     w.cleanup().await
 }

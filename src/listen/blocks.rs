@@ -53,7 +53,11 @@ impl Listen {
                     self.own_tx_mined(tx, &chain, &block, o).await?;
                 }
                 for d in tx.due_deposits(&chain, block.number).await? {
+                    let tx_hash = d.tx_hash;
                     self.decide_deposit(tx, &chain, d, fx).await?;
+                    if let Some(set) = self.orphaned.get_mut(&*chain) {
+                        set.remove(&tx_hash);
+                    }
                 }
                 for p in tx.due_payouts(&chain, block.number).await? {
                     self.decide_payout(tx, &chain, p, fx).await?;
@@ -77,10 +81,19 @@ impl Listen {
         let Some(set) = self.watches.get(chain) else {
             return Ok(());
         };
+        let orphaned = self.orphaned.get(chain);
         let deposits: Vec<NewDeposit<'_>> = transfers
             .iter()
-            .filter(|t| set.contains(&t.to, &t.symbol))
-            .map(|t| NewDeposit {
+            .filter_map(|t| {
+                if set.contains(&t.to, &t.symbol) {
+                    Some((t, false))
+                } else if orphaned.is_some_and(|o| o.contains(&t.tx_hash)) {
+                    Some((t, true))
+                } else {
+                    None
+                }
+            })
+            .map(|(t, known_only)| NewDeposit {
                 chain,
                 tx_hash: t.tx_hash,
                 log_index: t.log_index,
@@ -91,6 +104,7 @@ impl Listen {
                 block_number: block.number,
                 block_hash: block.hash,
                 due: block.number + self.confirm_height,
+                known_only,
             })
             .collect();
         if deposits.is_empty() {
@@ -316,6 +330,13 @@ impl Listen {
         tx.drop_blocks_above(chain, fork.number).await?;
         tx.push_block(chain, fork, self.keep).await?;
         let orphaned = tx.orphan_deposits_above(chain, fork.number).await?;
+        if orphaned > 0 {
+            let txs = tx.orphaned_deposit_txs(chain).await?;
+            self.orphaned
+                .entry(chain.to_owned())
+                .or_default()
+                .extend(txs);
+        }
         let unmined = tx.unmine_payouts_above(chain, fork.number).await?;
         if unmined > 0 {
             fx.payout_chains.push(chain.to_owned());

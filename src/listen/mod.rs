@@ -26,9 +26,10 @@ use crate::reply::Reply;
 use crate::server::Request;
 use crate::store::{InboxRow, Store, StoreError, StoreTx};
 use crate::txlog::{Line, TxLog};
+use alloy::primitives::B256;
 use lapin::Acker;
 use lapin::options::BasicAckOptions;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -116,6 +117,11 @@ pub struct Listen {
     metrics: SharedMetrics,
     /// A dead-letter exchange is configured.
     dead_letters: bool,
+    /// Per chain, transactions whose deposits a reorganisation orphaned: a
+    /// transfer of theirs is matched to its deposit when mined again even if
+    /// its address was removed meanwhile (it was reported `2`; it must not
+    /// end `0` while the money did arrive).
+    orphaned: HashMap<String, HashSet<B256>>,
 }
 
 impl Listen {
@@ -151,6 +157,13 @@ impl Listen {
             .await?;
         info!(target: "m2pool::listen", watches = loaded, "watch set loaded");
         let decimals = config.eth.symbols().collect();
+        let mut orphaned = HashMap::new();
+        let mut tx = store.begin().await?;
+        for chain in &config.nets {
+            let txs: HashSet<B256> = tx.orphaned_deposit_txs(chain).await?.into_iter().collect();
+            orphaned.insert(chain.clone(), txs);
+        }
+        tx.commit().await?;
         let listen = Self {
             store,
             watches,
@@ -161,6 +174,7 @@ impl Listen {
             txlog,
             metrics,
             dead_letters: config.rmq.dead_letter_exchange.is_some(),
+            orphaned,
         };
         listen.count_watches();
         Ok(listen)

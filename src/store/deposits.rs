@@ -43,6 +43,10 @@ pub struct NewDeposit<'a> {
     pub block_hash: B256,
     /// Height at which it is final: `block_number + confirm_height`.
     pub due: u64,
+    /// Only to match a deposit already in the store (a transfer to an
+    /// address no longer watched, in a transaction whose deposit a
+    /// reorganisation orphaned): never recorded as a new one.
+    pub known_only: bool,
 }
 
 /// What recording a seen deposit did.
@@ -182,7 +186,11 @@ impl StoreTx {
         let mut moves: Vec<(i64, i64, usize)> = Vec::new();
         for (i, d) in ds.iter().enumerate() {
             let Some(rows) = earlier.get_mut(&d.tx_hash) else {
-                fresh.push(i);
+                if d.known_only {
+                    out[i] = DepositSeen::Known;
+                } else {
+                    fresh.push(i);
+                }
                 continue;
             };
             // In the same block a transaction's logs keep their indexes: a
@@ -200,7 +208,11 @@ impl StoreTx {
                 .filter(|r| same(r))
                 .min_by_key(|r| (r.log_index != d.log_index, r.id))
             else {
-                fresh.push(i);
+                if d.known_only {
+                    out[i] = DepositSeen::Known;
+                } else {
+                    fresh.push(i);
+                }
                 continue;
             };
             r.claimed = true;
@@ -366,6 +378,20 @@ impl StoreTx {
         .await
         .ctx("orphan deposits")?;
         Ok(done.rows_affected())
+    }
+
+    /// Transactions of the orphaned deposits of `chain` (left the chain,
+    /// waiting to be mined again).
+    pub async fn orphaned_deposit_txs(&mut self, chain: &str) -> Result<Vec<B256>, StoreError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT DISTINCT tx_hash FROM deposits INDEXED BY deposits_due WHERE chain = ? AND state IN (0, 3) AND state = ?",
+        )
+        .bind(chain)
+        .bind(ORPHANED)
+        .fetch_all(&mut *self.tx)
+        .await
+        .ctx("read orphaned deposits")?;
+        rows.iter().map(|h| b256(h, "deposits.tx_hash")).collect()
     }
 
     /// Confirmed deposits in blocks above `fork`: a reorganisation deeper than

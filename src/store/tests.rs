@@ -21,6 +21,7 @@ fn dep(block: u64, hash: u8) -> NewDeposit<'static> {
         block_number: block,
         block_hash: B256::repeat_byte(hash),
         due: block + 20,
+        known_only: false,
     }
 }
 
@@ -391,5 +392,41 @@ async fn two_equal_transfers_in_one_transaction_stay_two_deposits() {
         tx.deposits_seen(&[b]).await.expect("seen"),
         vec![DepositSeen::Known]
     );
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn a_known_only_transfer_matches_but_never_creates_a_deposit() {
+    let (_d, s) = store().await;
+    let mut tx = s.begin().await.expect("begin");
+    let mut stranger = dep(100, 1);
+    stranger.known_only = true;
+    assert_eq!(
+        tx.deposits_seen(&[stranger]).await.expect("seen"),
+        vec![DepositSeen::Known]
+    );
+    assert!(
+        tx.orphaned_deposit_txs("ETH")
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    tx.deposit_seen(&dep(100, 1)).await.expect("seen");
+    tx.orphan_deposits_above("ETH", 99).await.expect("orphan");
+    assert_eq!(
+        tx.orphaned_deposit_txs("ETH").await.expect("read"),
+        vec![B256::repeat_byte(0xaa)]
+    );
+    let mut again = dep(101, 2);
+    again.known_only = true;
+    assert_eq!(
+        tx.deposits_seen(&[again]).await.expect("seen"),
+        vec![DepositSeen::Remined]
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deposits")
+        .fetch_one(&mut *tx.tx)
+        .await
+        .expect("count");
+    assert_eq!(rows, 1);
     tx.commit().await.expect("commit");
 }
