@@ -97,6 +97,38 @@ fn spawn_critical<F, E>(
     });
 }
 
+/// How often old requests and responses are pruned (`msg_config.keep_days`).
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes requests and sent responses older than `keep` from the message
+/// store, at start and then every hour; a failure is logged and tried again
+/// at the next round (it costs disk, never a message).
+async fn retention(
+    store: Store,
+    keep: std::time::Duration,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let cutoff = now.saturating_sub(keep).as_millis() as i64;
+        match store.prune(cutoff).await {
+            Ok((0, 0)) => {}
+            Ok((requests, responses)) => {
+                info!(target: "m2pool::store", requests, responses, keep_days = keep.as_secs() / 86_400,
+                      "old requests and responses deleted");
+            }
+            Err(e) => {
+                warn!(target: "m2pool::store", error = %e, "pruning the message store failed; trying again later")
+            }
+        }
+        if crate::backoff::sleep_or_shutdown(PRUNE_EVERY, &shutdown).await {
+            return Ok(());
+        }
+    }
+}
+
 /// The daemon's secrets.
 #[derive(Debug, Clone)]
 pub struct Secrets {
@@ -199,6 +231,16 @@ pub async fn run(
     }
     let chain_tx_weak = chain_tx.downgrade();
     drop(chain_tx);
+
+    if let Some(keep) = config.keep {
+        spawn_critical(
+            &tracker,
+            &shutdown,
+            &failure,
+            "retention".into(),
+            retention(store.clone(), keep, shutdown.clone()),
+        );
+    }
 
     spawn_critical(
         &tracker,

@@ -924,3 +924,51 @@ async fn the_compose_stack_deploys_the_token_its_config_names() -> Result<()> {
     }
     Ok(())
 }
+
+/// With `msg_config.keep_days`, the daemon deletes requests older than that
+/// from the message store when it starts; newer ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_requests_are_pruned_when_keep_days_is_set() -> Result<()> {
+    let mut w = World::new("retention").await?;
+    w.config_json["msg_config"]["keep_days"] = 1.into();
+    let daemon = w.start().await?;
+    let (a, b, c) = (Address::random(), Address::random(), Address::random());
+    for addr in [a, b, c] {
+        w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
+        w.wait_watched("USDT", addr, true).await?;
+    }
+    daemon.stop().await?;
+    let path = w.config()?.msg_store;
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await?;
+    // The first two requests were received two days ago.
+    sqlx::query(
+        "UPDATE inbox SET received_at = ? WHERE id IN (SELECT id FROM inbox ORDER BY id LIMIT 2)",
+    )
+    .bind(millis_ago(2 * 86_400_000))
+    .execute(&db)
+    .await?;
+    let daemon = w.start().await?;
+    eventually("the old requests are deleted", || async {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
+            .fetch_one(&db)
+            .await?;
+        Ok(n == 1)
+    })
+    .await?;
+    // What they did stays: the addresses are still watched.
+    for addr in [a, b, c] {
+        w.wait_watched("USDT", addr, true).await?;
+    }
+    daemon.stop().await?;
+    db.close().await;
+    w.cleanup().await
+}
+
+/// Unix milliseconds `ms` ago.
+fn millis_ago(ms: i64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    now - ms
+}

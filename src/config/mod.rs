@@ -73,6 +73,9 @@ pub struct Config {
     /// SQLite file of the message store (inbox, outbox, watches, deposits,
     /// block cursor): `msg_config.sqlite_path`, default `./msg.db`.
     pub msg_store: PathBuf,
+    /// Requests and sent responses older than this are deleted from the
+    /// message store (`msg_config.keep_days`; `None`, the default: kept).
+    pub keep: Option<Duration>,
     /// Where the wallets and their ledger live.
     pub wallet_store: WalletStore,
     /// Ethereum node and tokens.
@@ -406,10 +409,21 @@ impl Config {
             remove_resp: r.remove_resp.map(|x| q("remove_resp", x)).transpose()?,
         };
 
-        let msg_store = raw
-            .msg_config
-            .and_then(|m| m.sqlite_path)
-            .unwrap_or_else(|| PathBuf::from("./msg.db"));
+        let (msg_store, keep_days) = match raw.msg_config {
+            Some(m) => (m.sqlite_path, m.keep_days),
+            None => (None, None),
+        };
+        let msg_store = msg_store.unwrap_or_else(|| PathBuf::from("./msg.db"));
+        let keep = match keep_days {
+            None | Some(0) => None,
+            Some(d @ 1..=36_500) => Some(Duration::from_secs(d * 86_400)),
+            Some(d) => {
+                return Err(invalid(
+                    "msg_config.keep_days",
+                    format!("{d} is out of range; use 1 to 36500, or 0 to keep everything"),
+                ));
+            }
+        };
 
         let mut e = raw.eth_config;
         let mysql = match (raw.mysql_config.and_then(|m| m.wallet), e.db_config.take()) {
@@ -475,6 +489,7 @@ impl Config {
             nets,
             rmq,
             msg_store,
+            keep,
             wallet_store,
             eth,
             log,

@@ -64,6 +64,7 @@ pub(super) struct RawQueue {
 #[derive(Debug, Deserialize)]
 pub(super) struct RawMsg {
     pub sqlite_path: Option<PathBuf>,
+    pub keep_days: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -21,6 +21,7 @@ fn go_v2_config_loads_unchanged() {
     assert_eq!(c.eth.confirm_height, 20);
     assert_eq!(c.eth.rpc_timeout, std::time::Duration::from_secs(30));
     assert_eq!(c.eth.max_rpc_batch, 100);
+    assert_eq!(c.keep, None, "everything kept unless asked");
     assert_eq!(c.eth.tokens.len(), 1);
     assert_eq!(c.eth.tokens[0].symbol, "USDT");
     assert_eq!(c.eth.tokens[0].decimals, 6);
@@ -190,6 +191,10 @@ fn errors_name_the_key() {
         (
             Box::new(|v| v["eth_config"]["max_rpc_batch"] = 0.into()),
             "eth_config.max_rpc_batch",
+        ),
+        (
+            Box::new(|v| v["msg_config"]["keep_days"] = 100_000.into()),
+            "msg_config.keep_days",
         ),
     ];
     for (edit, want) in cases {

@@ -336,6 +336,44 @@ impl Store {
         .ctx("read inbox span")
     }
 
+    /// Deletes requests recorded before `cutoff` (unix milliseconds) and
+    /// responses the broker confirmed before it, oldest first, in short
+    /// statements of a few thousand rows so the writer is never held up long;
+    /// returns how many of each. Nothing else needs them: payouts keep their
+    /// own idempotency key, and a repeat of a request older than the cutoff is
+    /// applied as a new one (a payout's `queue_id` still refuses a second
+    /// payment). The newest row of each table stays: SQLite hands out the
+    /// next id after the highest one present, and the outbox relay relies on
+    /// ids that only grow.
+    pub async fn prune(&self, cutoff: i64) -> Result<(u64, u64), StoreError> {
+        const CHUNK: i64 = 5_000;
+        let mut removed = [0u64; 2];
+        for (i, sql) in [
+            "DELETE FROM inbox WHERE id IN (SELECT id FROM inbox ORDER BY id LIMIT ?)
+                AND received_at < ? AND id < (SELECT MAX(id) FROM inbox)",
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)
+                AND sent_at IS NOT NULL AND sent_at < ? AND id < (SELECT MAX(id) FROM outbox)",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            loop {
+                let done = sqlx::query(sql)
+                    .bind(CHUNK)
+                    .bind(cutoff)
+                    .execute(&self.pool)
+                    .await
+                    .ctx("prune")?
+                    .rows_affected();
+                removed[i] += done;
+                if done == 0 {
+                    break;
+                }
+            }
+        }
+        Ok((removed[0], removed[1]))
+    }
+
     /// Bodies of the outbox rows of `kind` (`topup_resp`, …), sent or not,
     /// oldest first: for tools and tests.
     pub async fn outbox_bodies(&self, kind: &str) -> Result<Vec<Vec<u8>>, StoreError> {

@@ -430,3 +430,58 @@ async fn a_known_only_transfer_matches_but_never_creates_a_deposit() {
     assert_eq!(rows, 1);
     tx.commit().await.expect("commit");
 }
+
+#[tokio::test]
+async fn prune_deletes_old_requests_and_sent_responses_only() {
+    let (_d, s) = store().await;
+    let row = |h: &'static [u8; 32]| InboxRow {
+        kind: "topup",
+        body_hash: h,
+        body: b"{}",
+        outcome: Outcome::Accepted,
+        error: None,
+    };
+    let mut tx = s.begin().await.expect("begin");
+    tx.record_requests(&[row(&[1u8; 32]), row(&[2u8; 32])])
+        .await
+        .expect("insert");
+    for body in [&b"sent"[..], b"unsent", b"sent later"] {
+        tx.push_outbox("topup_resp", body).await.expect("outbox");
+    }
+    tx.commit().await.expect("commit");
+    let rows = s.unsent(0, 10).await.expect("unsent");
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    s.mark_sent(&[ids[0]]).await.expect("sent");
+
+    // Nothing is older than a cutoff in the past.
+    assert_eq!(s.prune(1).await.expect("prune"), (0, 0));
+    let later = now_ms() + 1_000;
+    s.mark_sent(&[ids[2]]).await.expect("sent");
+    sqlx::query("UPDATE outbox SET sent_at = ? WHERE id = ?")
+        .bind(later + 1_000)
+        .bind(ids[2])
+        .execute(&s.pool)
+        .await
+        .expect("later");
+    // The first request (the newest stays, so ids keep growing), the first
+    // response; not the unsent one, nor the one sent after the cutoff.
+    assert_eq!(s.prune(later).await.expect("prune"), (1, 1));
+    assert_eq!(s.inbox_span().await.expect("span").0, 2);
+    assert_eq!(
+        s.outbox_bodies("topup_resp").await.expect("bodies"),
+        vec![b"unsent".to_vec(), b"sent later".to_vec()]
+    );
+    assert_eq!(s.prune(later).await.expect("prune"), (0, 0));
+    // Everything sent long ago: all but the newest row go, and ids keep
+    // growing after the prune.
+    sqlx::query("UPDATE outbox SET sent_at = 1")
+        .execute(&s.pool)
+        .await
+        .expect("sent");
+    assert_eq!(s.prune(later).await.expect("prune"), (0, 1));
+    let mut tx = s.begin().await.expect("begin");
+    tx.push_outbox("topup_resp", b"next").await.expect("outbox");
+    tx.commit().await.expect("commit");
+    let next = s.unsent(ids[2], 10).await.expect("unsent");
+    assert_eq!(next.len(), 1, "a new row comes after every id handed out");
+}
