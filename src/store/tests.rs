@@ -25,16 +25,20 @@ fn dep(block: u64, hash: u8) -> NewDeposit<'static> {
     }
 }
 
-#[tokio::test]
-async fn inbox_refuses_redelivery_and_repeats_within_a_batch() {
-    let (_d, s) = store().await;
-    let row = |h: &'static [u8; 32]| InboxRow {
+/// An accepted topup with body hash `h`.
+fn row(h: &'static [u8; 32]) -> InboxRow<'static> {
+    InboxRow {
         kind: "topup",
         body_hash: h,
         body: b"{}",
         outcome: Outcome::Accepted,
         error: None,
-    };
+    }
+}
+
+#[tokio::test]
+async fn inbox_refuses_redelivery_and_repeats_within_a_batch() {
+    let (_d, s) = store().await;
     let (a, b) = (&[7u8; 32], &[8u8; 32]);
     let mut tx = s.begin().await.expect("begin");
     let new = tx
@@ -434,13 +438,6 @@ async fn a_known_only_transfer_matches_but_never_creates_a_deposit() {
 #[tokio::test]
 async fn prune_deletes_old_requests_and_sent_responses_only() {
     let (_d, s) = store().await;
-    let row = |h: &'static [u8; 32]| InboxRow {
-        kind: "topup",
-        body_hash: h,
-        body: b"{}",
-        outcome: Outcome::Accepted,
-        error: None,
-    };
     let mut tx = s.begin().await.expect("begin");
     tx.record_requests(&[row(&[1u8; 32]), row(&[2u8; 32])])
         .await
