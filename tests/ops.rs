@@ -972,3 +972,75 @@ fn millis_ago(ms: i64) -> i64 {
         .unwrap_or_default();
     now - ms
 }
+
+/// One response queue is gone (deleted at runtime, so its responses come back
+/// unroutable) and more of its responses wait than the relay reads in one
+/// round: the other queues' responses still go out (before, they waited
+/// behind the stuck ones for as long as the queue was gone), and the stuck
+/// ones go out, all of them, once the queue is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_response_queue_does_not_hold_up_the_others() -> Result<()> {
+    let w = World::new("stuck-kind").await?;
+    let mut topups = w.replies("topup_resp").await?;
+    let daemon = w.start().await?;
+    // Once an address is watched, the daemon has declared its topology.
+    let first = Address::random();
+    w.publish("topup", topup(&hex_addr(first), "USDT")).await?;
+    w.wait_watched("USDT", first, true).await?;
+    let e = w.config_json["rmq_config"]["remove_resp"].clone();
+    let queue = e["queue"].as_str().context("remove_resp queue")?;
+    let ch = w.amqp.create_channel().await?;
+    ch.queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await?;
+    // 4,200 forged removes (more than a relay round): each answered 3 on the
+    // queue that is gone.
+    let n = 4_200;
+    for _ in 0..n {
+        let mut body = topup(&hex_addr(Address::random()), "USDT");
+        body["sign"] = "00".into();
+        w.publish_raw("remove", &serde_json::to_vec(&body)?).await?;
+    }
+    eventually("the refusals are in the outbox", || async {
+        let store = w.store().await?;
+        let k = store.outbox_bodies("remove_resp").await?.len();
+        store.close().await;
+        Ok(k >= n)
+    })
+    .await?;
+    // A deposit's status 2 comes after them in the outbox, and still goes out.
+    let addr = Address::random();
+    w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
+    w.wait_watched("USDT", addr, true).await?;
+    let (tx, _) = w.send_usdt(w.user(), addr, 1_000_000).await?;
+    let hash = format!("{tx:#x}");
+    topups
+        .wait("status 2 past the stuck queue", |v| {
+            v["tx_hash"] == hash.as_str() && v["status"] == 2
+        })
+        .await?;
+
+    // The queue comes back: every stuck response goes out.
+    ch.queue_declare(
+        queue.into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        queue.into(),
+        e["exchange"].as_str().unwrap_or_default().into(),
+        e["routing"][0].as_str().unwrap_or_default().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let mut back = w.replies("remove_resp").await?;
+    back.wait_count("the refusals", n, |v| v["status"] == 3)
+        .await?;
+    let _ = ch.close(200, "done".into()).await;
+    daemon.stop().await?;
+    w.cleanup().await
+}

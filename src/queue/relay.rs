@@ -91,6 +91,11 @@ pub(super) async fn relay(
         ..BasicPublishOptions::default()
     };
     let mut after = 0i64;
+    // Response kinds with a row that failed since the sweep began at id 0:
+    // their later rows wait (so that each queue's answers stay in order)
+    // while the other kinds go on; at the end of the outbox the sweep starts
+    // over from the first unsent row.
+    let mut blocked: HashSet<String> = HashSet::new();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut flush_until: Option<Instant> = None;
     loop {
@@ -102,7 +107,21 @@ pub(super) async fn relay(
                 break;
             }
         }
-        let rows = store.unsent(after, BATCH).await?;
+        let mut rows = store.unsent(after, BATCH).await?;
+        if rows.is_empty() && !blocked.is_empty() {
+            // Everything after the failures was tried: retry them, in order.
+            blocked.clear();
+            after = 0;
+            let (delay, _) = backoff.next_delay();
+            tokio::time::sleep(delay).await;
+            continue;
+        }
+        let read_to = rows.last().map_or(after, |r| r.id);
+        rows.retain(|r| !blocked.contains(&r.kind));
+        if rows.is_empty() && read_to > after {
+            after = read_to;
+            continue;
+        }
         if rows.is_empty() {
             if flush_until.is_some() && drained.is_cancelled() {
                 // Listen has committed its last batch and all of it is out.
@@ -192,6 +211,7 @@ pub(super) async fn relay(
             }
         }
         drop(publishes);
+        let was_lost = lost.is_some();
         if let Some(e) = lost {
             ch.wait_for_recovery(e)
                 .await
@@ -245,14 +265,21 @@ pub(super) async fn relay(
             }
         }
         debug!(target: "m2pool::queue", sent = sent.len(), "responses confirmed");
-        if failed {
+        if was_lost || (failed && broken.is_empty()) {
+            // The channel was lost mid-round: rows after the loss were not
+            // even published. Start the sweep over.
+            blocked.clear();
             after = 0;
             let (delay, _) = backoff.next_delay();
             tokio::time::sleep(delay).await;
-        } else {
-            backoff.reset();
-            after = rows.last().map_or(after, |r| r.id);
+            continue;
         }
+        if failed {
+            blocked.extend(broken.iter().map(|k| (*k).to_owned()));
+        } else if blocked.is_empty() {
+            backoff.reset();
+        }
+        after = read_to;
     }
     Ok(())
 }
