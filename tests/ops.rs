@@ -163,16 +163,7 @@ async fn health_and_metrics_answer_real_http_requests() -> Result<()> {
     );
 
     // A deposit and a withdrawal, both seen and pending.
-    let addr = Address::random();
-    w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
-    w.wait_watched("USDT", addr, true).await?;
-    let (tx, _) = w.send_usdt(w.user(), addr, 1_000_000).await?;
-    let hash = format!("{tx:#x}");
-    topups
-        .wait("deposit status 2", |v| {
-            v["tx_hash"] == hash.as_str() && v["status"] == 2
-        })
-        .await?;
+    let hash = deposit_seen(&w, &mut topups).await?;
     let request = json!({"queue_id": "m-1", "from_address": hex_addr(user), "to_address": hex_addr(Address::random()),
                          "amount": 2.5, "chain": "ETH", "symbol": "USDT", "timestamp": 1758610297});
     w.publish("withdraw", request).await?;
@@ -1008,16 +999,7 @@ async fn a_stuck_response_queue_does_not_hold_up_the_others() -> Result<()> {
     })
     .await?;
     // A deposit's status 2 comes after them in the outbox, and still goes out.
-    let addr = Address::random();
-    w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
-    w.wait_watched("USDT", addr, true).await?;
-    let (tx, _) = w.send_usdt(w.user(), addr, 1_000_000).await?;
-    let hash = format!("{tx:#x}");
-    topups
-        .wait("status 2 past the stuck queue", |v| {
-            v["tx_hash"] == hash.as_str() && v["status"] == 2
-        })
-        .await?;
+    deposit_seen(&w, &mut topups).await?;
 
     // The queue comes back: every stuck response goes out.
     ch.queue_declare(
@@ -1043,4 +1025,20 @@ async fn a_stuck_response_queue_does_not_hold_up_the_others() -> Result<()> {
     let _ = ch.close(200, "done".into()).await;
     daemon.stop().await?;
     w.cleanup().await
+}
+
+/// A new address is watched, 1 USDT is sent to it, and its status 2 arrives;
+/// returns the transfer's hash as the responses write it.
+async fn deposit_seen(w: &World, topups: &mut Replies) -> Result<String> {
+    let addr = Address::random();
+    w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
+    w.wait_watched("USDT", addr, true).await?;
+    let (tx, _) = w.send_usdt(w.user(), addr, 1_000_000).await?;
+    let hash = format!("{tx:#x}");
+    topups
+        .wait("deposit status 2", |v| {
+            v["tx_hash"] == hash.as_str() && v["status"] == 2
+        })
+        .await?;
+    Ok(hash)
 }
