@@ -184,6 +184,8 @@ impl StoreTx {
         let mut earlier = self.earlier_rows(ds).await?;
         let mut fresh = Vec::with_capacity(ds.len());
         let mut moves: Vec<(i64, i64, usize)> = Vec::new();
+        // New transfers of transactions seen before (their key may be taken).
+        let mut fresh_seen_tx: Vec<usize> = Vec::new();
         for (i, d) in ds.iter().enumerate() {
             let Some(rows) = earlier.get_mut(&d.tx_hash) else {
                 if d.known_only {
@@ -212,6 +214,7 @@ impl StoreTx {
                     out[i] = DepositSeen::Known;
                 } else {
                     fresh.push(i);
+                    fresh_seen_tx.push(i);
                 }
                 continue;
             };
@@ -241,6 +244,28 @@ impl StoreTx {
                     .await
                     .ctx("move deposit")?;
             }
+        }
+        // The key a transfer takes may still be held by a row of the same
+        // transaction that matched nothing here (an earlier transfer of it
+        // that did not come back, or a confirmed one): that row steps aside
+        // to its own spare index, so no move or insert can collide.
+        let takers = moves
+            .iter()
+            .map(|&(id, _, i)| (id, i))
+            .chain(fresh_seen_tx.iter().map(|&i| (0, i)));
+        for (taker, i) in takers {
+            let d = &ds[i];
+            sqlx::query(
+                "UPDATE deposits SET log_index = -2 - id
+                 WHERE chain = ? AND tx_hash = ? AND log_index = ? AND id != ?",
+            )
+            .bind(d.chain)
+            .bind(d.tx_hash.as_slice())
+            .bind(d.log_index)
+            .bind(taker)
+            .execute(&mut *self.tx)
+            .await
+            .ctx("free deposit key")?;
         }
         for &(id, _, i) in &moves {
             let d = &ds[i];

@@ -293,16 +293,21 @@ async fn state_counts_match_the_tables_without_counting_them() {
     assert_eq!(kept(&s).await, counted(&s).await);
 }
 
-#[tokio::test]
-async fn a_deposit_mined_again_at_another_log_index_keeps_its_row() {
-    let (_d, s) = store().await;
-    let mut tx = s.begin().await.expect("begin");
-    // One transaction paying two watched addresses: logs 3 and 4 of block 100.
+/// One transaction paying two watched addresses: logs 3 and 4 of block 100.
+fn two_transfers() -> (NewDeposit<'static>, NewDeposit<'static>) {
     let a = dep(100, 1);
     let mut b = dep(100, 1);
     b.log_index = 4;
     b.address = Address::repeat_byte(7);
     b.amount = U256::from(7u64);
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_deposit_mined_again_at_another_log_index_keeps_its_row() {
+    let (_d, s) = store().await;
+    let mut tx = s.begin().await.expect("begin");
+    let (a, b) = two_transfers();
     assert_eq!(
         tx.deposits_seen(&[a.clone(), b.clone()])
             .await
@@ -481,4 +486,67 @@ async fn prune_deletes_old_requests_and_sent_responses_only() {
     tx.commit().await.expect("commit");
     let next = s.unsent(ids[2], 10).await.expect("unsent");
     assert_eq!(next.len(), 1, "a new row comes after every id handed out");
+}
+
+#[tokio::test]
+async fn a_key_held_by_a_transfer_that_did_not_come_back_is_freed() {
+    let (_d, s) = store().await;
+    let mut tx = s.begin().await.expect("begin");
+    let (a, b) = two_transfers();
+    tx.deposits_seen(&[a.clone(), b.clone()])
+        .await
+        .expect("seen");
+    // Left the chain, not back by their due height: both failed.
+    tx.orphan_deposits_above("ETH", 99).await.expect("orphan");
+    for d in tx.due_deposits("ETH", 120).await.expect("due") {
+        tx.decide_deposit(d.id, false).await.expect("fail");
+    }
+    // Mined again one position later, and only a's transfer is looked at
+    // (b's address no longer watched): a takes index 4, which b's row held.
+    let mut a2 = a.clone();
+    a2.log_index = 4;
+    a2.block_number = 130;
+    a2.block_hash = B256::repeat_byte(3);
+    a2.due = 150;
+    assert_eq!(
+        tx.deposits_seen(&[a2]).await.expect("no key collision"),
+        vec![DepositSeen::Reopened]
+    );
+    let due = tx.due_deposits("ETH", 150).await.expect("due");
+    let got: Vec<_> = due.iter().map(|d| (d.log_index, d.address)).collect();
+    assert_eq!(got, vec![(4, a.address)], "a moved to 4");
+
+    // A transaction executed differently when mined again: a transfer of
+    // other content at the index an old, failed row holds is a new deposit
+    // (the old row neither blocks it nor is reopened with the wrong content).
+    let mut old = dep(200, 5);
+    old.tx_hash = B256::repeat_byte(0xcc);
+    tx.deposit_seen(&old).await.expect("seen");
+    tx.orphan_deposits_above("ETH", 199).await.expect("orphan");
+    for d in tx.due_deposits("ETH", 220).await.expect("due") {
+        tx.decide_deposit(d.id, false).await.expect("fail");
+    }
+    let mut other = old.clone();
+    other.amount = U256::from(1u64);
+    other.block_number = 230;
+    other.block_hash = B256::repeat_byte(6);
+    other.due = 250;
+    assert_eq!(
+        tx.deposits_seen(&[other.clone()])
+            .await
+            .expect("no key collision"),
+        vec![DepositSeen::New]
+    );
+    let due = tx.due_deposits("ETH", 250).await.expect("due");
+    let got: Vec<_> = due
+        .iter()
+        .filter(|d| d.tx_hash == other.tx_hash)
+        .map(|d| (d.log_index, d.amount))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(3, U256::from(1u64))],
+        "the new content, at its index"
+    );
+    tx.commit().await.expect("commit");
 }
