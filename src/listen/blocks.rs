@@ -112,6 +112,10 @@ impl Listen {
         }
         let outcomes = tx.deposits_seen(&deposits).await?;
         for (d, seen) in deposits.iter().zip(outcomes) {
+            if d.known_only && seen == DepositSeen::Known {
+                // A transfer of an orphaned transaction that is no deposit.
+                continue;
+            }
             info!(target: "m2pool::listen", chain, symbol = %d.symbol, address = %addr_hex(&d.address),
                   tx = %hash_hex(&d.tx_hash), block = block.number, ?seen, "deposit seen");
             if matches!(seen, DepositSeen::New | DepositSeen::Reopened) {
