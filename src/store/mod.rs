@@ -346,20 +346,27 @@ impl Store {
     /// next id after the highest one present, and the outbox relay relies on
     /// ids that only grow.
     pub async fn prune(&self, cutoff: i64) -> Result<(u64, u64), StoreError> {
-        const CHUNK: i64 = 5_000;
+        self.prune_in_chunks(cutoff, 5_000).await
+    }
+
+    async fn prune_in_chunks(&self, cutoff: i64, chunk: i64) -> Result<(u64, u64), StoreError> {
         let mut removed = [0u64; 2];
         for (i, sql) in [
+            // Requests come in time order: only the oldest chunk is looked at.
             "DELETE FROM inbox WHERE id IN (SELECT id FROM inbox ORDER BY id LIMIT ?)
                 AND received_at < ? AND id < (SELECT MAX(id) FROM inbox)",
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)
-                AND sent_at IS NOT NULL AND sent_at < ? AND id < (SELECT MAX(id) FROM outbox)",
+            // Responses go out in any order, and unsent ones may lead: the
+            // oldest sent ones are looked for past them.
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox
+                WHERE sent_at IS NOT NULL AND sent_at < ?2 AND id < (SELECT MAX(id) FROM outbox)
+                ORDER BY id LIMIT ?1)",
         ]
         .into_iter()
         .enumerate()
         {
             loop {
                 let done = sqlx::query(sql)
-                    .bind(CHUNK)
+                    .bind(chunk)
                     .bind(cutoff)
                     .execute(&self.pool)
                     .await

@@ -550,3 +550,30 @@ async fn a_key_held_by_a_transfer_that_did_not_come_back_is_freed() {
     );
     tx.commit().await.expect("commit");
 }
+
+#[tokio::test]
+async fn prune_looks_past_unsent_responses() {
+    let (_d, s) = store().await;
+    let mut tx = s.begin().await.expect("begin");
+    for body in [&b"stuck"[..], b"sent 1", b"sent 2", b"newest"] {
+        tx.push_outbox("topup_resp", body).await.expect("outbox");
+    }
+    tx.commit().await.expect("commit");
+    let ids: Vec<i64> = s
+        .unsent(0, 10)
+        .await
+        .expect("unsent")
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    s.mark_sent(&ids[1..]).await.expect("sent");
+    // One row per statement: the unsent one at the head does not stop it.
+    assert_eq!(
+        s.prune_in_chunks(now_ms() + 1_000, 1).await.expect("prune"),
+        (0, 2)
+    );
+    assert_eq!(
+        s.outbox_bodies("topup_resp").await.expect("bodies"),
+        vec![b"stuck".to_vec(), b"newest".to_vec()]
+    );
+}
