@@ -676,20 +676,30 @@ async fn a_cut_to_the_node_is_survived_and_deposits_made_during_it_are_reported(
     w.cleanup().await
 }
 
-/// The daemon reads 96 blocks with 16 deposits through a node that refuses
-/// what `refuse` says: every deposit is reported, each refused range is
-/// retried from the same block with half as many blocks (not fewer), the range
-/// does not grow back into the refusal, and the ranges read cover every block
-/// exactly once.
-async fn ranges_halved(test: &str, refuse: rpc_proxy::Refuse) -> Result<()> {
+/// A world whose daemon reads the node through an [`rpc_proxy::RpcProxy`]
+/// (no WebSocket, at most `range` blocks per `eth_getLogs`), with one address
+/// watched and the daemon stopped at `cursor`.
+struct Behind {
+    w: World,
+    proxy: rpc_proxy::RpcProxy,
+    replies: Replies,
+    addr: Address,
+    cursor: u64,
+}
+
+async fn watched_behind_a_proxy(
+    test: &str,
+    refuse: Option<rpc_proxy::Refuse>,
+    range: u64,
+) -> Result<Behind> {
     let mut w = World::new(test).await?;
-    let proxy = rpc_proxy::RpcProxy::start(w.anvil.http(), Some(refuse)).await?;
+    let proxy = rpc_proxy::RpcProxy::start(w.anvil.http(), refuse).await?;
     w.config_json["eth_config"]["rpc_url"] = proxy.url().into();
-    w.config_json["eth_config"]["max_block_range"] = 64.into();
+    w.config_json["eth_config"]["max_block_range"] = range.into();
     w.config_json["eth_config"]
         .as_object_mut()
         .map(|o| o.remove("ws_url"));
-    let mut replies = w.replies("topup_resp").await?;
+    let replies = w.replies("topup_resp").await?;
     let daemon = w.start().await?;
     let addr = Address::random();
     w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
@@ -698,6 +708,28 @@ async fn ranges_halved(test: &str, refuse: rpc_proxy::Refuse) -> Result<()> {
     let store = w.store().await?;
     let cursor = store.recent_blocks("ETH", 1).await?[0].number;
     store.close().await;
+    Ok(Behind {
+        w,
+        proxy,
+        replies,
+        addr,
+        cursor,
+    })
+}
+
+/// The daemon reads 96 blocks with 16 deposits through a node that refuses
+/// what `refuse` says: every deposit is reported, each refused range is
+/// retried from the same block with half as many blocks (not fewer), the range
+/// does not grow back into the refusal, and the ranges read cover every block
+/// exactly once.
+async fn ranges_halved(test: &str, refuse: rpc_proxy::Refuse) -> Result<()> {
+    let Behind {
+        w,
+        proxy,
+        mut replies,
+        addr,
+        cursor,
+    } = watched_behind_a_proxy(test, Some(refuse), 64).await?;
 
     // While the daemon is down: a deposit every 6 blocks.
     let mut deposits = Vec::new();
@@ -937,22 +969,13 @@ async fn a_node_whose_head_stops_is_reported_and_its_recovery_too() -> Result<()
 /// checked: only the parent-hash check of each block read can see it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reorg_in_the_middle_of_a_catch_up_is_caught_by_the_parent_hash() -> Result<()> {
-    let mut w = World::new("reorg-mid-scan").await?;
-    let proxy = rpc_proxy::RpcProxy::start(w.anvil.http(), None).await?;
-    w.config_json["eth_config"]["rpc_url"] = proxy.url().into();
-    w.config_json["eth_config"]["max_block_range"] = 5.into();
-    w.config_json["eth_config"]
-        .as_object_mut()
-        .map(|o| o.remove("ws_url"));
-    let mut replies = w.replies("topup_resp").await?;
-    let daemon = w.start().await?;
-    let addr = Address::random();
-    w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
-    w.wait_watched("USDT", addr, true).await?;
-    daemon.stop().await?;
-    let store = w.store().await?;
-    let cursor = store.recent_blocks("ETH", 1).await?[0].number;
-    store.close().await;
+    let Behind {
+        w,
+        proxy,
+        mut replies,
+        addr,
+        cursor,
+    } = watched_behind_a_proxy("reorg-mid-scan", None, 5).await?;
 
     // While the daemon is down: a deposit in the last block of the first
     // range it will read (cursor+1..=cursor+5), and blocks after it.
