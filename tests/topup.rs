@@ -336,6 +336,24 @@ async fn remove_stops_watching() -> Result<()> {
         r.raw
     );
 
+    // After a restart the watch log is replayed in order: the removed
+    // address stays removed, one still watched is reported.
+    let kept = Address::random();
+    w.publish("topup", topup(&hex_addr(kept), "USDT")).await?;
+    w.wait_watched("USDT", kept, true).await?;
+    daemon.stop().await?;
+    let daemon = w.start().await?;
+    w.send_usdt(w.user(), addr, 4_000_000).await?;
+    w.send_usdt(w.user(), kept, 5_000_000).await?;
+    replies
+        .wait("the kept address reported after a restart", about(kept))
+        .await?;
+    probe.sync(&w, &mut replies).await?;
+    assert!(
+        replies.matching(about(addr)).is_empty(),
+        "a removed address was reported after a restart"
+    );
+
     daemon.stop().await?;
     w.cleanup().await
 }

@@ -141,21 +141,29 @@ impl Listen {
             .iter()
             .map(|n| (n.clone(), WatchSet::new(symbols.clone())))
             .collect();
-        let mut loaded = 0usize;
         store
-            .each_watch(|w| {
-                if let Some(set) = watches.get_mut(&w.chain)
-                    && set.insert(w.address, &w.symbol)
-                {
-                    loaded += 1;
-                } else {
+            .each_watch(|w, watched| {
+                let known = match watches.get_mut(&w.chain) {
+                    Some(set) if watched => set.insert(w.address, &w.symbol),
+                    Some(set) => {
+                        set.remove(w.address, &w.symbol);
+                        true
+                    }
+                    None => false,
+                };
+                if !known {
                     warn!(target: "m2pool::listen", chain = %w.chain, symbol = %w.symbol,
                           address = %crate::msg::addr_hex(&w.address),
                           "stored watch names a chain or symbol the config no longer has; ignored");
                 }
             })
             .await?;
+        let loaded: usize = watches.values().map(WatchSet::len).sum();
         info!(target: "m2pool::listen", watches = loaded, "watch set loaded");
+        let compacted = store.compact_watches(loaded).await?;
+        if compacted > 0 {
+            info!(target: "m2pool::listen", removed = compacted, "watch log compacted");
+        }
         let decimals = config.eth.symbols().collect();
         let mut orphaned = HashMap::new();
         let mut tx = store.begin().await?;

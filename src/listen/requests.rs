@@ -32,11 +32,14 @@ impl Listen {
             .extend(crate::txlog::request_lines(r, |s| self.decimals(s)));
         match &r.routed {
             Routed::Watch(w) => {
-                let new = self
-                    .watches
-                    .get_mut(&w.chain)
-                    .is_some_and(|set| set.insert(w.address, &w.symbol));
-                adds.push(w);
+                // Only an address not yet watched is appended to the store's
+                // watch log.
+                let new = self.watches.get_mut(&w.chain).is_some_and(|set| {
+                    !set.contains(&w.address, &w.symbol) && set.insert(w.address, &w.symbol)
+                });
+                if new {
+                    adds.push(w);
+                }
                 // Per-address logs and the inbox record every topup; the main
                 // log would drown in them at thousands a second.
                 debug!(target: "m2pool::listen", chain = %w.chain, symbol = %w.symbol,
@@ -47,9 +50,12 @@ impl Listen {
                 // An earlier topup of this batch may have added it.
                 tx.add_watches(adds).await?;
                 adds.clear();
-                let removed = tx.remove_watch(w).await?;
-                if let Some(set) = self.watches.get_mut(&w.chain) {
-                    set.remove(w.address, &w.symbol);
+                let removed = self
+                    .watches
+                    .get_mut(&w.chain)
+                    .is_some_and(|set| set.remove(w.address, &w.symbol));
+                if removed {
+                    tx.unwatch(w).await?;
                 }
                 info!(target: "m2pool::listen", chain = %w.chain, symbol = %w.symbol,
                       address = %addr_hex(&w.address), removed, "remove request");

@@ -2,8 +2,8 @@
 //!
 //! Each address maps to a bit mask over the chain's symbols (`ETH` is bit 0,
 //! the configured tokens follow), so a million addresses cost one small hash
-//! table entry each. The listen task owns it; the store's `watches` table is
-//! its durable copy, loaded at start.
+//! table entry each. The listen task owns it and decides from it what is new;
+//! the store's watch log is its durable copy, replayed at start.
 
 use alloy::primitives::{Address, map::AddressMap};
 
@@ -42,15 +42,20 @@ impl WatchSet {
         }
     }
 
-    /// Stops watching `address` for `symbol`.
-    pub fn remove(&mut self, address: Address, symbol: &str) {
-        let Some(bit) = self.bit(symbol) else { return };
-        if let Some(mask) = self.map.get_mut(&address) {
-            *mask &= !bit;
-            if *mask == 0 {
-                self.map.remove(&address);
-            }
+    /// Stops watching `address` for `symbol`; `false` if it was not watched.
+    pub fn remove(&mut self, address: Address, symbol: &str) -> bool {
+        let Some(bit) = self.bit(symbol) else {
+            return false;
+        };
+        let Some(mask) = self.map.get_mut(&address) else {
+            return false;
+        };
+        let was = *mask & bit != 0;
+        *mask &= !bit;
+        if *mask == 0 {
+            self.map.remove(&address);
         }
+        was
     }
 
     /// Whether `address` is watched for `symbol`.

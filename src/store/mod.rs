@@ -9,6 +9,7 @@
 
 mod deposits;
 mod payouts;
+mod watches;
 
 pub use deposits::{DepositSeen, DueDeposit, NewDeposit};
 pub use payouts::{NewPayout, Payout, PayoutState, PendingMovement, SignedTx};
@@ -226,28 +227,6 @@ impl Store {
     pub async fn begin(&self) -> Result<StoreTx, StoreError> {
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await.ctx("begin")?;
         Ok(StoreTx { tx })
-    }
-
-    /// Every watched address.
-    pub async fn watches(&self) -> Result<Vec<WatchRow>, StoreError> {
-        let mut all = Vec::new();
-        self.each_watch(|w| all.push(w)).await?;
-        Ok(all)
-    }
-
-    /// Hands every watched address to `f`, streaming: a million of them are
-    /// never all in memory as rows at once.
-    pub async fn each_watch(&self, mut f: impl FnMut(WatchRow)) -> Result<(), StoreError> {
-        use futures::TryStreamExt;
-        let mut rows = sqlx::query("SELECT chain, symbol, address FROM watches").fetch(&self.pool);
-        while let Some(r) = rows.try_next().await.ctx("load watches")? {
-            f(WatchRow {
-                chain: r.get(0),
-                symbol: r.get(1),
-                address: address(r.get::<&[u8], _>(2), "watches.address")?,
-            });
-        }
-        Ok(())
     }
 
     /// The most recent `limit` verified blocks of `chain`, highest first; the
@@ -478,25 +457,6 @@ impl Store {
         Ok((payouts, deposits))
     }
 
-    /// Whether `address` is watched for `symbol` on `chain` (for tests and tools).
-    pub async fn is_watched(
-        &self,
-        chain: &str,
-        symbol: &str,
-        addr: Address,
-    ) -> Result<bool, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM watches WHERE chain = ? AND symbol = ? AND address = ?",
-        )
-        .bind(chain)
-        .bind(symbol)
-        .bind(addr.as_slice())
-        .fetch_one(&self.pool)
-        .await
-        .ctx("read watch")?;
-        Ok(n > 0)
-    }
-
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -511,6 +471,11 @@ pub struct StoreTx {
 /// Rows per multi-row statement: one statement instead of hundreds is what
 /// lets a batch of thousands commit in milliseconds.
 const ROWS_PER_STATEMENT: usize = 200;
+
+/// The condition of the inbox's unique body-hash index: every request but an
+/// accepted topup (migration 0005). A query that looks a body up repeats it
+/// word for word, so that SQLite uses the index.
+const DEDUPED: &str = "(kind <> 'topup' OR outcome <> 'accepted')";
 
 /// A request to record in the inbox.
 #[derive(Debug, Clone, Copy)]
@@ -529,7 +494,9 @@ pub struct InboxRow<'a> {
 
 impl StoreTx {
     /// Records requests; returns the hashes that are new. A hash recorded
-    /// before (a redelivery), or earlier in the same call, is not returned.
+    /// before (a redelivery), or earlier in the same call, is not returned,
+    /// except for accepted topups: they are not looked up (see [`DEDUPED`])
+    /// and are always new.
     pub async fn record_requests(
         &mut self,
         rows: &[InboxRow<'_>],
@@ -548,7 +515,9 @@ impl StoreTx {
                     .push_bind(r.error)
                     .push_bind(now);
             });
-            q.push(" ON CONFLICT (body_hash) DO NOTHING RETURNING body_hash");
+            q.push(" ON CONFLICT (body_hash) WHERE ");
+            q.push(DEDUPED);
+            q.push(" DO NOTHING RETURNING body_hash");
             let hashes: Vec<Vec<u8>> = q
                 .build_query_scalar()
                 .fetch_all(&mut *self.tx)
@@ -578,28 +547,6 @@ impl StoreTx {
                 .execute(&mut *self.tx)
                 .await
                 .ctx("insert outbox")?;
-        }
-        Ok(())
-    }
-
-    /// Starts watching many addresses (those already watched are left alone).
-    pub async fn add_watches(&mut self, rows: &[&WatchRow]) -> Result<(), StoreError> {
-        let now = now_ms();
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO watches (chain, address, symbol, created_at) ",
-            );
-            q.push_values(chunk, |mut b, w| {
-                b.push_bind(&w.chain)
-                    .push_bind(w.address.as_slice())
-                    .push_bind(&w.symbol)
-                    .push_bind(now);
-            });
-            q.push(" ON CONFLICT DO NOTHING");
-            q.build()
-                .execute(&mut *self.tx)
-                .await
-                .ctx("insert watches")?;
         }
         Ok(())
     }
@@ -642,39 +589,29 @@ impl StoreTx {
         body_hash: &[u8; 32],
         error: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE inbox SET outcome = ?, error = ? WHERE body_hash = ?")
-            .bind(Outcome::Refused.as_str())
-            .bind(error)
-            .bind(body_hash.as_slice())
-            .execute(&mut *self.tx)
-            .await
-            .ctx("record refusal")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE inbox SET outcome = ?, error = ? WHERE body_hash = ? AND {DEDUPED}"
+        )))
+        .bind(Outcome::Refused.as_str())
+        .bind(error)
+        .bind(body_hash.as_slice())
+        .execute(&mut *self.tx)
+        .await
+        .ctx("record refusal")?;
         Ok(())
     }
 
     /// The error of the request with `body_hash` if it was refused.
     pub async fn refusal(&mut self, body_hash: &[u8; 32]) -> Result<Option<String>, StoreError> {
-        let error: Option<Option<String>> =
-            sqlx::query_scalar("SELECT error FROM inbox WHERE body_hash = ? AND outcome = ?")
-                .bind(body_hash.as_slice())
-                .bind(Outcome::Refused.as_str())
-                .fetch_optional(&mut *self.tx)
-                .await
-                .ctx("read refusal")?;
+        let error: Option<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT error FROM inbox WHERE body_hash = ? AND outcome = ? AND {DEDUPED}"
+        )))
+        .bind(body_hash.as_slice())
+        .bind(Outcome::Refused.as_str())
+        .fetch_optional(&mut *self.tx)
+        .await
+        .ctx("read refusal")?;
         Ok(error.flatten())
-    }
-
-    /// Stops watching; `false` if it was not watched.
-    pub async fn remove_watch(&mut self, w: &WatchRow) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("DELETE FROM watches WHERE chain = ? AND address = ? AND symbol = ?")
-                .bind(&w.chain)
-                .bind(w.address.as_slice())
-                .bind(&w.symbol)
-                .execute(&mut *self.tx)
-                .await
-                .ctx("delete watch")?;
-        Ok(done.rows_affected() == 1)
     }
 
     /// Appends a verified block (the new cursor) and forgets blocks older than

@@ -25,10 +25,10 @@ fn dep(block: u64, hash: u8) -> NewDeposit<'static> {
     }
 }
 
-/// An accepted topup with body hash `h`.
-fn row(h: &'static [u8; 32]) -> InboxRow<'static> {
+/// An accepted request of `kind` with body hash `h`.
+fn row(kind: &'static str, h: &'static [u8; 32]) -> InboxRow<'static> {
     InboxRow {
-        kind: "topup",
+        kind,
         body_hash: h,
         body: b"{}",
         outcome: Outcome::Accepted,
@@ -42,11 +42,14 @@ async fn inbox_refuses_redelivery_and_repeats_within_a_batch() {
     let (a, b) = (&[7u8; 32], &[8u8; 32]);
     let mut tx = s.begin().await.expect("begin");
     let new = tx
-        .record_requests(&[row(a), row(a), row(b)])
+        .record_requests(&[row("remove", a), row("remove", a), row("withdraw", b)])
         .await
         .expect("insert");
     assert_eq!(new, HashSet::from([*a, *b]), "each hash once");
-    let again = tx.record_requests(&[row(b)]).await.expect("insert");
+    let again = tx
+        .record_requests(&[row("withdraw", b)])
+        .await
+        .expect("insert");
     assert!(again.is_empty(), "a recorded hash is a redelivery");
     tx.commit().await.expect("commit");
     let (rows, _, _) = s.inbox_span().await.expect("span");
@@ -54,24 +57,172 @@ async fn inbox_refuses_redelivery_and_repeats_within_a_batch() {
 }
 
 #[tokio::test]
-async fn watches_round_trip() {
+async fn accepted_topups_are_recorded_without_a_lookup() {
     let (_d, s) = store().await;
-    let w = WatchRow {
-        chain: "ETH".into(),
-        symbol: "USDT".into(),
-        address: Address::repeat_byte(9),
+    let (a, b) = (&[7u8; 32], &[8u8; 32]);
+    let refused = InboxRow {
+        outcome: Outcome::BadSignature,
+        error: Some("signature does not match"),
+        ..row("topup", b)
     };
     let mut tx = s.begin().await.expect("begin");
-    tx.add_watches(&[&w, &w]).await.expect("add");
-    tx.add_watches(&[&w]).await.expect("add again");
+    let new = tx
+        .record_requests(&[row("topup", a), refused])
+        .await
+        .expect("insert");
+    assert_eq!(new, HashSet::from([*a, *b]));
+    // A topup delivered again is recorded again and applied as new; a
+    // refused one is still a redelivery.
+    let again = tx
+        .record_requests(&[row("topup", a), refused])
+        .await
+        .expect("insert");
+    assert_eq!(again, HashSet::from([*a]));
     tx.commit().await.expect("commit");
-    assert_eq!(s.watches().await.expect("load"), vec![w.clone()]);
-    assert!(s.is_watched("ETH", "USDT", w.address).await.expect("read"));
+    let (rows, _, _) = s.inbox_span().await.expect("span");
+    assert_eq!(rows, 3);
+}
+
+#[tokio::test]
+async fn a_store_of_the_previous_schema_keeps_its_watches_and_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("msg.db");
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.expect("opens");
+    sqlx::migrate!("./migrations/store")
+        .run_to(4, &pool)
+        .await
+        .expect("schema 4");
+    sqlx::query(
+        "INSERT INTO watches (chain, address, symbol, created_at) VALUES
+             ('ETH', ?, 'USDT', 2), ('ETH', ?, 'ETH', 1)",
+    )
+    .bind(Address::repeat_byte(1).as_slice())
+    .bind(Address::repeat_byte(2).as_slice())
+    .execute(&pool)
+    .await
+    .expect("watches");
+    sqlx::query(
+        "INSERT INTO inbox (kind, body_hash, body, outcome, received_at) VALUES
+             ('remove', ?, '{}', 'accepted', 1), ('topup', ?, '{}', 'accepted', 1)",
+    )
+    .bind([7u8; 32].as_slice())
+    .bind([8u8; 32].as_slice())
+    .execute(&pool)
+    .await
+    .expect("inbox");
+    pool.close().await;
+
+    let s = Store::open(&path).await.expect("migrates");
+    let w = |b: u8, symbol: &str| WatchRow {
+        chain: "ETH".into(),
+        symbol: symbol.into(),
+        address: Address::repeat_byte(b),
+    };
+    assert_eq!(
+        s.watches().await.expect("load"),
+        vec![w(2, "ETH"), w(1, "USDT")],
+        "oldest first"
+    );
     let mut tx = s.begin().await.expect("begin");
-    assert!(tx.remove_watch(&w).await.expect("remove"));
-    assert!(!tx.remove_watch(&w).await.expect("remove again"));
+    let new = tx
+        .record_requests(&[row("remove", &[7u8; 32]), row("topup", &[8u8; 32])])
+        .await
+        .expect("insert");
+    assert_eq!(
+        new,
+        HashSet::from([[8u8; 32]]),
+        "the remove is a redelivery"
+    );
     tx.commit().await.expect("commit");
-    assert!(s.watches().await.expect("load").is_empty());
+    assert_eq!(s.inbox_span().await.expect("span").0, 3);
+}
+
+#[tokio::test]
+async fn the_watch_log_replays_watches_and_stops_in_order() {
+    let (_d, s) = store().await;
+    let w = |b: u8| WatchRow {
+        chain: "ETH".into(),
+        symbol: "USDT".into(),
+        address: Address::repeat_byte(b),
+    };
+    let (one, two) = (w(1), w(2));
+    let mut tx = s.begin().await.expect("begin");
+    tx.add_watches(&[&one, &two]).await.expect("add");
+    tx.unwatch(&one).await.expect("stop");
+    tx.commit().await.expect("commit");
+    assert_eq!(s.watches().await.expect("load"), vec![two.clone()]);
+    assert!(
+        !s.is_watched("ETH", "USDT", one.address)
+            .await
+            .expect("read")
+    );
+    assert!(
+        s.is_watched("ETH", "USDT", two.address)
+            .await
+            .expect("read")
+    );
+    assert!(!s.is_watched("ETH", "ETH", two.address).await.expect("read"));
+    // Watched again after the stop: the last entry wins.
+    let mut tx = s.begin().await.expect("begin");
+    tx.add_watches(&[&one]).await.expect("add again");
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        s.watches().await.expect("load"),
+        vec![two.clone(), one.clone()]
+    );
+    assert!(
+        s.is_watched("ETH", "USDT", one.address)
+            .await
+            .expect("read")
+    );
+}
+
+#[tokio::test]
+async fn a_long_watch_log_is_compacted_to_what_is_watched() {
+    let (_d, s) = store().await;
+    let w = |i: u32| WatchRow {
+        chain: "ETH".into(),
+        symbol: "USDT".into(),
+        address: Address::left_padding_from(&i.to_be_bytes()),
+    };
+    let rows: Vec<WatchRow> = (0..6_000).map(w).collect();
+    let mut tx = s.begin().await.expect("begin");
+    // 6,000 watched, 5,000 of them stopped, 1,000 of those watched again.
+    tx.add_watches(&rows.iter().collect::<Vec<_>>())
+        .await
+        .expect("add");
+    for r in &rows[..5_000] {
+        tx.unwatch(r).await.expect("stop");
+    }
+    tx.add_watches(&rows[..1_000].iter().collect::<Vec<_>>())
+        .await
+        .expect("add again");
+    tx.commit().await.expect("commit");
+    let before = s.watches().await.expect("load");
+    assert_eq!(before.len(), 2_000);
+    // 12,000 entries are within the slack for 2,000 watched: left alone.
+    assert_eq!(s.compact_watches(2_000).await.expect("compact"), 0);
+    // Against a smaller count it compacts: 12,000 entries become 2,000.
+    assert_eq!(s.compact_watches(0).await.expect("compact"), 10_000);
+    let after = s.watches().await.expect("load");
+    let sorted = |mut v: Vec<WatchRow>| {
+        v.sort_by_key(|r| r.address);
+        v
+    };
+    assert_eq!(sorted(after), sorted(before));
+    assert!(
+        s.is_watched("ETH", "USDT", w(500).address)
+            .await
+            .expect("read")
+    );
+    assert!(
+        !s.is_watched("ETH", "USDT", w(1_500).address)
+            .await
+            .expect("read")
+    );
 }
 
 #[tokio::test]
@@ -444,7 +595,7 @@ async fn a_known_only_transfer_matches_but_never_creates_a_deposit() {
 async fn prune_deletes_old_requests_and_sent_responses_only() {
     let (_d, s) = store().await;
     let mut tx = s.begin().await.expect("begin");
-    tx.record_requests(&[row(&[1u8; 32]), row(&[2u8; 32])])
+    tx.record_requests(&[row("topup", &[1u8; 32]), row("topup", &[2u8; 32])])
         .await
         .expect("insert");
     for body in [&b"sent"[..], b"unsent", b"sent later"] {

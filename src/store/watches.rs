@@ -1,0 +1,151 @@
+//! Watched addresses: an append-only log of watches and stops.
+//!
+//! The listen task's in-memory watch set decides what changes: a topup of an
+//! address not yet watched appends a watch, a remove of a watched one appends
+//! a stop, anything else appends nothing. At start the log is replayed, in
+//! order, into the set. Appending costs a page per hundred new addresses,
+//! where a table keyed by address cost a random page per address on every
+//! commit. When stops make the log much longer than the set, it is compacted
+//! at start ([`Store::compact_watches`]).
+
+use super::{Ctx, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, WatchRow, address, now_ms};
+use alloy::primitives::Address;
+use sqlx::{QueryBuilder, Row, Sqlite};
+use std::collections::HashMap;
+
+/// Rows the log may hold beyond twice the watched count before start-up
+/// compacts it.
+const COMPACT_SLACK: i64 = 10_000;
+
+impl Store {
+    /// Every watched address, in the order it was (last) watched.
+    pub async fn watches(&self) -> Result<Vec<WatchRow>, StoreError> {
+        let mut rows: Vec<Option<WatchRow>> = Vec::new();
+        let mut at: HashMap<(String, String, Address), usize> = HashMap::new();
+        self.each_watch(|w, watched| {
+            let key = (w.chain.clone(), w.symbol.clone(), w.address);
+            match (watched, at.get(&key)) {
+                (true, None) => {
+                    at.insert(key, rows.len());
+                    rows.push(Some(w));
+                }
+                (false, Some(&i)) => {
+                    at.remove(&key);
+                    rows[i] = None;
+                }
+                _ => {}
+            }
+        })
+        .await?;
+        Ok(rows.into_iter().flatten().collect())
+    }
+
+    /// Replays the log: hands each entry to `f` in order, `true` for a watch
+    /// and `false` for a stop. Streaming: a million of them are never all in
+    /// memory as rows at once.
+    pub async fn each_watch(&self, mut f: impl FnMut(WatchRow, bool)) -> Result<(), StoreError> {
+        use futures::TryStreamExt;
+        let mut rows =
+            sqlx::query("SELECT chain, symbol, address, watched FROM watch_log ORDER BY id")
+                .fetch(&self.pool);
+        while let Some(r) = rows.try_next().await.ctx("load watches")? {
+            let w = WatchRow {
+                chain: r.get(0),
+                symbol: r.get(1),
+                address: address(r.get::<&[u8], _>(2), "watch_log.address")?,
+            };
+            f(w, r.get::<i64, _>(3) != 0);
+        }
+        Ok(())
+    }
+
+    /// Whether `address` is watched for `symbol` on `chain`: for tests and
+    /// tools (it reads the log backwards).
+    pub async fn is_watched(
+        &self,
+        chain: &str,
+        symbol: &str,
+        addr: Address,
+    ) -> Result<bool, StoreError> {
+        let last: Option<i64> = sqlx::query_scalar(
+            "SELECT watched FROM watch_log WHERE chain = ? AND symbol = ? AND address = ?
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(chain)
+        .bind(symbol)
+        .bind(addr.as_slice())
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("read watch")?;
+        Ok(last == Some(1))
+    }
+
+    /// Rewrites the log as one watch per watched address when it holds more
+    /// than twice `watched` rows (plus some slack); returns the rows removed.
+    pub async fn compact_watches(&self, watched: usize) -> Result<u64, StoreError> {
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM watch_log")
+            .fetch_one(&self.pool)
+            .await
+            .ctx("count watch log")?;
+        let watched = i64::try_from(watched).unwrap_or(i64::MAX);
+        if rows <= watched.saturating_mul(2).saturating_add(COMPACT_SLACK) {
+            return Ok(0);
+        }
+        let mut tx = self.begin().await?;
+        // Keep the last entry of each address and symbol, then drop those
+        // that are stops.
+        let older = sqlx::query(
+            "DELETE FROM watch_log WHERE id NOT IN
+                 (SELECT MAX(id) FROM watch_log GROUP BY chain, address, symbol)",
+        )
+        .execute(&mut *tx.tx)
+        .await
+        .ctx("compact watch log")?;
+        let stops = sqlx::query("DELETE FROM watch_log WHERE watched = 0")
+            .execute(&mut *tx.tx)
+            .await
+            .ctx("compact watch log")?;
+        tx.commit().await?;
+        Ok(older.rows_affected() + stops.rows_affected())
+    }
+}
+
+impl StoreTx {
+    /// Appends watches. The caller passes addresses it does not know as
+    /// watched; one that is costs a row and changes nothing.
+    pub async fn add_watches(&mut self, rows: &[&WatchRow]) -> Result<(), StoreError> {
+        let now = now_ms();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO watch_log (chain, address, symbol, watched, at) ",
+            );
+            q.push_values(chunk, |mut b, w| {
+                b.push_bind(&w.chain)
+                    .push_bind(w.address.as_slice())
+                    .push_bind(&w.symbol)
+                    .push_bind(1i64)
+                    .push_bind(now);
+            });
+            q.build()
+                .execute(&mut *self.tx)
+                .await
+                .ctx("insert watches")?;
+        }
+        Ok(())
+    }
+
+    /// Appends a stop: `w` is no longer watched.
+    pub async fn unwatch(&mut self, w: &WatchRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO watch_log (chain, address, symbol, watched, at) VALUES (?, ?, ?, 0, ?)",
+        )
+        .bind(&w.chain)
+        .bind(w.address.as_slice())
+        .bind(&w.symbol)
+        .bind(now_ms())
+        .execute(&mut *self.tx)
+        .await
+        .ctx("stop watching")?;
+        Ok(())
+    }
+}
