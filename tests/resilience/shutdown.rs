@@ -124,6 +124,14 @@ async fn sigterm_stops_cleanly_and_a_restart_completes_the_work() -> Result<()> 
             .wait(&format!("g-{i} status 2"), is(&format!("g-{i}"), 2))
             .await?;
     }
+    // Status 2 means sent. A transaction the node accepted and then dropped
+    // (seen once in CI, after the restart's rebroadcast) is replaced after
+    // `stuck_payout_secs`: every payout is mined before the 20 blocks that
+    // confirm them.
+    eventually("every payout mined", || async {
+        Ok(w.transfers_from(user).await?.len() == N + 1)
+    })
+    .await?;
     w.mine(20).await?;
     for i in 0..N {
         replies
