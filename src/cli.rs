@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use m2pool_payment::Secrets;
 use m2pool_payment::config::{Config, WalletStore as WalletStoreConfig};
 use m2pool_payment::msg::sign::sign_message;
-use m2pool_payment::secret::{CommKey, Secret};
+use m2pool_payment::secret::{CommKey, Scrubber, ScrubbingMakeWriter, Secret, redact_url};
 use m2pool_payment::wallet::{self, Kek, Label, WalletStore};
 use std::collections::HashMap;
 use std::io::Read;
@@ -250,27 +250,41 @@ const DEFAULT_LOG_FILTER: &str = "info,alloy_transport_ws=off,alloy_pubsub=off";
 /// The main log: stdout (text or JSON), plus daily files in `dir` when
 /// configured; `RUST_LOG` filters both (default `info`). The returned guard
 /// flushes the file writer when dropped.
+/// Every URL of `config` whose credentials must not reach a log: the node
+/// endpoints and the broker.
+pub(crate) fn scrubber(config: &Config) -> Scrubber {
+    let mut urls = config.eth.rpc_urls();
+    urls.extend(config.eth.ws_urls());
+    urls.push(config.rmq.url.expose().clone());
+    Scrubber::new(urls.iter().map(String::as_str))
+}
+
+/// Logs to stdout (and daily files in `dir`), with `scrubber` taking node
+/// and broker credentials out of every line.
 pub(crate) fn init_tracing(
     json: bool,
     dir: Option<&std::path::Path>,
+    scrubber: Scrubber,
 ) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer, fmt};
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let out = ScrubbingMakeWriter::new(std::io::stdout, scrubber.clone());
     let stdout = if json {
-        fmt::layer().json().boxed()
+        fmt::layer().json().with_writer(out).boxed()
     } else {
         // Colours only on a terminal: journald, docker logs and files get
         // plain text.
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-        fmt::layer().with_ansi(ansi).boxed()
+        fmt::layer().with_ansi(ansi).with_writer(out).boxed()
     };
     let (file, guard) = match dir {
         Some(dir) => {
             let appender = tracing_appender::rolling::daily(dir, "m2pool-payment.log");
             let (writer, guard) = tracing_appender::non_blocking(appender);
+            let writer = ScrubbingMakeWriter::new(writer, scrubber);
             let layer = if json {
                 fmt::layer().json().with_writer(writer).boxed()
             } else {
@@ -321,8 +335,11 @@ fn describe(c: &Config) -> String {
             ""
         },
         c.msg_store.display(),
-        c.eth.rpc_url,
-        c.eth.ws_url.as_deref().unwrap_or("(none: polling)"),
+        redact_url(&c.eth.rpc_url),
+        c.eth
+            .ws_url
+            .as_deref()
+            .map_or("(none: polling)".to_owned(), redact_url),
         c.eth
             .chain_id
             .map_or("from the node".to_owned(), |id| id.to_string()),

@@ -196,6 +196,7 @@ pub async fn run(
         wakers.clone(),
         txlog.clone(),
         metrics.clone(),
+        health.clone(),
     )
     .await?;
     // Set when listen has committed its last batch: the relay's cue to finish.

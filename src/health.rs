@@ -22,8 +22,9 @@ pub struct ChainHealth {
     pub node_connected: bool,
     /// Highest head the node reported.
     pub head: u64,
-    /// Last verified block.
-    pub cursor: u64,
+    /// The committed block cursor (the last block applied); `None` until
+    /// the first one is committed.
+    pub cursor: Option<u64>,
     /// When the head last advanced.
     pub head_changed: Option<Instant>,
     /// The head has not advanced for longer than the configured limit.
@@ -38,7 +39,8 @@ impl ChainHealth {
 
     /// Blocks between the head and the cursor.
     pub fn lag(&self) -> u64 {
-        self.head.saturating_sub(self.cursor)
+        self.cursor
+            .map_or(0, |cursor| self.head.saturating_sub(cursor))
     }
 
     /// Stalled as of now: flagged by the chain task, or the head older than
@@ -86,6 +88,9 @@ pub fn problems(
     for (name, c) in &snap.chains {
         if !c.node_connected {
             out.push(format!("{name}: the node is not connected"));
+        }
+        if c.cursor.is_none() {
+            out.push(format!("{name}: no block applied yet"));
         }
         match c.since_head() {
             None => out.push(format!("{name}: no head seen yet")),
@@ -214,7 +219,7 @@ mod tests {
         assert_eq!(h.saw_head("ETH", 10), None, "same head does not clear it");
         assert!(h.saw_head("ETH", 11).is_some(), "a new head clears it");
         assert!(!h.snapshot().chains["ETH"].stalled);
-        h.chain("ETH", |c| c.cursor = 8);
+        h.chain("ETH", |c| c.cursor = Some(8));
         assert_eq!(h.snapshot().chains["ETH"].lag(), 3);
     }
 
@@ -235,7 +240,7 @@ mod tests {
         let h = Health::default();
         h.set_broker(true);
         h.saw_head("ETH", 100);
-        h.chain("ETH", |c| c.cursor = 100);
+        h.chain("ETH", |c| c.cursor = Some(100));
         h
     }
 
@@ -244,7 +249,7 @@ mod tests {
         let h = healthy();
         assert!(problems(&h.snapshot(), &outbox(0, None), &LIMITS).is_empty());
         // A young backlog and a small lag are normal.
-        h.chain("ETH", |c| c.cursor = 95);
+        h.chain("ETH", |c| c.cursor = Some(95));
         assert!(problems(&h.snapshot(), &outbox(5000, Some(29)), &LIMITS).is_empty());
     }
 
@@ -257,8 +262,20 @@ mod tests {
         let starting = Health::default();
         starting.set_broker(true);
         one(&starting, outbox(0, None), "no chain");
-        starting.chain("ETH", |c| c.node_connected = true);
+        starting.chain("ETH", |c| {
+            c.node_connected = true;
+            c.cursor = Some(1);
+        });
         one(&starting, outbox(0, None), "no head seen");
+        let fresh = Health::default();
+        fresh.set_broker(true);
+        fresh.saw_head("ETH", 7);
+        one(&fresh, outbox(0, None), "no block applied yet");
+        assert_eq!(
+            fresh.snapshot().chains["ETH"].lag(),
+            0,
+            "no lag that is not there"
+        );
 
         let h = healthy();
         h.set_broker(false);
@@ -267,7 +284,7 @@ mod tests {
         h.chain("ETH", |c| c.node_connected = false);
         one(&h, outbox(0, None), "node is not connected");
         let h = healthy();
-        h.chain("ETH", |c| c.cursor = 94);
+        h.chain("ETH", |c| c.cursor = Some(94));
         one(&h, outbox(0, None), "trails the head by 6 blocks (limit 5)");
         one(&healthy(), outbox(3, Some(31)), "3 responses wait");
         one(&healthy(), Err("disk".into()), "cannot be read: disk");
@@ -287,7 +304,7 @@ mod tests {
     #[test]
     fn unset_limits_are_not_checked() {
         let h = healthy();
-        h.chain("ETH", |c| c.cursor = 0);
+        h.chain("ETH", |c| c.cursor = Some(0));
         let off = Limits {
             max_cursor_lag: None,
             max_outbox_age: None,

@@ -87,7 +87,7 @@ impl HttpDeps {
             chains: snap
                 .chains
                 .iter()
-                .map(|(n, c)| (n.clone(), c.head, c.cursor))
+                .map(|(n, c)| (n.clone(), c.head, c.cursor.unwrap_or_default()))
                 .collect(),
             channels: [
                 fill(

@@ -25,9 +25,11 @@ fn main() -> Result<()> {
 /// start).
 fn daemon(cli: &Cli) -> Result<()> {
     let config = cli::load_config(cli)?;
+    let scrubber = cli::scrubber(&config);
     let _log_guard = cli::init_tracing(
         cli::json_logs(cli, &config),
         config.log.main_log_dir.as_deref(),
+        scrubber.clone(),
     );
     let secrets = cli::secrets(cli)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
@@ -44,7 +46,8 @@ fn daemon(cli: &Cli) -> Result<()> {
         }
     });
     match stopped {
-        Some(r) => Ok(r?),
+        // The error names what failed; node URLs in it keep their secrets.
+        Some(r) => r.map_err(|e| anyhow::anyhow!("{}", scrubber.scrub(&e.to_string()))),
         None => {
             error!(
                 limit_secs = SHUTDOWN_LIMIT.as_secs(),

@@ -357,29 +357,53 @@ pub fn request_lines(r: &crate::server::Request, decimals: impl Fn(&str) -> u8) 
     }
 }
 
+/// The fields of a response that its log line needs; `amount` as its exact
+/// JSON text (a float would round an 18-decimal amount).
+#[derive(serde::Deserialize)]
+struct ResponseFields<'a> {
+    #[serde(borrow, default)]
+    address: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    from_address: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    to_address: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    chain: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    symbol: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    amount: Option<&'a serde_json::value::RawValue>,
+}
+
 /// The line a published response writes (none for a dead letter or a body
-/// that does not name an address).
+/// that does not name an address). The amount is the response's own number
+/// text, never passed through a float.
 pub fn response_line(kind: &str, body: &[u8]) -> Option<Line> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-    let amount = match &v["amount"] {
-        serde_json::Value::Number(n) => go_amount(&n.to_string()),
+    let v: ResponseFields<'_> = serde_json::from_slice(body).ok()?;
+    let s = |f: &Option<std::borrow::Cow<'_, str>>| f.as_deref().unwrap_or_default().to_owned();
+    let amount = match v.amount.map(|a| a.get().trim()) {
+        Some(n) if n.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => go_amount(n),
         _ => "0".into(),
     };
     let (name, from, to, file) = match kind {
-        "topup_resp" => ("TopupResp", s("from_address"), s("address"), s("address")),
-        "remove_resp" => ("RemoveResp", String::new(), s("address"), s("address")),
+        "topup_resp" => (
+            "TopupResp",
+            s(&v.from_address),
+            s(&v.address),
+            s(&v.address),
+        ),
+        "remove_resp" => ("RemoveResp", String::new(), s(&v.address), s(&v.address)),
         "withdraw_resp" => (
             "WithdrawResp",
-            s("from_address"),
-            s("to_address"),
-            s("from_address"),
+            s(&v.from_address),
+            s(&v.to_address),
+            s(&v.from_address),
         ),
         "pay_resp" => (
             "PayResp",
-            s("from_address"),
-            s("to_address"),
-            s("from_address"),
+            s(&v.from_address),
+            s(&v.to_address),
+            s(&v.from_address),
         ),
         _ => return None,
     };
@@ -396,8 +420,8 @@ pub fn response_line(kind: &str, body: &[u8]) -> Option<Line> {
         kind: name.to_owned(),
         from,
         to,
-        chain: s("chain"),
-        symbol: s("symbol"),
+        chain: s(&v.chain),
+        symbol: s(&v.symbol),
         amount,
     })
 }

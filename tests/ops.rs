@@ -362,6 +362,61 @@ async fn healthz_is_503_while_the_head_stalls() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_shows_the_committed_cursor_not_the_scanned_one() -> Result<()> {
+    use sqlx::Connection;
+    let port = free_port()?;
+    let w = World::with("health-cursor", &[], with_http(port, json!({}))).await?;
+    let daemon = w.start().await?;
+    let h = wait_health(port, "ok and caught up", WAIT, |s, h| {
+        s == 200 && h["chains"]["ETH"]["cursor_lag"] == 0
+    })
+    .await?;
+    let cursor = h["chains"]["ETH"]["cursor"].as_u64().context("cursor")?;
+
+    // The message store held by another writer: listen cannot commit, while
+    // the scanner goes on reading blocks and handing them over.
+    let mut lock = sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        w.dir.path().join("msg.db").display()
+    ))
+    .await?;
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut lock).await?;
+    // Listen takes the first blocks and waits for the store; the next ones
+    // wait in the channel, handed over by the scanner.
+    w.mine(5).await?;
+    wait_health(port, "the first 5 blocks' head", WAIT, |_, h| {
+        h["chains"]["ETH"]["head"] == cursor + 5
+    })
+    .await?;
+    w.mine(5).await?;
+    // Handed over and waiting: how many listen took before it blocked varies.
+    eventually("blocks waiting in the chain channel", || async {
+        let m = metrics(port).await?;
+        Ok(sample(&m, "m2pool_channel_fill{channel=\"chain_events\"}").unwrap_or(0.0) >= 1.0)
+    })
+    .await?;
+    let h = wait_health(port, "the last head", WAIT, |_, h| {
+        h["chains"]["ETH"]["head"] == cursor + 10
+    })
+    .await?;
+    assert_eq!(h["chains"]["ETH"]["head"], cursor + 10, "{h}");
+    assert_eq!(
+        h["chains"]["ETH"]["cursor"], cursor,
+        "ten blocks scanned, none committed: {h}"
+    );
+    assert_eq!(h["chains"]["ETH"]["cursor_lag"], 10, "{h}");
+
+    sqlx::query("ROLLBACK").execute(&mut lock).await?;
+    lock.close().await?;
+    wait_health(port, "the cursor once committed", WAIT, |_, h| {
+        h["chains"]["ETH"]["cursor"] == cursor + 10
+    })
+    .await?;
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_is_503_while_responses_cannot_reach_a_queue() -> Result<()> {
     let port = free_port()?;
     let w = World::with(

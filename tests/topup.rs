@@ -33,29 +33,6 @@ async fn outbox_count(w: &World, tx: &B256, status: u64) -> Result<usize> {
     Ok(n)
 }
 
-/// A watched address whose small deposits prove the daemon has processed every
-/// block up to theirs: responses are published in block order, so when a
-/// probe's `status=2` arrives, anything due earlier has arrived before it.
-struct Probe {
-    addr: Address,
-}
-
-impl Probe {
-    async fn new(w: &World) -> Result<Self> {
-        let addr = Address::random();
-        w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
-        w.wait_watched("USDT", addr, true).await?;
-        Ok(Self { addr })
-    }
-
-    /// Sends a deposit and waits for its `status=2`; returns its block.
-    async fn sync(&self, w: &World, replies: &mut Replies) -> Result<u64> {
-        let (tx, block) = w.send_usdt(w.user(), self.addr, 1).await?;
-        replies.wait("for the probe deposit", tx_is(tx, 2)).await?;
-        Ok(block)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usdt_and_eth_deposits_get_pending_then_final() -> Result<()> {
     let w = World::new("deposit").await?;

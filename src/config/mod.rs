@@ -715,8 +715,7 @@ fn eth_config(e: raw::RawEth) -> Result<EthConfig, ConfigError> {
 }
 
 fn check_url(key: &str, value: &str, schemes: &[&str]) -> Result<(), ConfigError> {
-    let url =
-        url::Url::parse(value).map_err(|e| invalid(key, format!("`{value}` is not a URL: {e}")))?;
+    let url = url::Url::parse(value).map_err(|e| invalid(key, format!("is not a URL: {e}")))?;
     if !schemes.contains(&url.scheme()) {
         return Err(invalid(
             key,

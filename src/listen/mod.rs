@@ -20,6 +20,7 @@ pub use watchset::WatchSet;
 use crate::chain::ChainEvent;
 use crate::chain::eth::block_window;
 use crate::config::Config;
+use crate::health::Health;
 use crate::metrics::SharedMetrics;
 use crate::msg::Kind;
 use crate::reply::Reply;
@@ -115,6 +116,8 @@ pub struct Listen {
     wakers: Wakers,
     txlog: TxLog,
     metrics: SharedMetrics,
+    /// Where the committed block cursor of each chain is reported.
+    health: Health,
     /// A dead-letter exchange is configured.
     dead_letters: bool,
     /// Per chain, transactions whose deposits a reorganisation orphaned: a
@@ -132,6 +135,7 @@ impl Listen {
         wakers: Wakers,
         txlog: TxLog,
         metrics: SharedMetrics,
+        health: Health,
     ) -> Result<Self, ListenError> {
         let symbols: Vec<String> = std::iter::once("ETH".to_owned())
             .chain(config.eth.tokens.iter().map(|t| t.symbol.clone()))
@@ -172,6 +176,12 @@ impl Listen {
             orphaned.insert(chain.clone(), txs);
         }
         tx.commit().await?;
+        // The committed cursor is what `/healthz` shows, from the start on.
+        for chain in &config.nets {
+            if let Some(cursor) = store.recent_blocks(chain, 1).await?.first() {
+                health.chain(chain, |h| h.cursor = Some(cursor.number));
+            }
+        }
         let listen = Self {
             store,
             watches,
@@ -181,6 +191,7 @@ impl Listen {
             wakers,
             txlog,
             metrics,
+            health,
             dead_letters: config.rmq.dead_letter_exchange.is_some(),
             orphaned,
         };
@@ -334,11 +345,22 @@ impl Listen {
         let blocks = batch.len().max(1) as u32;
         let mut tx = self.store.begin().await?;
         let mut fx = Effects::default();
+        let mut cursors: HashMap<std::sync::Arc<str>, u64> = HashMap::new();
         for event in batch.drain(..) {
+            let (chain, cursor) = match &event {
+                ChainEvent::Block { chain, block, .. } => (chain.clone(), block.number),
+                ChainEvent::Reorg { chain, fork } => (chain.clone(), fork.number),
+            };
             self.apply_event(&mut tx, event, &mut fx).await?;
+            cursors.insert(chain, cursor);
         }
         fx.flush(&mut tx).await?;
         tx.commit().await?;
+        // Only what is committed is the cursor (a block handed over but not
+        // yet applied would be read again after a crash).
+        for (chain, cursor) in cursors {
+            self.health.chain(&chain, |h| h.cursor = Some(cursor));
+        }
         let per_block = started.elapsed() / blocks;
         for _ in 0..blocks {
             self.metrics.block_apply.observe(per_block);

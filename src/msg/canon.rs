@@ -8,7 +8,7 @@
 //! exact too). Keeping the raw text of every member is what makes amounts and
 //! the signature exact: nothing passes through a float.
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use std::fmt;
 
@@ -66,7 +66,10 @@ pub struct RawObject {
     members: Vec<(String, Box<RawValue>)>,
 }
 
-impl<'de> Deserialize<'de> for RawObject {
+/// An object's members in document order, duplicates and all.
+struct Members(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for Members {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
@@ -82,39 +85,51 @@ impl<'de> Deserialize<'de> for RawObject {
                 Ok(members)
             }
         }
-        let mut members = d.deserialize_map(V)?;
-        members.sort_by(|a, b| a.0.cmp(&b.0));
-        if let Some(w) = members.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(de::Error::custom(DuplicateMarker(w[0].0.clone())));
-        }
-        Ok(Self { members })
-    }
-}
-
-/// Carries a duplicate name through serde's error type.
-struct DuplicateMarker(String);
-impl fmt::Display for DuplicateMarker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "duplicate field `{}`", self.0)
+        d.deserialize_map(V).map(Members)
     }
 }
 
 impl RawObject {
     /// Reads a body that must be one JSON object (and nothing after it).
     pub fn parse(body: &[u8]) -> Result<Self, CanonError> {
+        let (obj, duplicates) = Self::parse_with_duplicates(body)?;
+        match duplicates.into_iter().next() {
+            Some(name) => Err(CanonError::DuplicateField(name)),
+            None => Ok(obj),
+        }
+    }
+
+    /// Reads a JSON object that may name a member twice: for answering such
+    /// a body, never for acting on it. Returns the object without its
+    /// ambiguous members (a name given twice with different values is
+    /// dropped; twice with the same value is kept once) and the names that
+    /// appeared more than once.
+    pub fn parse_with_duplicates(body: &[u8]) -> Result<(Self, Vec<String>), CanonError> {
         if too_deep(body) {
             return Err(CanonError::TooDeep);
         }
-        serde_json::from_slice(body).map_err(|e| {
-            let msg = e.to_string();
-            match msg
-                .strip_prefix("duplicate field `")
-                .and_then(|r| r.split_once('`'))
-            {
-                Some((name, _)) => CanonError::DuplicateField(name.to_owned()),
-                None => CanonError::NotAnObject(msg),
+        let Members(mut members) = serde_json::from_slice(body)
+            .map_err(|e: serde_json::Error| CanonError::NotAnObject(e.to_string()))?;
+        // Stable: equal names keep their document order.
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut duplicates: Vec<String> = Vec::new();
+        let mut kept: Vec<(String, Box<RawValue>)> = Vec::with_capacity(members.len());
+        let mut members = members.into_iter().peekable();
+        while let Some(first) = members.next() {
+            let mut same = true;
+            let mut twice = false;
+            while let Some(next) = members.next_if(|m| m.0 == first.0) {
+                twice = true;
+                same &= next.1.get().trim() == first.1.get().trim();
             }
-        })
+            if twice {
+                duplicates.push(first.0.clone());
+            }
+            if same {
+                kept.push(first);
+            }
+        }
+        Ok((Self { members: kept }, duplicates))
     }
 
     /// The raw text of member `name`, if present.

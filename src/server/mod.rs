@@ -125,8 +125,20 @@ impl Router {
                 ),
             };
         }
-        let obj = match RawObject::parse(body) {
-            Ok(o) => o,
+        // A field given twice is refused (what is signed and what is read
+        // could differ), and answered where the body can still be addressed.
+        let (obj, refusal) = match RawObject::parse(body) {
+            Ok(o) => (o, None),
+            Err(e @ msg::CanonError::DuplicateField(_)) => {
+                match RawObject::parse_with_duplicates(body) {
+                    Ok((o, _)) => (o, Some(e.to_string())),
+                    Err(_) => {
+                        return Routed::Unaddressable {
+                            reason: e.to_string(),
+                        };
+                    }
+                }
+            }
             Err(e) => {
                 return Routed::Unaddressable {
                     reason: e.to_string(),
@@ -134,12 +146,14 @@ impl Router {
             }
         };
         match kind {
-            Kind::Topup | Kind::Remove => self.watch_request(kind, &obj),
-            Kind::Withdraw | Kind::Pay => self.payout_request(kind, &obj),
+            Kind::Topup | Kind::Remove => self.watch_request(kind, &obj, refusal),
+            Kind::Withdraw | Kind::Pay => self.payout_request(kind, &obj, refusal),
         }
     }
 
-    fn watch_request(&self, kind: Kind, obj: &RawObject) -> Routed {
+    /// Routes a topup or remove; `refusal` refuses it (still answered) for a
+    /// fault found in the body before it.
+    fn watch_request(&self, kind: Kind, obj: &RawObject, refusal: Option<String>) -> Routed {
         let Some(address) = msg::echo_str(obj, "address").map(|a| a.to_ascii_lowercase()) else {
             return Routed::Unaddressable {
                 reason: format!("{kind} request without an `address` string cannot be answered"),
@@ -155,8 +169,11 @@ impl Router {
                 status,
                 error.clone(),
             );
-            refusal(status, error, vec![reply])
+            self::refusal(status, error, vec![reply])
         };
+        if let Some(error) = refusal {
+            return refuse(Status::Failed, error);
+        }
         if let Err(error) = self.verify(obj) {
             return refuse(Status::BadSignature, error);
         }

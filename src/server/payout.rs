@@ -61,7 +61,14 @@ pub(crate) fn content_hash(p: &NewPayout) -> [u8; 32] {
 }
 
 impl Router {
-    pub(super) fn payout_request(&self, kind: Kind, obj: &RawObject) -> Routed {
+    /// Routes a withdraw or pay; `forced` refuses it (still answered) for a
+    /// fault found in the body before it.
+    pub(super) fn payout_request(
+        &self,
+        kind: Kind,
+        obj: &RawObject,
+        forced: Option<String>,
+    ) -> Routed {
         let Some(queue_id) = msg::echo_str(obj, "queue_id") else {
             return Routed::Unaddressable {
                 reason: format!("{kind} request without a `queue_id` string cannot be answered"),
@@ -107,6 +114,9 @@ impl Router {
                 .collect();
             refusal(status, error, replies)
         };
+        if let Some(error) = forced {
+            return refuse(Status::Failed, error);
+        }
         if let Err(error) = self.verify(obj) {
             return refuse(Status::BadSignature, error);
         }

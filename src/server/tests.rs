@@ -177,6 +177,32 @@ fn what_cannot_be_addressed_is_dropped_with_a_reason() {
 }
 
 #[test]
+fn a_field_given_twice_is_refused_and_answered_where_it_can_be() {
+    let r = router();
+    // Another field twice: answered, naming it.
+    let body = String::from_utf8(signed(topup())).expect("utf8");
+    let twice = body.replacen('{', r#"{"symbol":"ETH","#, 1);
+    let routed = r.route(Kind::Remove, twice.into_bytes()).routed;
+    let v = reply_json(&routed);
+    assert_eq!(v["status"], 0);
+    assert_eq!(v["address"], ADDR);
+    assert_eq!(v["error"], "field `symbol` appears twice");
+    // The addressing field twice with one value: answered too.
+    let body = String::from_utf8(signed(withdraw())).expect("utf8");
+    let twice = body.replacen('{', r#"{"queue_id":"withdraw_123","#, 1);
+    let v = replies_json(&r.route(Kind::Withdraw, twice.into_bytes()).routed);
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0]["queue_id"], "withdraw_123");
+    assert_eq!(v[0]["error"], "field `queue_id` appears twice");
+    // With two values it names nobody for sure: not answered.
+    let twice = body.replacen('{', r#"{"queue_id":"other","#, 1);
+    assert!(matches!(
+        r.route(Kind::Withdraw, twice.into_bytes()).routed,
+        Routed::Unaddressable { .. }
+    ));
+}
+
+#[test]
 fn remove_unwatches_or_cancels() {
     let r = router();
     assert!(matches!(

@@ -50,6 +50,15 @@ fn amounts_are_written_as_go_did_and_never_rounded() {
     let l = response_line("topup_resp", resp).expect("a line");
     assert_eq!(l.amount, "100.500000");
     assert_eq!(l.file, "0x4e5b2e1dc63f6b91cb6cd759936495434c7e972f");
+    // 18 decimals and 30 integer digits: a float would round both.
+    for amount in ["1.000000000000000001", "123456789012345678901234567890.5"] {
+        let resp = format!(
+            r#"{{"queue_id":"q","status":2,"amount":{amount},"chain":"ETH","symbol":"ETH","tx_hash":"0x1","from_address":"0x1111111111111111111111111111111111111111","to_address":"0x2222222222222222222222222222222222222222"}}"#
+        );
+        let l = response_line("withdraw_resp", resp.as_bytes()).expect("a line");
+        assert_eq!(l.amount, go_amount(amount));
+        assert_eq!(l.file, "0x1111111111111111111111111111111111111111");
+    }
 }
 
 /// Whether `name` is `{stem}_{YYYYMMDD}_{HHMMSS}[_{n}].log.gz`.

@@ -4,7 +4,11 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod probe;
 pub mod rpc_proxy;
+
+#[allow(unused_imports)]
+pub use probe::Probe;
 
 use alloy::network::TransactionBuilder;
 use alloy::primitives::{Address, B256, U256};
@@ -545,6 +549,20 @@ impl World {
             .get_receipt()
             .await?;
         ensure!(r.status(), "USDT transfer reverted");
+        Ok((r.transaction_hash, r.block_number.context("mined")?))
+    }
+
+    /// Mints `units` of test USDT to `to` (a `Transfer` from the zero
+    /// address, sent by the deployer); returns the tx hash and block.
+    pub async fn mint_usdt(&self, to: Address, units: u64) -> Result<(B256, u64)> {
+        let r = ITestUSDT::new(self.token, &self.eth)
+            .mint(to, U256::from(units))
+            .from(self.accounts[0])
+            .send()
+            .await?
+            .get_receipt()
+            .await?;
+        ensure!(r.status(), "USDT mint reverted");
         Ok((r.transaction_hash, r.block_number.context("mined")?))
     }
 

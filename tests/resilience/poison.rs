@@ -258,6 +258,39 @@ async fn thousands_of_bad_messages_move_no_money_and_every_good_one_is_served() 
             );
         }
     }
+    // A field given twice at the top level: refused and answered, naming the
+    // field, wherever the body can still be addressed (the addressing field
+    // itself twice with the same value, or another field twice).
+    for i in 0..30 {
+        let q = format!("dup-field-{i}");
+        let (kind, queue) = [("withdraw", "withdraw_resp"), ("pay", "pay_resp")][i % 2];
+        let mut body = withdraw(&q, user, to, "1")?;
+        if kind == "pay" {
+            body["order_id"] = "o-1".into();
+        }
+        let text = String::from_utf8(signed(body)?)?;
+        let (field, twice) = match i % 3 {
+            0 => ("symbol", r#""symbol":"ETH","#.to_owned()),
+            1 => ("amount", r#""amount":2,"#.to_owned()),
+            _ => ("queue_id", format!(r#""queue_id":"{q}","#)),
+        };
+        messages.push((
+            kind,
+            text.replacen('{', &format!("{{{twice}"), 1).into_bytes(),
+        ));
+        let key = if kind == "pay" { format!("{q}/o-1") } else { q };
+        answers.add(queue, key, 0, &format!("field `{field}` appears twice"));
+    }
+    for i in 0..20 {
+        let (kind, queue) = FLOWS[if i % 2 == 0 { 0 } else { 3 }];
+        let address = hex_addr(Address::random());
+        let text = String::from_utf8(signed(topup(&address, "USDT"))?)?;
+        messages.push((
+            kind,
+            text.replacen('{', r#"{"symbol":"ETH","#, 1).into_bytes(),
+        ));
+        answers.add(queue, address, 0, "field `symbol` appears twice");
+    }
     // No transfers, and one too many (only the first 1000 are answered: the
     // router never builds more answers than a batch may hold).
     for i in 0..5 {

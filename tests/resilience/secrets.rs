@@ -101,6 +101,14 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// API keys and a password in the node URLs of the test's config.
+const NODE_SECRETS: [&str; 4] = [
+    "pathkey0123456789abcdef",
+    "nodepassword0123",
+    "querykey0123456789abcdef",
+    "wskey0123456789abcdef",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_a_log_or_a_response() -> Result<()> {
     let w = World::with("secrets", &[], |c| {
@@ -112,6 +120,25 @@ async fn no_secret_reaches_a_log_or_a_response() -> Result<()> {
         );
         let main = dir.with_file_name("main-logs");
         c["log_config"]["main_log_dir"] = json!(main);
+        // Hosted nodes put their API key in the URL: a path, a query, a
+        // password. The first endpoint is down, so its URL is in the errors
+        // the daemon logs while it moves to the next.
+        let http = c["eth_config"]["rpc_url"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let ws = c["eth_config"]["ws_url"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let with = |base: &str, creds: &str| base.replacen("://", &format!("://{creds}"), 1);
+        c["eth_config"]["rpc_url"] = json!(format!("http://127.0.0.1:1/v3/{}", NODE_SECRETS[0]));
+        c["eth_config"]["fallback_rpc_urls"] = json!([format!(
+            "{}/?apikey={}",
+            with(&http, &format!("nodeuser:{}@", NODE_SECRETS[1])),
+            NODE_SECRETS[2]
+        )]);
+        c["eth_config"]["ws_url"] = json!(format!("{ws}/?apikey={}", NODE_SECRETS[3]));
     })
     .await?;
     let mut replies = std::collections::BTreeMap::new();
@@ -302,10 +329,23 @@ async fn no_secret_reaches_a_log_or_a_response() -> Result<()> {
         "test bug: the derived key-encryption key is not the daemon's"
     );
     secrets.extend(forms("the key-encryption key", &derived));
+    for (i, s) in NODE_SECRETS.iter().enumerate() {
+        secrets.push((format!("node URL secret {i}"), s.as_bytes().to_vec()));
+    }
+    // The first endpoint's failures were logged, by its host and port only.
+    ensure!(
+        log.contains("127.0.0.1:1"),
+        "the dead endpoint's failures were logged"
+    );
 
     for (path, bytes) in &haystack {
         let lower = bytes.to_ascii_lowercase();
+        // The config file is the operator's own, and holds the node URLs.
+        let config = path.ends_with("config.json");
         for (what, form) in &secrets {
+            if config && what.starts_with("node URL") {
+                continue;
+            }
             let case_free = form.iter().all(|b| !b.is_ascii_uppercase());
             let found = contains(bytes, form) || (case_free && contains(&lower, form));
             assert!(!found, "{what} appears in {}", path.display());

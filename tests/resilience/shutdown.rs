@@ -68,14 +68,34 @@ async fn sigterm_stops_cleanly_and_a_restart_completes_the_work() -> Result<()> 
     let store = w.store().await?;
     assert_eq!(store.outbox_backlog().await?, 0, "the outbox was flushed");
     store.close().await;
-    // The late withdrawal waits in its queue and is not in the inbox.
+    // The late withdrawal is not in the inbox, and waits in its queue with
+    // every withdrawal the daemon had not recorded.
+    let inbox = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}?mode=ro",
+        w.dir.path().join("msg.db").display()
+    ))
+    .await?;
+    let (recorded, all): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*) FILTER (WHERE body = ?), COUNT(*) FROM inbox")
+            .bind(&late)
+            .fetch_one(&inbox)
+            .await?;
+    let answered: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+        .fetch_one(&inbox)
+        .await?;
+    inbox.close().await;
+    assert_eq!(
+        recorded, 0,
+        "the withdrawal sent after SIGTERM was not taken"
+    );
+    let waiting = N as u32 + 1 - u32::try_from(all)?;
     let ch = w.amqp.create_channel().await?;
     let queue = w.config_json["rmq_config"]["withdraw"]["queue"]
         .as_str()
         .context("withdraw queue")?
         .to_owned();
     eventually(
-        "the withdrawal sent after SIGTERM is in its queue",
+        &format!("the {waiting} withdrawals not recorded are in their queue"),
         || async {
             let q = ch
                 .queue_declare(
@@ -87,28 +107,20 @@ async fn sigterm_stops_cleanly_and_a_restart_completes_the_work() -> Result<()> 
                     FieldTable::default(),
                 )
                 .await?;
-            Ok(q.message_count() >= 1)
+            Ok(q.message_count() == waiting)
         },
     )
     .await?;
-    let inbox = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}?mode=ro",
-        w.dir.path().join("msg.db").display()
-    ))
-    .await?;
-    let (recorded, all): (i64, i64) =
-        sqlx::query_as("SELECT COUNT(*) FILTER (WHERE body = ?), COUNT(*) FROM inbox")
-            .bind(&late)
-            .fetch_one(&inbox)
-            .await?;
-    inbox.close().await;
-    assert_eq!(
-        recorded, 0,
-        "the withdrawal sent after SIGTERM was not taken"
-    );
-    assert!(all >= 1, "the inbox was read");
+    // Every answer the daemon published has arrived; none is about it.
+    let published = usize::try_from(answered)?;
+    replies
+        .wait_count("published before the exit", published, |_| true)
+        .await?;
+    assert_eq!(replies.seen.len(), published, "nothing else arrived");
     assert!(
-        replies.matching(is("after-term", 2)).is_empty(),
+        replies
+            .matching(|v| v["queue_id"] == "after-term")
+            .is_empty(),
         "nothing answered it"
     );
 

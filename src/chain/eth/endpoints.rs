@@ -2,6 +2,7 @@
 //! one at a time. A task that keeps failing on the current one moves everyone
 //! to the next; each new connection is checked to be on the expected chain.
 
+use crate::secret::redact_url;
 use alloy::network::Ethereum;
 use alloy::providers::{Provider, RootProvider};
 use alloy::rpc::client::RpcClient;
@@ -101,13 +102,16 @@ impl Endpoints {
             c.index
         };
         let url = self.urls[index].clone();
+        // Logs and errors name an endpoint by scheme, host and port only: a
+        // hosted node's URL carries its API key.
+        let shown = redact_url(&url);
         let unreachable = |source| EndpointError::Unreachable {
-            url: url.clone(),
+            url: shown.clone(),
             source,
         };
         let provider = if url.starts_with("http://") || url.starts_with("https://") {
             let unusable = |reason: String| EndpointError::Unusable {
-                url: url.clone(),
+                url: shown.clone(),
                 reason,
             };
             let parsed = url.parse().map_err(|e| unusable(format!("{e}")))?;
@@ -126,12 +130,12 @@ impl Endpoints {
             let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
             match *expected {
                 Some(e) if e != got => {
-                    error!(target: "m2pool::eth", chain = %self.chain, %url, expected = e, got,
+                    error!(target: "m2pool::eth", chain = %self.chain, url = %shown, expected = e, got,
                            "endpoint serves another chain; skipped");
                     drop(expected);
                     self.failed(index);
                     return Err(EndpointError::WrongChain {
-                        url,
+                        url: shown,
                         expected: e,
                         got,
                     });
@@ -156,8 +160,8 @@ impl Endpoints {
         }
         c.index = (index + 1) % self.urls.len();
         c.provider = None;
-        warn!(target: "m2pool::eth", chain = %self.chain, from = %self.urls[index], to = %self.urls[c.index],
-              "switching node endpoint");
+        warn!(target: "m2pool::eth", chain = %self.chain, from = %redact_url(&self.urls[index]),
+              to = %redact_url(&self.urls[c.index]), "switching node endpoint");
     }
 
     /// Most calls in one JSON-RPC batch (`eth_config.max_rpc_batch`).

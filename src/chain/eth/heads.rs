@@ -31,6 +31,8 @@ pub(super) async fn follow(
     let mut index = 0usize;
     while !urls.is_empty() {
         let url = &urls[index % urls.len()];
+        // Logs name the endpoint by scheme, host and port: its URL may carry a key.
+        let shown = crate::secret::redact_url(url);
         let subscribed = async {
             // One immediate reconnection attempt inside alloy, then the
             // subscription ends and this loop takes over.
@@ -47,7 +49,7 @@ pub(super) async fn follow(
         };
         match outcome {
             Ok((_provider, sub)) => {
-                info!(target: "m2pool::eth", chain = %chain, %url, "new-heads subscription open");
+                info!(target: "m2pool::eth", chain = %chain, url = %shown, "new-heads subscription open");
                 backoff.reset();
                 // A connection that was down may have missed heads: look now.
                 wake.notify_one();
@@ -61,7 +63,7 @@ pub(super) async fn follow(
                         },
                     }
                 }
-                warn!(target: "m2pool::eth", chain = %chain, %url, "new-heads subscription ended; reconnecting");
+                warn!(target: "m2pool::eth", chain = %chain, url = %shown, "new-heads subscription ended; reconnecting");
                 let (delay, _) = backoff.next_delay();
                 if sleep_or_shutdown(delay, &shutdown).await {
                     return;
@@ -69,7 +71,7 @@ pub(super) async fn follow(
             }
             Err(e) => {
                 let (delay, attempt) = backoff.next_delay();
-                warn!(target: "m2pool::eth", chain = %chain, attempt, %url, error = %e,
+                warn!(target: "m2pool::eth", chain = %chain, attempt, url = %shown, error = %e,
                       "cannot subscribe to new heads; retrying");
                 index += 1;
                 if sleep_or_shutdown(delay, &shutdown).await {

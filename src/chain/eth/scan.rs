@@ -157,13 +157,6 @@ impl Scanner {
         self.window.last_key_value().map(|(_, b)| *b)
     }
 
-    /// Tells the health state where the cursor is.
-    fn report_cursor(&self) {
-        if let Some(c) = self.cursor() {
-            self.health.chain(&self.chain, |h| h.cursor = c.number);
-        }
-    }
-
     async fn send(
         &self,
         events: &mpsc::Sender<ChainEvent>,
@@ -223,9 +216,6 @@ impl Scanner {
         if self.window.is_empty() {
             self.anchor(events).await?;
         }
-        // The cursor as anchored or loaded at start is reported before the
-        // first head, so the two never read as a lag that is not there.
-        self.report_cursor();
         let head = self
             .rpc
             .get_block_number()
@@ -236,7 +226,6 @@ impl Scanner {
                   "the node's head advances again");
         }
         self.verify_cursor(head, events).await?;
-        self.report_cursor();
         while let Some(cursor) = self.cursor() {
             if cursor.number >= head || shutdown.is_cancelled() {
                 break;
@@ -396,7 +385,6 @@ impl Scanner {
             while self.window.len() as u64 > self.keep {
                 self.window.pop_first();
             }
-            self.health.chain(&self.chain, |c| c.cursor = this.number);
             self.send(
                 events,
                 ChainEvent::Block {
@@ -421,6 +409,9 @@ impl Scanner {
                 continue;
             };
             match erc20::Transfer::decode_log_data(log.data()) {
+                // A zero-value Transfer moves nothing: address-poisoning spam
+                // sends them to watched addresses by the thousands.
+                Ok(t) if t.value.is_zero() => {}
                 Ok(t) => out.push(Transfer {
                     symbol: symbol.clone(),
                     tx_hash,
