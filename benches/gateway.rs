@@ -680,6 +680,7 @@ async fn confirm_work(pending: usize, maturing: usize) -> Result<Row> {
             block_number: head,
             block_hash,
             due,
+            decimals: 6,
             known_only: false,
         };
         tx.deposit_seen(&d).await?;

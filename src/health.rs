@@ -29,7 +29,20 @@ pub struct ChainHealth {
     pub head_changed: Option<Instant>,
     /// The head has not advanced for longer than the configured limit.
     pub stalled: bool,
+    /// Payouts whose signed transaction the node has refused for longer
+    /// than `stuck_payout_secs`, in plain words (set by the payout sender).
+    pub refused_payouts: Vec<String>,
+    /// Final answers a reorganisation deeper than `confirm_height` took
+    /// back, in plain words, with when: shown for [`INCIDENT_SHOWN`].
+    pub deep_reorgs: Vec<(Instant, String)>,
 }
+
+/// How long `/healthz` shows a final answer that a deep reorganisation took
+/// back (the error log keeps it for good).
+pub const INCIDENT_SHOWN: Duration = Duration::from_secs(24 * 3600);
+
+/// Most deep-reorganisation incidents kept per chain.
+const INCIDENTS_KEPT: usize = 100;
 
 impl ChainHealth {
     /// Seconds since the head last advanced.
@@ -101,6 +114,13 @@ pub fn problems(
             )),
             Some(_) => {}
         }
+        out.extend(c.refused_payouts.iter().map(|p| format!("{name}: {p}")));
+        out.extend(
+            c.deep_reorgs
+                .iter()
+                .filter(|(at, _)| at.elapsed() < INCIDENT_SHOWN)
+                .map(|(_, text)| format!("{name}: {text}")),
+        );
         if let Some(max) = limits.max_cursor_lag
             && c.lag() > max
         {
@@ -181,6 +201,16 @@ impl Health {
                 None
             }
         })
+    }
+
+    /// Records a final answer that a reorganisation deeper than
+    /// `confirm_height` took back.
+    pub fn deep_reorg(&self, name: &str, text: String) {
+        self.chain(name, |c| {
+            c.deep_reorgs.push((Instant::now(), text));
+            let over = c.deep_reorgs.len().saturating_sub(INCIDENTS_KEPT);
+            c.deep_reorgs.drain(..over);
+        });
     }
 
     /// Marks the head stalled if it has not moved for `limit`; returns `true`
@@ -288,6 +318,27 @@ mod tests {
         one(&h, outbox(0, None), "trails the head by 6 blocks (limit 5)");
         one(&healthy(), outbox(3, Some(31)), "3 responses wait");
         one(&healthy(), Err("disk".into()), "cannot be read: disk");
+        let h = healthy();
+        h.chain("ETH", |c| {
+            c.refused_payouts = vec!["payout `q` refused".into()]
+        });
+        one(&h, outbox(0, None), "ETH: payout `q` refused");
+        let h = healthy();
+        h.deep_reorg("ETH", "a deposit answered 1 left the chain".into());
+        one(
+            &h,
+            outbox(0, None),
+            "ETH: a deposit answered 1 left the chain",
+        );
+        h.chain("ETH", |c| {
+            c.deep_reorgs[0].0 = Instant::now()
+                .checked_sub(INCIDENT_SHOWN + Duration::from_secs(1))
+                .unwrap_or_else(Instant::now)
+        });
+        assert!(
+            problems(&h.snapshot(), &outbox(0, None), &LIMITS).is_empty(),
+            "shown for a day"
+        );
 
         // Judged at the moment of asking, even if the chain task never looks.
         let h = healthy();

@@ -77,6 +77,14 @@ pub struct Metrics {
     pub payout_broadcast: Histogram,
     /// Listen's work per verified block (deposits, payouts, what matures, commit).
     pub block_apply: Histogram,
+    /// Final answers (deposits, payouts) that a reorganisation deeper than
+    /// `confirm_height` took back.
+    pub deep_reorg_deposits: AtomicU64,
+    /// See [`Metrics::deep_reorg_deposits`].
+    pub deep_reorg_payouts: AtomicU64,
+    /// Payouts whose signed transaction the node refuses for longer than
+    /// `stuck_payout_secs` now.
+    pub refused_payouts: AtomicU64,
 }
 
 /// Shared metrics; cheap to clone.
@@ -282,6 +290,26 @@ impl Metrics {
                 "m2pool_channel_capacity{{channel=\"{name}\"}} {capacity}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP m2pool_final_answers_reorged_total Final answers (status 1) that a reorganisation deeper than confirm_height took back: check each by hand.\n# TYPE m2pool_final_answers_reorged_total counter"
+        );
+        for (kind, n) in [
+            ("deposit", &self.deep_reorg_deposits),
+            ("payout", &self.deep_reorg_payouts),
+        ] {
+            let _ = writeln!(
+                out,
+                "m2pool_final_answers_reorged_total{{kind=\"{kind}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        gauge(
+            &mut out,
+            "m2pool_payouts_refused_by_node",
+            "Payouts whose signed transaction the node has refused for longer than stuck_payout_secs.",
+            self.refused_payouts.load(Ordering::Relaxed).to_string(),
+        );
         self.publish_confirm.render(
             &mut out,
             "m2pool_publish_confirm_seconds",

@@ -99,8 +99,15 @@ pub fn remove(
     )
 }
 
-/// A payout response from its stored state; `decimals` of its symbol.
+/// A payout response from its stored state; `decimals` of its symbol. A
+/// `status=2` names the transaction it named the first time (a fee bump
+/// that replaced it later changes nothing in its repeats); a final answer
+/// names the transaction that was mined.
 pub fn payout(p: &Payout, status: Status, error: Option<String>, decimals: u8) -> Reply {
+    let tx_hash = match status {
+        Status::Pending => p.announced_tx.or(p.tx_hash),
+        _ => p.tx_hash,
+    };
     let kind = if p.kind == "pay" {
         Kind::Pay
     } else {
@@ -115,7 +122,7 @@ pub fn payout(p: &Payout, status: Status, error: Option<String>, decimals: u8) -
             chain: p.chain.clone(),
             symbol: p.symbol.clone(),
             order_id: (kind == Kind::Pay).then(|| p.order_id.clone()),
-            tx_hash: p.tx_hash.map(|h| hash_hex(&h)).unwrap_or_default(),
+            tx_hash: tx_hash.map(|h| hash_hex(&h)).unwrap_or_default(),
             from_address: Some(addr_hex(&p.payer.unwrap_or(p.from))),
             to_address: Some(addr_hex(&p.to)),
             error,

@@ -321,7 +321,7 @@ fn leftovers(dir: &Path) -> io::Result<Vec<PathBuf>> {
 /// batch payment), in the file of its `address` (topup, remove) or
 /// `from_address` (withdraw, pay). Refused requests are seen in their
 /// response lines.
-pub fn request_lines(r: &crate::server::Request, decimals: impl Fn(&str) -> u8) -> Vec<Line> {
+pub fn request_lines(r: &crate::server::Request) -> Vec<Line> {
     use crate::msg::{addr_hex, amount::format_units};
     use crate::server::Routed;
     let watch = |kind: &str, w: &crate::store::WatchRow| Line {
@@ -350,7 +350,7 @@ pub fn request_lines(r: &crate::server::Request, decimals: impl Fn(&str) -> u8) 
                 to: addr_hex(&p.to),
                 chain: p.chain.clone(),
                 symbol: p.symbol.clone(),
-                amount: go_amount(&format_units(p.amount, decimals(&p.symbol))),
+                amount: go_amount(&format_units(p.amount, p.decimals)),
             })
             .collect(),
         Routed::Refuse { .. } | Routed::Unaddressable { .. } => Vec::new(),

@@ -52,6 +52,23 @@ pub struct OwnTx {
     pub success: bool,
     /// Gas paid, in wei (gas used × effective gas price).
     pub fee: U256,
+    /// Every ERC20 `Transfer` its receipt logged, of any contract: a token
+    /// payout paid only if the right one is among them (a token whose
+    /// `transfer` returns `false` succeeds with no log).
+    pub token_moves: Vec<TokenMove>,
+}
+
+/// An ERC20 `Transfer` event in a receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenMove {
+    /// The token contract that logged it.
+    pub contract: Address,
+    /// Sender.
+    pub from: Address,
+    /// Recipient.
+    pub to: Address,
+    /// Base units.
+    pub value: U256,
 }
 
 /// What a chain reports to listen, in order.

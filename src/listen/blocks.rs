@@ -7,9 +7,11 @@ use super::{Effects, Listen, ListenError};
 use crate::chain::{ChainEvent, OwnTx, Transfer};
 use crate::msg::{Status, addr_hex, hash_hex};
 use crate::reply::{self, DepositFacts};
-use crate::store::{BlockRef, DepositSeen, DueDeposit, NewDeposit, Payout, PayoutState, StoreTx};
+use crate::store::{
+    BlockRef, DepositSeen, DueDeposit, Mined, NewDeposit, Payout, PayoutState, StoreTx,
+};
 use crate::wallet::{LedgerEntry, Movement};
-use alloy::primitives::{I256, U256};
+use alloy::primitives::{Address, I256, U256};
 use tracing::{error, info, warn};
 
 /// Log index of a payout's debit and of its fee in the ledger.
@@ -26,6 +28,42 @@ fn node_line(kind: &str, f: &DepositFacts<'_>) -> crate::txlog::Line {
         f.symbol,
         crate::txlog::go_amount(&crate::msg::amount::format_units(f.amount, f.decimals)),
     )
+}
+
+/// The `error` of a payout cancelled by giving its nonce to a zero-value
+/// transfer, as of one cancelled before signing.
+pub(super) const CANCELLED: &str = "cancelled";
+
+/// Whether mined transaction `o` paid payout `p`: for a token (`contract`),
+/// its receipt must log the `Transfer` of exactly that amount from the payer
+/// to the recipient; a token whose `transfer` returns `false` (many do, and
+/// revert nothing) logs none. The error says what was missing.
+pub(super) fn paid(p: &Payout, contract: Option<Address>, o: &OwnTx) -> Result<(), String> {
+    if !o.success || p.symbol == "ETH" {
+        return Ok(());
+    }
+    let Some(contract) = contract else {
+        return Err(format!(
+            "the contract of {} is no longer known, so the transfer cannot be checked; check it by hand",
+            p.symbol
+        ));
+    };
+    let payer = p.payer.unwrap_or(o.from);
+    let moved = o
+        .token_moves
+        .iter()
+        .any(|m| m.contract == contract && m.from == payer && m.to == p.to && m.value == p.amount);
+    if moved {
+        Ok(())
+    } else {
+        Err(format!(
+            "the {} contract did not transfer the amount (its transfer returned without a Transfer of it \
+             from {} to {}); nothing was paid (gas was spent)",
+            p.symbol,
+            addr_hex(&payer),
+            addr_hex(&p.to)
+        ))
+    }
 }
 
 fn negative(v: U256) -> I256 {
@@ -104,6 +142,7 @@ impl Listen {
                 block_number: block.number,
                 block_hash: block.hash,
                 due: block.number + self.confirm_height,
+                decimals: self.decimals(&t.symbol),
                 known_only,
             })
             .collect();
@@ -146,8 +185,7 @@ impl Listen {
         d: DueDeposit,
         fx: &mut Effects,
     ) -> Result<(), ListenError> {
-        let canonical =
-            !d.orphaned && tx.block_hash(chain, d.block_number).await? == Some(d.block_hash);
+        let canonical = !d.orphaned && tx.is_canonical(chain, d.block_number, d.block_hash).await?;
         tx.decide_deposit(d.id, canonical).await?;
         let (status, error) = if canonical {
             info!(target: "m2pool::listen", chain, symbol = %d.symbol, address = %addr_hex(&d.address),
@@ -176,7 +214,7 @@ impl Listen {
         let facts = DepositFacts {
             chain,
             symbol: &d.symbol,
-            decimals: self.decimals(&d.symbol),
+            decimals: d.decimals.unwrap_or_else(|| self.decimals(&d.symbol)),
             address: d.address,
             from: d.from,
             amount: d.amount,
@@ -202,23 +240,39 @@ impl Listen {
         block: &BlockRef,
         o: &OwnTx,
     ) -> Result<(), ListenError> {
-        let due = block.number + self.confirm_height;
-        let mined = tx
-            .payout_mined(
-                chain,
-                o.from,
-                o.nonce,
-                o.tx_hash,
-                (block.number, block.hash),
-                o.success,
-                o.fee,
-                due,
-            )
-            .await?;
-        if let Some(p) = mined {
-            info!(target: "m2pool::listen", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id,
-                  tx = %hash_hex(&o.tx_hash), block = block.number, success = o.success, displaced = p.displaced,
-                  "payout mined");
+        let Some(p) = tx.payout_by_nonce(chain, o.from, o.nonce).await? else {
+            return Ok(());
+        };
+        let ours = tx.signed_tx_of(o.tx_hash).await?;
+        let displaced = ours.map(|(id, _)| id) != Some(p.id);
+        let cancel_mined = !displaced && ours.is_some_and(|(_, cancels)| cancels);
+        // What the payout asked for is judged on the receipt: reverted, or
+        // (a token) no `Transfer` of exactly that amount to that recipient.
+        let judged = if displaced || cancel_mined {
+            Ok(())
+        } else {
+            let contract = p
+                .contract
+                .or_else(|| self.contracts.get(&p.symbol).copied());
+            paid(&p, contract, o)
+        };
+        let m = Mined {
+            tx_hash: o.tx_hash,
+            block: (block.number, block.hash),
+            due: block.number + self.confirm_height,
+            success: o.success && judged.is_ok(),
+            fee: o.fee,
+            displaced,
+            cancel_mined,
+            note: judged.err(),
+        };
+        tx.mark_payout_mined(p.id, &m).await?;
+        info!(target: "m2pool::listen", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id,
+              tx = %hash_hex(&o.tx_hash), block = block.number, success = m.success, displaced, cancel_mined,
+              "payout mined");
+        if let Some(note) = &m.note {
+            warn!(target: "m2pool::listen", id = p.id, queue_id = %p.queue_id, tx = %hash_hex(&o.tx_hash),
+                  note = %note, "payout mined without paying");
         }
         Ok(())
     }
@@ -236,14 +290,14 @@ impl Listen {
             error!(target: "m2pool::listen", id = p.id, "mined payout without its block, hash or payer; left undecided");
             return Ok(());
         };
-        if tx.block_hash(chain, number).await? != Some(hash) {
+        if !tx.is_canonical(chain, number, hash).await? {
             warn!(target: "m2pool::listen", id = p.id, block = number, "payout's block is not canonical; broadcasting again");
             tx.unmine_payouts_above(chain, number.saturating_sub(1))
                 .await?;
             fx.payout_chains.push(chain.to_owned());
             return Ok(());
         }
-        let decimals = self.decimals(&p.symbol);
+        let decimals = self.payout_decimals(&p);
         // A payout mined before its broadcast was recorded still answers 2 first.
         if let Some(unannounced) = tx.take_announcement(p.id).await? {
             fx.push(reply::payout(&unannounced, Status::Pending, None, decimals));
@@ -267,6 +321,14 @@ impl Listen {
                 hash_hex(&tx_hash)
             );
             (PayoutState::Failed, Status::Failed, Some(e), vec![])
+        } else if p.cancel_mined {
+            // Its nonce went to the zero-value transfer that cancels it.
+            (
+                PayoutState::Cancelled,
+                Status::Failed,
+                Some(CANCELLED.to_owned()),
+                vec![fee_entry],
+            )
         } else if p.success == Some(true) {
             let debit = LedgerEntry {
                 chain: chain.to_owned(),
@@ -285,8 +347,9 @@ impl Listen {
                 vec![debit, fee_entry],
             )
         } else {
-            let e =
-                "the transaction reverted on chain; nothing was paid (gas was spent)".to_owned();
+            let e = p.error.clone().unwrap_or_else(|| {
+                "the transaction reverted on chain; nothing was paid (gas was spent)".to_owned()
+            });
             (
                 PayoutState::Failed,
                 Status::Failed,
@@ -345,9 +408,41 @@ impl Listen {
         if unmined > 0 {
             fx.payout_chains.push(chain.to_owned());
         }
+        // Final answers deeper than confirm_height taken back: nothing can be
+        // undone automatically, an operator must look (log, /healthz, metric).
         for tx_hash in tx.confirmed_above(chain, fork.number).await? {
             error!(target: "m2pool::listen", chain, tx = %hash_hex(&tx_hash), fork = fork.number,
                    "a deposit already reported final was in a block that left the chain; check it by hand");
+            self.health.deep_reorg(
+                chain,
+                format!(
+                    "deposit {} was answered final but its block left the chain (reorganisation below block {}); check it by hand",
+                    hash_hex(&tx_hash),
+                    fork.number + 1
+                ),
+            );
+            self.metrics
+                .deep_reorg_deposits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        for p in tx.final_payouts_above(chain, fork.number).await? {
+            let tx_hash = p.tx_hash.map(|h| hash_hex(&h)).unwrap_or_default();
+            error!(target: "m2pool::listen", chain, id = p.id, queue_id = %p.queue_id, order_id = %p.order_id,
+                   tx = %tx_hash, state = p.state.as_str(), fork = fork.number,
+                   "a payout already answered final was in a block that left the chain; check it by hand");
+            self.health.deep_reorg(
+                chain,
+                format!(
+                    "payout queue_id `{}`{} was answered final ({}) but its transaction {tx_hash} left the chain (reorganisation below block {}); check it by hand",
+                    p.queue_id,
+                    if p.order_id.is_empty() { String::new() } else { format!(" order_id `{}`", p.order_id) },
+                    p.state.as_str(),
+                    fork.number + 1
+                ),
+            );
+            self.metrics
+                .deep_reorg_payouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         warn!(target: "m2pool::listen", chain, fork = fork.number, orphaned, unmined, "reorganisation applied");
         fx.lines.push(crate::txlog::node_line(
@@ -359,5 +454,102 @@ impl Listen {
             fork.number.to_string(),
         ));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::TokenMove;
+    use alloy::primitives::B256;
+
+    fn payout(symbol: &str) -> Payout {
+        Payout {
+            id: 1,
+            chain: "ETH".into(),
+            kind: "withdraw".into(),
+            queue_id: "q".into(),
+            order_id: String::new(),
+            content_hash: vec![],
+            symbol: symbol.into(),
+            from: Address::repeat_byte(1),
+            to: Address::repeat_byte(2),
+            amount: U256::from(5u64),
+            state: PayoutState::Sent,
+            announced: true,
+            payer: Some(Address::repeat_byte(1)),
+            nonce: Some(0),
+            tx_hash: None,
+            block_number: None,
+            block_hash: None,
+            success: None,
+            fee: None,
+            displaced: false,
+            error: None,
+            updated_at: 0,
+            created_at: 0,
+            decimals: Some(6),
+            contract: None,
+            announced_tx: None,
+            refused_at: None,
+            refusal: None,
+            cancel_requested: false,
+            cancel_mined: false,
+        }
+    }
+
+    fn mined(success: bool, moves: Vec<TokenMove>) -> OwnTx {
+        OwnTx {
+            from: Address::repeat_byte(1),
+            nonce: 0,
+            tx_hash: B256::ZERO,
+            success,
+            fee: U256::ZERO,
+            token_moves: moves,
+        }
+    }
+
+    #[test]
+    fn a_token_payout_pays_only_with_its_exact_transfer_logged() {
+        let token = Address::repeat_byte(9);
+        let p = payout("USDT");
+        let exact = TokenMove {
+            contract: token,
+            from: Address::repeat_byte(1),
+            to: Address::repeat_byte(2),
+            value: U256::from(5u64),
+        };
+        assert_eq!(
+            paid(&p, Some(token), &mined(true, vec![exact.clone()])),
+            Ok(())
+        );
+        // `transfer` returned false: status 1, no log.
+        assert!(paid(&p, Some(token), &mined(true, vec![])).is_err());
+        // Another contract, amount or recipient is not this payout.
+        for wrong in [
+            TokenMove {
+                contract: Address::repeat_byte(8),
+                ..exact.clone()
+            },
+            TokenMove {
+                value: U256::from(4u64),
+                ..exact.clone()
+            },
+            TokenMove {
+                to: Address::repeat_byte(3),
+                ..exact.clone()
+            },
+            TokenMove {
+                from: Address::repeat_byte(3),
+                ..exact.clone()
+            },
+        ] {
+            assert!(paid(&p, Some(token), &mined(true, vec![wrong])).is_err());
+        }
+        // Without its contract it cannot be checked: not counted as paid.
+        assert!(paid(&p, None, &mined(true, vec![exact])).is_err());
+        // Ether is judged by the receipt alone; a revert by the caller.
+        assert_eq!(paid(&payout("ETH"), None, &mined(true, vec![])), Ok(()));
+        assert_eq!(paid(&p, Some(token), &mined(false, vec![])), Ok(()));
     }
 }

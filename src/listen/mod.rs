@@ -106,11 +106,39 @@ impl Effects {
     }
 }
 
+/// Due heights are stored with each deposit and payout when it is recorded:
+/// when `confirm_height` differs from the one they were computed with, they
+/// are computed again, so that lowering it decides what is now deep enough
+/// at the next block, and raising it makes what was pending wait longer.
+async fn confirm_height_changes(
+    tx: &mut StoreTx,
+    chain: &str,
+    confirm_height: u64,
+) -> Result<(), ListenError> {
+    let key = format!("confirm_height.{chain}");
+    let was = tx.meta(&key).await?;
+    let now = confirm_height.to_string();
+    if let Some(was) = was.as_deref()
+        && was != now
+    {
+        let (deposits, payouts) = tx.recompute_dues(chain, confirm_height).await?;
+        info!(target: "m2pool::listen", chain, was, now = confirm_height, deposits, payouts,
+              "confirm_height changed: due heights of pending deposits and payouts computed again");
+    }
+    if was.as_deref() != Some(now.as_str()) {
+        tx.set_meta(&key, &now).await?;
+    }
+    Ok(())
+}
+
 /// The listen task's state.
 pub struct Listen {
     store: Store,
     watches: HashMap<String, WatchSet>,
     decimals: HashMap<String, u8>,
+    /// Token contracts by symbol, to check payouts recorded before their
+    /// contract was stored with them.
+    contracts: HashMap<String, alloy::primitives::Address>,
     confirm_height: u64,
     keep: u64,
     wakers: Wakers,
@@ -174,6 +202,7 @@ impl Listen {
         for chain in &config.nets {
             let txs: HashSet<B256> = tx.orphaned_deposit_txs(chain).await?.into_iter().collect();
             orphaned.insert(chain.clone(), txs);
+            confirm_height_changes(&mut tx, chain, config.eth.confirm_height).await?;
         }
         tx.commit().await?;
         // The committed cursor is what `/healthz` shows, from the start on.
@@ -186,6 +215,12 @@ impl Listen {
             store,
             watches,
             decimals,
+            contracts: config
+                .eth
+                .tokens
+                .iter()
+                .map(|t| (t.symbol.clone(), t.contract))
+                .collect(),
             confirm_height: config.eth.confirm_height,
             keep: block_window(config.eth.confirm_height),
             wakers,
@@ -197,6 +232,11 @@ impl Listen {
         };
         listen.count_watches();
         Ok(listen)
+    }
+
+    /// Decimals of payout `p`: as recorded, else (an older row) the config's.
+    fn payout_decimals(&self, p: &crate::store::Payout) -> u8 {
+        p.decimals.unwrap_or_else(|| self.decimals(&p.symbol))
     }
 
     /// Decimals of `symbol` (18 for one the config no longer knows, with a log).

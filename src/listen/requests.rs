@@ -10,8 +10,7 @@ use crate::server::{Request, Routed};
 use crate::store::{NewPayout, Outcome, Payout, PayoutState, StoreTx, WatchRow};
 use tracing::{debug, info, warn};
 
-/// The `error` of a cancelled payout's answer.
-const CANCELLED: &str = "cancelled";
+use super::blocks::CANCELLED;
 
 impl Listen {
     /// Applies one request inside `tx`; its inbox row is already recorded.
@@ -28,8 +27,7 @@ impl Listen {
     ) -> Result<(), ListenError> {
         let (outcome, _) = inbox_outcome(r);
         self.metrics.request(r.kind, outcome);
-        fx.lines
-            .extend(crate::txlog::request_lines(r, |s| self.decimals(s)));
+        fx.lines.extend(crate::txlog::request_lines(r));
         match &r.routed {
             Routed::Watch(w) => {
                 // Only an address not yet watched is appended to the store's
@@ -112,7 +110,7 @@ impl Listen {
         fx: &mut Effects,
     ) -> Result<(), ListenError> {
         for item in items {
-            let decimals = self.decimals(&item.symbol);
+            let decimals = item.decimals;
             match tx
                 .payout_by_key(&item.chain, item.kind, &item.queue_id, &item.order_id)
                 .await?
@@ -128,7 +126,7 @@ impl Listen {
                 Some(p) if p.content_hash == item.content_hash => {
                     info!(target: "m2pool::listen", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id,
                           state = p.state.as_str(), "repeated payout request; republishing its state");
-                    if let Some(reply) = current_state(&p, decimals) {
+                    if let Some(reply) = current_state(&p, self.payout_decimals(&p)) {
                         fx.push(reply);
                     }
                 }
@@ -179,7 +177,7 @@ impl Listen {
                     p,
                     Status::Failed,
                     Some(CANCELLED.to_owned()),
-                    self.decimals(&p.symbol),
+                    self.payout_decimals(p),
                 );
                 fx.push(reply);
                 info!(target: "m2pool::listen", id = p.id, queue_id, order_id = %p.order_id,

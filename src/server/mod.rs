@@ -72,8 +72,9 @@ pub struct Request {
 #[derive(Debug, Clone)]
 struct ChainSymbols {
     name: String,
-    /// Upper-case symbols with their decimals: `ETH` first, then the tokens.
-    symbols: Vec<(String, u8)>,
+    /// Upper-case symbols with their decimals and token contract (`None`
+    /// for ether): `ETH` first, then the tokens.
+    symbols: Vec<(String, u8, Option<Address>)>,
 }
 
 /// Decodes, verifies and validates requests. Cheap to clone.
@@ -91,7 +92,14 @@ impl Router {
             .iter()
             .map(|name| ChainSymbols {
                 name: name.clone(),
-                symbols: config.eth.symbols().collect(),
+                symbols: config
+                    .eth
+                    .symbols()
+                    .map(|(s, d)| {
+                        let contract = config.eth.token(&s).map(|t| t.contract);
+                        (s, d, contract)
+                    })
+                    .collect(),
             })
             .collect();
         Self {
@@ -203,7 +211,7 @@ impl Router {
     }
 
     fn validate_watch(&self, obj: &RawObject) -> Result<WatchRow, String> {
-        let (chain, symbol, _) = self.chain_symbol(obj)?;
+        let (chain, symbol, _, _) = self.chain_symbol(obj)?;
         let address = msg::address_field(obj, "address").map_err(|e| e.to_string())?;
         if address == Address::ZERO {
             return Err("field `address` must not be the zero address".to_owned());
@@ -217,9 +225,12 @@ impl Router {
         })
     }
 
-    /// The canonical chain and symbol names a request asks for, and the
-    /// symbol's decimals.
-    fn chain_symbol(&self, obj: &RawObject) -> Result<(String, String, u8), String> {
+    /// The canonical chain and symbol names a request asks for, the
+    /// symbol's decimals and its token contract (`None` for ether).
+    fn chain_symbol(
+        &self,
+        obj: &RawObject,
+    ) -> Result<(String, String, u8, Option<Address>), String> {
         let chain = msg::str_field(obj, "chain").map_err(|e| e.to_string())?;
         let symbol = msg::str_field(obj, "symbol").map_err(|e| e.to_string())?;
         let c = self
@@ -233,19 +244,19 @@ impl Router {
                     known.join(", ")
                 )
             })?;
-        let (s, d) = c
+        let (s, d, contract) = c
             .symbols
             .iter()
-            .find(|(s, _)| s.eq_ignore_ascii_case(&symbol))
+            .find(|(s, _, _)| s.eq_ignore_ascii_case(&symbol))
             .ok_or_else(|| {
-                let known: Vec<&str> = c.symbols.iter().map(|(s, _)| s.as_str()).collect();
+                let known: Vec<&str> = c.symbols.iter().map(|(s, _, _)| s.as_str()).collect();
                 format!(
                     "unknown symbol `{symbol}` on {} (known: {})",
                     c.name,
                     known.join(", ")
                 )
             })?;
-        Ok((c.name.clone(), s.clone(), *d))
+        Ok((c.name.clone(), s.clone(), *d, *contract))
     }
 }
 

@@ -135,7 +135,7 @@ impl Router {
         if queue_id.trim().is_empty() || queue_id.len() > MAX_ID {
             return Err(format!("field `queue_id` must be 1 to {MAX_ID} characters"));
         }
-        let (chain, symbol, decimals) = self.chain_symbol(obj)?;
+        let (chain, symbol, decimals, contract) = self.chain_symbol(obj)?;
         let from = msg::address_field(obj, "from_address").map_err(|e| e.to_string())?;
         if from == Address::ZERO {
             return Err("field `from_address` must not be the zero address".to_owned());
@@ -211,6 +211,8 @@ impl Router {
                     from,
                     to,
                     amount: units,
+                    decimals,
+                    contract,
                 };
                 p.content_hash = content_hash(&p);
                 p

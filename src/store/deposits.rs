@@ -43,6 +43,8 @@ pub struct NewDeposit<'a> {
     pub block_hash: B256,
     /// Height at which it is final: `block_number + confirm_height`.
     pub due: u64,
+    /// Decimals of `symbol`: the deposit is answered in them for good.
+    pub decimals: u8,
     /// Only to match a deposit already in the store (a transfer to an
     /// address no longer watched, in a transaction whose deposit a
     /// reorganisation orphaned): never recorded as a new one.
@@ -99,6 +101,8 @@ pub struct DueDeposit {
     pub block_hash: B256,
     /// `true` if it was orphaned (and not mined again).
     pub orphaned: bool,
+    /// Decimals of `symbol` when it was recorded (`None`: an older row).
+    pub decimals: Option<u8>,
 }
 
 impl StoreTx {
@@ -126,7 +130,7 @@ impl StoreTx {
         for chunk in fresh.chunks(200) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO deposits (chain, tx_hash, log_index, symbol, address, from_address,
-                    amount, block_number, block_hash, state, due, created_at, updated_at) ",
+                    amount, block_number, block_hash, state, due, created_at, updated_at, decimals) ",
             );
             q.push_values(chunk, |mut b, &i| {
                 let d = &ds[i];
@@ -142,7 +146,8 @@ impl StoreTx {
                     .push_bind(PENDING)
                     .push_bind(d.due as i64)
                     .push_bind(now)
-                    .push_bind(now);
+                    .push_bind(now)
+                    .push_bind(i64::from(d.decimals));
             });
             q.push(" ON CONFLICT (chain, tx_hash, log_index) DO NOTHING RETURNING chain, tx_hash, log_index");
             let rows: Vec<(String, Vec<u8>, i64)> = q
@@ -445,7 +450,8 @@ impl StoreTx {
         height: u64,
     ) -> Result<Vec<DueDeposit>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, tx_hash, symbol, address, from_address, amount, block_number, block_hash, state, log_index
+            "SELECT id, tx_hash, symbol, address, from_address, amount, block_number, block_hash, state, log_index,
+                    decimals
              FROM deposits WHERE chain = ? AND due <= ? AND state IN (0, 3) ORDER BY id",
         )
         .bind(chain)
@@ -469,6 +475,9 @@ impl StoreTx {
                     block_hash: b256(r.get::<&[u8], _>(7), "deposits.block_hash")?,
                     orphaned: r.get::<i64, _>(8) == ORPHANED,
                     log_index: r.get(9),
+                    decimals: r
+                        .get::<Option<i64>, _>(10)
+                        .and_then(|d| u8::try_from(d).ok()),
                 })
             })
             .collect()

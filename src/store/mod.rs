@@ -7,12 +7,13 @@
 //! [`StoreTx`]; the listen task is the only one that changes state, the outbox
 //! relay only marks rows sent. Schema: `migrations/store/`.
 
+mod blocks;
 mod deposits;
 mod payouts;
 mod watches;
 
 pub use deposits::{DepositSeen, DueDeposit, NewDeposit};
-pub use payouts::{NewPayout, Payout, PayoutState, PendingMovement, SignedTx};
+pub use payouts::{Mined, NewPayout, Payout, PayoutState, PendingMovement, SignedTx};
 
 use alloy::primitives::{Address, B256};
 use sqlx::sqlite::{
@@ -227,33 +228,6 @@ impl Store {
     pub async fn begin(&self) -> Result<StoreTx, StoreError> {
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await.ctx("begin")?;
         Ok(StoreTx { tx })
-    }
-
-    /// The most recent `limit` verified blocks of `chain`, highest first; the
-    /// first is the block cursor.
-    pub async fn recent_blocks(
-        &self,
-        chain: &str,
-        limit: u32,
-    ) -> Result<Vec<BlockRef>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT number, hash, parent_hash FROM chain_blocks
-             WHERE chain = ? ORDER BY number DESC LIMIT ?",
-        )
-        .bind(chain)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .ctx("load recent blocks")?;
-        rows.iter()
-            .map(|r| {
-                Ok(BlockRef {
-                    number: r.get::<i64, _>(0) as u64,
-                    hash: b256(r.get::<&[u8], _>(1), "chain_blocks.hash")?,
-                    parent_hash: b256(r.get::<&[u8], _>(2), "chain_blocks.parent_hash")?,
-                })
-            })
-            .collect()
     }
 
     /// Unsent outbox rows with id above `after`, oldest first.
@@ -612,62 +586,6 @@ impl StoreTx {
         .await
         .ctx("read refusal")?;
         Ok(error.flatten())
-    }
-
-    /// Appends a verified block (the new cursor) and forgets blocks older than
-    /// `keep` below it.
-    pub async fn push_block(
-        &mut self,
-        chain: &str,
-        b: &BlockRef,
-        keep: u64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT OR REPLACE INTO chain_blocks (chain, number, hash, parent_hash) VALUES (?, ?, ?, ?)",
-        )
-        .bind(chain)
-        .bind(b.number as i64)
-        .bind(b.hash.as_slice())
-        .bind(b.parent_hash.as_slice())
-        .execute(&mut *self.tx)
-        .await
-        .ctx("insert block")?;
-        if b.number > keep {
-            sqlx::query("DELETE FROM chain_blocks WHERE chain = ? AND number < ?")
-                .bind(chain)
-                .bind((b.number - keep) as i64)
-                .execute(&mut *self.tx)
-                .await
-                .ctx("prune blocks")?;
-        }
-        Ok(())
-    }
-
-    /// Forgets every block above `number` (a reorganisation's fork point).
-    pub async fn drop_blocks_above(&mut self, chain: &str, number: u64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM chain_blocks WHERE chain = ? AND number > ?")
-            .bind(chain)
-            .bind(number as i64)
-            .execute(&mut *self.tx)
-            .await
-            .ctx("drop blocks")?;
-        Ok(())
-    }
-
-    /// The stored hash of block `number`, if it is in the window.
-    pub async fn block_hash(
-        &mut self,
-        chain: &str,
-        number: u64,
-    ) -> Result<Option<B256>, StoreError> {
-        let row: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT hash FROM chain_blocks WHERE chain = ? AND number = ?")
-                .bind(chain)
-                .bind(number as i64)
-                .fetch_optional(&mut *self.tx)
-                .await
-                .ctx("read block hash")?;
-        row.map(|h| b256(&h, "chain_blocks.hash")).transpose()
     }
 
     /// Commits.

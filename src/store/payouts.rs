@@ -111,6 +111,10 @@ pub struct NewPayout {
     pub to: Address,
     /// Base units.
     pub amount: U256,
+    /// Decimals of `symbol`, as the request was read with.
+    pub decimals: u8,
+    /// The token contract; `None` for ether.
+    pub contract: Option<Address>,
 }
 
 /// A stored payout.
@@ -158,6 +162,21 @@ pub struct Payout {
     pub displaced: bool,
     /// Why it was refused or failed.
     pub error: Option<String>,
+    /// Decimals of `symbol` when it was recorded (`None`: an older row).
+    pub decimals: Option<u8>,
+    /// The token contract it moves (`None`: ether, or an older row).
+    pub contract: Option<Address>,
+    /// The transaction its `status=2` named.
+    pub announced_tx: Option<B256>,
+    /// Since when the node refuses its signed transaction, unix milliseconds.
+    pub refused_at: Option<i64>,
+    /// What the node said.
+    pub refusal: Option<String>,
+    /// A remove asked to cancel it by giving its nonce to a zero-value
+    /// transfer to the wallet itself.
+    pub cancel_requested: bool,
+    /// The cancelling transfer was mined, not the payout.
+    pub cancel_mined: bool,
     /// Last change, unix milliseconds.
     pub updated_at: i64,
     /// When the request was accepted, unix milliseconds.
@@ -166,7 +185,7 @@ pub struct Payout {
 
 const COLUMNS: &str = "id, chain, kind, queue_id, order_id, content_hash, symbol, from_address, to_address, amount,
     state, announced, payer, nonce, tx_hash, block_number, block_hash, success, fee, displaced, error, updated_at,
-    created_at";
+    created_at, decimals, contract, announced_tx, refused_at, refusal, cancel_requested, cancel_mined";
 
 fn u256(s: &str, what: &'static str) -> Result<U256, StoreError> {
     U256::from_str_radix(s, 10).map_err(|_| StoreError::Corrupt { what })
@@ -208,7 +227,46 @@ fn payout(r: &SqliteRow) -> Result<Payout, StoreError> {
         error: r.get(20),
         updated_at: r.get(21),
         created_at: r.get(22),
+        decimals: r
+            .get::<Option<i64>, _>(23)
+            .map(|d| {
+                u8::try_from(d).map_err(|_| StoreError::Corrupt {
+                    what: "payouts.decimals",
+                })
+            })
+            .transpose()?,
+        contract: r
+            .get::<Option<&[u8]>, _>(24)
+            .map(|b| address(b, "payouts.contract"))
+            .transpose()?,
+        announced_tx: opt_b256(25, "payouts.announced_tx")?,
+        refused_at: r.get(26),
+        refusal: r.get(27),
+        cancel_requested: r.get::<i64, _>(28) != 0,
+        cancel_mined: r.get::<i64, _>(29) != 0,
     })
+}
+
+/// How a payout's nonce was mined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mined {
+    /// The transaction mined with the payout's nonce.
+    pub tx_hash: B256,
+    /// Its block: number and hash.
+    pub block: (u64, B256),
+    /// Height at which it is decided.
+    pub due: u64,
+    /// It paid what the payout asks (receipt status, and for a token the
+    /// `Transfer` it must log).
+    pub success: bool,
+    /// Gas paid, wei.
+    pub fee: U256,
+    /// The transaction is not one of ours.
+    pub displaced: bool,
+    /// It is the transfer that cancels the payout.
+    pub cancel_mined: bool,
+    /// Why it did not pay, when the receipt alone does not say.
+    pub note: Option<String>,
 }
 
 /// A signed transaction of a payout, as stored for (re)broadcast.
@@ -299,8 +357,8 @@ impl StoreTx {
         let now = now_ms();
         let done = sqlx::query(
             "INSERT INTO payouts (chain, kind, queue_id, order_id, content_hash, symbol, from_address, to_address,
-                amount, state, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                amount, state, created_at, updated_at, decimals, contract)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
         )
         .bind(&p.chain)
         .bind(p.kind)
@@ -313,6 +371,8 @@ impl StoreTx {
         .bind(p.amount.to_string())
         .bind(now)
         .bind(now)
+        .bind(i64::from(p.decimals))
+        .bind(p.contract.as_ref().map(|c| c.as_slice()))
         .execute(&mut *self.tx)
         .await
         .ctx("insert payout")?;
@@ -438,7 +498,9 @@ impl StoreTx {
 
     /// Marks payout `id` announced; returns it if it was not yet.
     pub async fn take_announcement(&mut self, id: i64) -> Result<Option<Payout>, StoreError> {
-        let done = sqlx::query("UPDATE payouts SET announced = 1 WHERE id = ? AND announced = 0")
+        let done = sqlx::query(
+            "UPDATE payouts SET announced = 1, announced_tx = tx_hash WHERE id = ? AND announced = 0",
+        )
             .bind(id)
             .execute(&mut *self.tx)
             .await
@@ -449,56 +511,62 @@ impl StoreTx {
         self.payout(id).await
     }
 
-    /// A transaction from `payer` with `nonce` was mined in `block`. If it is
-    /// one of a payout's transactions, the payout is mined; if the nonce belongs
-    /// to a payout but the transaction is not ours, the payout is displaced.
-    /// Returns the payout it concerned, if any.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn payout_mined(
+    /// The payout of `payer` that holds `nonce` and is not mined yet.
+    pub async fn payout_by_nonce(
         &mut self,
         chain: &str,
         payer: Address,
         nonce: u64,
-        tx_hash: B256,
-        block: (u64, B256),
-        success: bool,
-        fee: U256,
-        due: u64,
     ) -> Result<Option<Payout>, StoreError> {
-        let id: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM payouts WHERE chain = ? AND payer = ? AND nonce = ? AND state IN ('signed', 'sent')",
-        )
-        .bind(chain)
-        .bind(payer.as_slice())
-        .bind(nonce as i64)
-        .fetch_optional(&mut *self.tx)
-        .await
-        .ctx("find payout by nonce")?;
-        let Some(id) = id else { return Ok(None) };
-        let ours: Option<i64> =
-            sqlx::query_scalar("SELECT payout_id FROM payout_txs WHERE tx_hash = ?")
+        let sql = format!(
+            "SELECT {COLUMNS} FROM payouts WHERE chain = ? AND payer = ? AND nonce = ? AND state IN ('signed', 'sent')"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(chain)
+            .bind(payer.as_slice())
+            .bind(nonce as i64)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .ctx("find payout by nonce")?
+            .as_ref()
+            .map(payout)
+            .transpose()
+    }
+
+    /// The payout a signed transaction belongs to, and whether it is the
+    /// transfer that cancels it; `None` for a transaction not ours.
+    pub async fn signed_tx_of(&mut self, tx_hash: B256) -> Result<Option<(i64, bool)>, StoreError> {
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("SELECT payout_id, cancels FROM payout_txs WHERE tx_hash = ?")
                 .bind(tx_hash.as_slice())
                 .fetch_optional(&mut *self.tx)
                 .await
                 .ctx("find payout tx")?;
-        let displaced = ours != Some(id);
+        Ok(row.map(|(id, cancels)| (id, cancels != 0)))
+    }
+
+    /// Records that payout `id`'s nonce was mined, as `m` says.
+    pub async fn mark_payout_mined(&mut self, id: i64, m: &Mined) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE payouts SET state = 'mined', tx_hash = ?, block_number = ?, block_hash = ?, due = ?,
-                success = ?, fee = ?, displaced = ?, updated_at = ? WHERE id = ?",
+                success = ?, fee = ?, displaced = ?, cancel_mined = ?, error = ?, updated_at = ?
+             WHERE id = ?",
         )
-        .bind(tx_hash.as_slice())
-        .bind(block.0 as i64)
-        .bind(block.1.as_slice())
-        .bind(due as i64)
-        .bind(i64::from(success))
-        .bind(fee.to_string())
-        .bind(i64::from(displaced))
+        .bind(m.tx_hash.as_slice())
+        .bind(m.block.0 as i64)
+        .bind(m.block.1.as_slice())
+        .bind(m.due as i64)
+        .bind(i64::from(m.success))
+        .bind(m.fee.to_string())
+        .bind(i64::from(m.displaced))
+        .bind(i64::from(m.cancel_mined))
+        .bind(m.note.as_deref())
         .bind(now_ms())
         .bind(id)
         .execute(&mut *self.tx)
         .await
         .ctx("mark payout mined")?;
-        self.payout(id).await
+        Ok(())
     }
 
     /// Mined payouts whose `due` height is at or below `height`.
@@ -528,7 +596,7 @@ impl StoreTx {
     ) -> Result<u64, StoreError> {
         let done = sqlx::query(
             "UPDATE payouts SET state = 'sent', block_number = NULL, block_hash = NULL, due = NULL,
-                success = NULL, fee = NULL, displaced = 0, updated_at = ?
+                success = NULL, fee = NULL, displaced = 0, cancel_mined = 0, error = NULL, updated_at = ?
              WHERE chain = ? AND state = 'mined' AND block_number > ?",
         )
         .bind(now_ms())
@@ -538,6 +606,28 @@ impl StoreTx {
         .await
         .ctx("unmine payouts")?;
         Ok(done.rows_affected())
+    }
+
+    /// Payouts answered final (confirmed or failed on chain) whose block is
+    /// above `fork`: a reorganisation deeper than the confirmation depth
+    /// took back what they were answered on, which only an operator can
+    /// sort out.
+    pub async fn final_payouts_above(
+        &mut self,
+        chain: &str,
+        fork: u64,
+    ) -> Result<Vec<Payout>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM payouts WHERE chain = ? AND state IN ('confirmed', 'failed')
+             AND block_number > ? ORDER BY id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(chain)
+            .bind(fork as i64)
+            .fetch_all(&mut *self.tx)
+            .await
+            .ctx("read final payouts")?;
+        rows.iter().map(payout).collect()
     }
 
     /// Queues movements for the wallet store's ledger.

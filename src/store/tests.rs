@@ -21,6 +21,7 @@ fn dep(block: u64, hash: u8) -> NewDeposit<'static> {
         block_number: block,
         block_hash: B256::repeat_byte(hash),
         due: block + 20,
+        decimals: 6,
         known_only: false,
     }
 }
@@ -367,6 +368,8 @@ async fn state_counts_match_the_tables_without_counting_them() {
         from: Address::repeat_byte(1),
         to: Address::repeat_byte(2),
         amount: U256::from(5u64),
+        decimals: 6,
+        contract: Some(Address::repeat_byte(9)),
     };
     let mut tx = s.begin().await.expect("begin");
     let a = tx.insert_payout(&payout("a")).await.expect("insert");

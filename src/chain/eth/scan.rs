@@ -13,7 +13,7 @@
 
 use super::endpoints::Endpoints;
 use super::range::RangeSize;
-use crate::chain::{ChainEvent, OwnTx, Transfer};
+use crate::chain::{ChainEvent, OwnTx, TokenMove, Transfer};
 use crate::config::EthConfig;
 use crate::health::Health;
 use crate::store::BlockRef;
@@ -40,6 +40,22 @@ mod erc20 {
         /// The ERC20 Transfer event.
         event Transfer(address indexed from, address indexed to, uint256 value);
     }
+}
+
+/// Every ERC20 `Transfer` among `logs`.
+fn token_moves(logs: &[Log]) -> Vec<TokenMove> {
+    logs.iter()
+        .filter(|l| l.topics().first() == Some(&erc20::Transfer::SIGNATURE_HASH))
+        .filter_map(|l| {
+            let t = erc20::Transfer::decode_log_data(l.data()).ok()?;
+            Some(TokenMove {
+                contract: l.address(),
+                from: t.from,
+                to: t.to,
+                value: t.value,
+            })
+        })
+        .collect()
 }
 
 /// Blocks fetched concurrently while scanning a range.
@@ -470,11 +486,11 @@ impl Scanner {
                 what: "eth_getBlockReceipts",
                 missing: "the block's receipts",
             })?;
-        let by_hash: HashMap<B256, (bool, U256)> = receipts
+        let by_hash: HashMap<B256, (bool, U256, &alloy::rpc::types::TransactionReceipt)> = receipts
             .iter()
             .map(|r| {
                 let fee = U256::from(r.gas_used()) * U256::from(r.effective_gas_price());
-                (r.transaction_hash(), (r.status(), fee))
+                (r.transaction_hash(), (r.status(), fee, r))
             })
             .collect();
         // A value transfer without its receipt is not guessed at: the block
@@ -485,11 +501,11 @@ impl Scanner {
                 missing: "the receipt of an ether transfer",
             });
         }
-        ether.retain(|t| by_hash.get(&t.tx_hash).is_some_and(|(ok, _)| *ok));
+        ether.retain(|t| by_hash.get(&t.tx_hash).is_some_and(|(ok, _, _)| *ok));
         let own = own
             .into_iter()
             .map(|(from, nonce, tx_hash)| {
-                let (success, fee) =
+                let (success, fee, receipt) =
                     by_hash
                         .get(&tx_hash)
                         .copied()
@@ -503,6 +519,7 @@ impl Scanner {
                     tx_hash,
                     success,
                     fee,
+                    token_moves: token_moves(receipt.inner.logs()),
                 })
             })
             .collect::<Result<Vec<_>, ScanError>>()?;

@@ -415,7 +415,7 @@ impl Actor {
             .values()
             .map(|r| r.ether)
             .fold(U256::ZERO, |a, b| a.saturating_add(b));
-        let decimals = self.deps.decimals(&p.symbol);
+        let decimals = self.deps.decimals(p);
         let is_ether = p.symbol == "ETH";
         let holds = if is_ether {
             view.ether.saturating_sub(reserved_ether)
@@ -491,9 +491,8 @@ impl Actor {
                 if is_ether { " plus the amount" } else { "" },
             ));
         }
-        match self.deps.cfg.token(&p.symbol) {
-            Some(t) => Check::Pay(Draft::token(t.contract, p.to, p.amount, gas_limit)),
-            None if is_ether => Check::Pay(Draft::ether(p.to, p.amount, gas_limit)),
+        match self.deps.draft(p, gas_limit) {
+            Some(draft) => Check::Pay(draft),
             None => Check::Refuse(format!("symbol {} is no longer configured", p.symbol)),
         }
     }
@@ -534,7 +533,7 @@ impl Actor {
             p,
             Status::Failed,
             Some(error.to_owned()),
-            self.deps.decimals(&p.symbol),
+            self.deps.decimals(p),
         );
         tx.push_outbox(reply.kind, &reply.body).await?;
         Ok(1)

@@ -55,8 +55,24 @@ pub struct SenderDeps {
 }
 
 impl SenderDeps {
-    fn decimals(&self, symbol: &str) -> u8 {
-        self.cfg.decimals(symbol).unwrap_or(18)
+    /// The transfer payout `p` asks for: ether, or a token transfer on the
+    /// contract recorded with it (the config's for an older row); `None`
+    /// when that contract is not known.
+    fn draft(&self, p: &Payout, gas_limit: u64) -> Option<sign::Draft> {
+        if p.symbol == "ETH" {
+            return Some(sign::Draft::ether(p.to, p.amount, gas_limit));
+        }
+        let contract = p
+            .contract
+            .or_else(|| self.cfg.token(&p.symbol).map(|t| t.contract))?;
+        Some(sign::Draft::token(contract, p.to, p.amount, gas_limit))
+    }
+
+    /// Decimals of payout `p`: as recorded, else (an older row) the config's.
+    fn decimals(&self, p: &Payout) -> u8 {
+        p.decimals
+            .or_else(|| self.cfg.decimals(&p.symbol))
+            .unwrap_or(18)
     }
 }
 
@@ -115,7 +131,7 @@ async fn announce(deps: &SenderDeps, ids: &[i64]) -> Result<(), StoreError> {
             deps.metrics
                 .payout_broadcast
                 .observe(Duration::from_millis(waited));
-            let reply = reply::payout(&p, Status::Pending, None, deps.decimals(&p.symbol));
+            let reply = reply::payout(&p, Status::Pending, None, deps.decimals(&p));
             tx.push_outbox(reply.kind, &reply.body).await?;
             replies += 1;
             info!(target: "m2pool::payout", id, queue_id = %p.queue_id, order_id = %p.order_id,

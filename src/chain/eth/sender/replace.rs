@@ -4,7 +4,7 @@
 //! first of them that is mined and confirmed is the payout's answer.
 
 use super::actor::{Actor, ActorError, reservation};
-use super::sign::{self, Draft};
+use super::sign;
 use crate::msg::hash_hex;
 use crate::store::{Payout, SignedTx};
 use tokio_util::sync::CancellationToken;
@@ -51,9 +51,8 @@ impl Actor {
                   "stuck payout is at the fee ceiling; it is broadcast again as it is");
             return Ok(());
         };
-        let draft = match self.deps.cfg.token(&p.symbol) {
-            Some(t) => Draft::token(t.contract, p.to, p.amount, old.gas_limit),
-            None => Draft::ether(p.to, p.amount, old.gas_limit),
+        let Some(draft) = self.deps.draft(&p, old.gas_limit) else {
+            return Ok(());
         };
         let signer = match self
             .deps
