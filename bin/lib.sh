@@ -56,7 +56,8 @@ ensure_solc() {
     SOLCJS="$TOOLS/node_modules/.bin/solcjs"
     [ -x "$SOLCJS" ] && return 0
     ensure_node
-    npm install --silent --no-save --no-audit --no-fund --prefix "$TOOLS" "$SOLC_PKG" >/dev/null
+    # Both at once: npm removes from the prefix what one install does not name.
+    npm install --silent --no-save --no-audit --no-fund --prefix "$TOOLS" "$ANVIL_PKG" "$SOLC_PKG" >/dev/null
 }
 
 # Toolchains of the signing snippets' test (docs/sign): Go and a JDK.

@@ -409,6 +409,14 @@ async fn a_stuck_payout_is_replaced_with_higher_fees_and_confirms_once() -> Resu
             >= first_tx.max_priority_fee_per_gas().unwrap_or_default() * 9,
         "priority fee up by at least 12.5%"
     );
+    // The request again: its `2` is repeated byte for byte, with the hash
+    // the first `2` named, not the replacement's.
+    w.publish("withdraw", withdraw("st-1", user, to, "2")?)
+        .await?;
+    let twos = replies
+        .wait_count("the repeated status 2", 2, is("st-1", 2))
+        .await?;
+    assert_eq!(twos[1].raw, sent.raw, "the repeat is the same answer");
 
     let _: Value = w.eth.raw_request("evm_setAutomine".into(), (true,)).await?;
     w.mine(21).await?;

@@ -14,6 +14,15 @@ fn tx_is(tx: B256, status: u64) -> impl Fn(&Value) -> bool {
     move |v| v["tx_hash"] == hash && v["status"] == status
 }
 
+fn statuses(replies: &Replies, tx: B256) -> Vec<u64> {
+    let hash = format!("{tx:#x}");
+    replies
+        .matching(|v| v["tx_hash"] == hash)
+        .iter()
+        .filter_map(|r| r.v["status"].as_u64())
+        .collect()
+}
+
 fn about(addr: Address) -> impl Fn(&Value) -> bool {
     let a = hex_addr(addr);
     move |v| v["address"] == a
@@ -92,6 +101,130 @@ async fn an_amount_with_eighteen_decimals_is_logged_exactly() -> Result<()> {
         ],
     )
     .await?;
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+fn withdraw(queue_id: &str, from: Address, to: Address, amount: &str) -> Result<Value> {
+    let mut v = serde_json::json!({"queue_id": queue_id, "from_address": hex_addr(from),
+        "to_address": hex_addr(to), "chain": "ETH", "symbol": "USDT", "timestamp": 1758610297});
+    v["amount"] = serde_json::from_str(amount)?;
+    Ok(v)
+}
+
+fn is(queue_id: &str, status: u64) -> impl Fn(&Value) -> bool {
+    let q = queue_id.to_owned();
+    move |v| v["queue_id"] == q && v["status"] == status
+}
+
+/// Final answers (`status` 1) of `kind` in the daemon's outbox, sent or not.
+async fn finals(w: &World, kind: &str) -> Result<usize> {
+    let store = w.store().await?;
+    let n = store
+        .outbox_bodies(kind)
+        .await?
+        .iter()
+        .filter_map(|b| serde_json::from_slice::<Value>(b).ok())
+        .filter(|v| v["status"] == 1)
+        .count();
+    store.close().await;
+    Ok(n)
+}
+
+/// A world with `confirm_height`, a deposit seen and a withdrawal mined
+/// (both answered `2`, neither final); returns the deposit's transaction and
+/// block, and the withdrawal's block.
+async fn pending_deposit_and_payout(
+    w: &World,
+    topups: &mut Replies,
+    withdrawals: &mut Replies,
+) -> Result<(B256, u64, u64)> {
+    let user = w.new_wallet(m2pool_payment::wallet::Label::User).await?;
+    w.fund(user, 100_000_000, ether(1)).await?;
+    let addr = Address::random();
+    w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
+    w.wait_watched("USDT", addr, true).await?;
+    let (deposit, block) = w.send_usdt(w.user(), addr, 9_000_000).await?;
+    topups.wait("deposit status 2", tx_is(deposit, 2)).await?;
+    w.publish("withdraw", withdraw("c-1", user, Address::random(), "4")?)
+        .await?;
+    let sent = withdrawals.wait("payout status 2", is("c-1", 2)).await?;
+    let hash: B256 = sent.v["tx_hash"].as_str().unwrap_or_default().parse()?;
+    let receipt = alloy::providers::Provider::get_transaction_receipt(&w.eth, hash).await?;
+    let mined = receipt.and_then(|r| r.block_number).unwrap_or_default();
+    anyhow::ensure!(mined > 0, "the payout is mined (automine)");
+    Ok((deposit, block, mined))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_confirm_height_between_runs_decides_what_is_deep_enough() -> Result<()> {
+    let mut w = World::with("confirm-lower", &[], |c| {
+        c["eth_config"]["confirm_height"] = 200.into();
+    })
+    .await?;
+    let mut topups = w.replies("topup_resp").await?;
+    let mut withdrawals = w.replies("withdraw_resp").await?;
+    let daemon = w.start().await?;
+    let probe = Probe::new(&w).await?;
+    let (deposit, block, _) = pending_deposit_and_payout(&w, &mut topups, &mut withdrawals).await?;
+    // 150 blocks deep: not final at 200, and older than the window that
+    // confirm_height 10 keeps (128 blocks).
+    w.mine(150).await?;
+    probe.sync(&w, &mut topups).await?;
+    daemon.stop().await?;
+    assert_eq!(finals(&w, "topup_resp").await?, 0, "deposit final at 200");
+    assert_eq!(finals(&w, "withdraw_resp").await?, 0, "payout final at 200");
+
+    w.config_json["eth_config"]["confirm_height"] = 10.into();
+    let daemon = w.start().await?;
+    w.mine(1).await?;
+    let done = topups.wait("deposit status 1", tx_is(deposit, 1)).await?;
+    assert_eq!(done.v["block_height"], block, "{}", done.raw);
+    withdrawals.wait("payout status 1", is("c-1", 1)).await?;
+    probe.sync(&w, &mut topups).await?;
+    assert_eq!(
+        statuses(&topups, deposit),
+        vec![2, 1],
+        "a canonical deposit is not answered 0"
+    );
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_confirm_height_between_runs_makes_pending_answers_wait() -> Result<()> {
+    let mut w = World::with("confirm-raise", &[], |c| {
+        c["eth_config"]["confirm_height"] = 5.into();
+    })
+    .await?;
+    let mut topups = w.replies("topup_resp").await?;
+    let mut withdrawals = w.replies("withdraw_resp").await?;
+    let daemon = w.start().await?;
+    let probe = Probe::new(&w).await?;
+    let (deposit, block, paid) =
+        pending_deposit_and_payout(&w, &mut topups, &mut withdrawals).await?;
+    probe.sync(&w, &mut topups).await?;
+    daemon.stop().await?;
+    anyhow::ensure!(w.head().await? < block + 5, "test bug: too deep already");
+
+    w.config_json["eth_config"]["confirm_height"] = 20.into();
+    let daemon = w.start().await?;
+    // One block short of 20 deep for both: nothing final yet.
+    let head = w.head().await?;
+    w.mine(block.min(paid) + 19 - head - 1).await?;
+    let synced = probe.sync(&w, &mut topups).await?;
+    assert_eq!(synced, block.min(paid) + 19);
+    // Everything that block decided is in the outbox by now.
+    assert_eq!(finals(&w, "topup_resp").await?, 0, "deposit final at 5");
+    assert_eq!(finals(&w, "withdraw_resp").await?, 0, "payout final at 5");
+    assert!(
+        withdrawals.matching(|v| v["status"] == 1).is_empty(),
+        "final at 5"
+    );
+    w.mine(paid.max(block) + 20 - synced).await?;
+    let done = topups.wait("deposit status 1", tx_is(deposit, 1)).await?;
+    assert_eq!(done.v["block_height"], block);
+    withdrawals.wait("payout status 1", is("c-1", 1)).await?;
     daemon.stop().await?;
     w.cleanup().await
 }

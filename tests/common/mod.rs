@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod broker;
+#[allow(dead_code)]
+pub mod http;
 pub mod probe;
 pub mod rpc_proxy;
 

@@ -1,0 +1,269 @@
+//! Payouts at the edges, against real RabbitMQ, SQLite and anvil: a token
+//! whose `transfer` returns `false`, a reorganisation deeper than
+//! `confirm_height` under final answers, and a token taken out of the config
+//! while a deposit and a payout of it are pending.
+
+mod common;
+
+use alloy::network::TransactionBuilder;
+use alloy::primitives::{Address, B256, I256, U256, address};
+use alloy::providers::Provider;
+use alloy::rpc::types::TransactionRequest;
+use anyhow::{Context, Result, ensure};
+use common::http::*;
+use common::*;
+use m2pool_payment::wallet::Label;
+use serde_json::{Value, json};
+
+alloy::sol! {
+    #[sol(rpc)]
+    interface ITestFalseToken {
+        function mint(address to, uint256 value) external;
+        function seize(address from, address to, uint256 value) external;
+        function balanceOf(address owner) external view returns (uint256);
+    }
+}
+
+/// anvil's first account, which deploys the test tokens.
+const DEPLOYER: Address = address!("f39fd6e51aad88f6f4ce6ab8827279cfffb92266");
+
+fn withdraw(
+    queue_id: &str,
+    from: Address,
+    to: Address,
+    symbol: &str,
+    amount: &str,
+) -> Result<Value> {
+    let mut v = json!({"queue_id": queue_id, "from_address": hex_addr(from), "to_address": hex_addr(to),
+                       "chain": "ETH", "symbol": symbol, "timestamp": 1758610297});
+    v["amount"] = serde_json::from_str(amount)?;
+    Ok(v)
+}
+
+fn is(queue_id: &str, status: u64) -> impl Fn(&Value) -> bool {
+    let q = queue_id.to_owned();
+    move |v| v["queue_id"] == q && v["status"] == status
+}
+
+fn tx_is(tx: B256, status: u64) -> impl Fn(&Value) -> bool {
+    let hash = format!("{tx:#x}");
+    move |v| v["tx_hash"] == hash && v["status"] == status
+}
+
+fn tx_of(r: &Reply) -> Result<B256> {
+    r.v["tx_hash"]
+        .as_str()
+        .context("tx_hash")?
+        .parse()
+        .context("a hash")
+}
+
+/// The ledger rows (symbol, delta, kind) of `address`.
+async fn ledger(w: &World, address: Address) -> Result<Vec<(String, I256, String)>> {
+    let store = w.wallets().await?;
+    let rows = store.ledger_of("ETH", address).await?;
+    store.close().await;
+    Ok(rows.into_iter().map(|(s, d, k, _)| (s, d, k)).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_transfer_that_returns_false_is_answered_0_and_not_debited() -> Result<()> {
+    // The world deploys USDT (deployer nonce 0) and mints (nonce 1): the
+    // false-returning token is the deployer's next contract.
+    let false_token = DEPLOYER.create(2);
+    let w = World::with("false-token", &[], |c| {
+        if let Some(tokens) = c["eth_config"]["tokens"].as_array_mut() {
+            tokens
+                .push(json!({"symbol": "FALSE", "address": hex_addr(false_token), "decimals": 6}));
+        }
+    })
+    .await?;
+    let code = hex::decode(include_str!("contracts/TestFalseToken.bin").trim())?;
+    let receipt = w
+        .eth
+        .send_transaction(
+            TransactionRequest::default()
+                .with_from(DEPLOYER)
+                .with_deploy_code(code),
+        )
+        .await?
+        .get_receipt()
+        .await?;
+    ensure!(
+        receipt.contract_address == Some(false_token),
+        "test bug: the token is at {:?}",
+        receipt.contract_address
+    );
+    let token = ITestFalseToken::new(false_token, &w.eth);
+    let mut replies = w.replies("withdraw_resp").await?;
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, 0, ether(1)).await?;
+    token
+        .mint(user, U256::from(10_000_000u64))
+        .from(DEPLOYER)
+        .send()
+        .await?
+        .get_receipt()
+        .await?;
+    let to = Address::random();
+    let daemon = w.start().await?;
+
+    // The gateway checks the balance and signs; before its transfer is
+    // mined the wallet is emptied (in the same block, ahead of it).
+    let _: Value = w
+        .eth
+        .raw_request("evm_setAutomine".into(), (false,))
+        .await?;
+    w.publish("withdraw", withdraw("f-1", user, to, "FALSE", "5")?)
+        .await?;
+    let sent = replies.wait("status 2", is("f-1", 2)).await?;
+    let payout = tx_of(&sent)?;
+    let seize = token
+        .seize(user, DEPLOYER, U256::from(10_000_000u64))
+        .from(DEPLOYER)
+        .gas(100_000)
+        .max_priority_fee_per_gas(100_000_000_000)
+        .max_fee_per_gas(1_000_000_000_000)
+        .send()
+        .await?;
+    w.mine(1).await?;
+    let seized = w
+        .eth
+        .get_transaction_receipt(*seize.tx_hash())
+        .await?
+        .context("seize mined")?;
+    let paid = w
+        .eth
+        .get_transaction_receipt(payout)
+        .await?
+        .context("payout mined")?;
+    ensure!(
+        seized.block_number == paid.block_number
+            && seized.transaction_index < paid.transaction_index,
+        "test bug: the seize must come first in the payout's block"
+    );
+    assert!(
+        paid.status(),
+        "the transfer returned false without reverting"
+    );
+    assert!(paid.inner.logs().is_empty(), "and logged nothing");
+    assert_eq!(token.balanceOf(to).call().await?, U256::ZERO);
+
+    let _: Value = w.eth.raw_request("evm_setAutomine".into(), (true,)).await?;
+    w.mine(20).await?;
+    let done = replies.wait("status 0", is("f-1", 0)).await?;
+    assert_eq!(tx_of(&done)?, payout, "{}", done.raw);
+    assert!(
+        done.v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not transfer")),
+        "{}",
+        done.raw
+    );
+    // The ledger has the gas it cost, and no debit of the token.
+    eventually("the fee in the ledger", || async {
+        Ok(ledger(&w, user)
+            .await?
+            .iter()
+            .any(|(s, _, k)| s == "ETH" && k == "fee"))
+    })
+    .await?;
+    let rows = ledger(&w, user).await?;
+    assert_eq!(rows.len(), 1, "only the fee: {rows:?}");
+    assert_eq!(
+        replies.matching(|v| v["queue_id"] == "f-1").len(),
+        2,
+        "a 2, then the 0"
+    );
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reorganisation_deeper_than_confirm_height_under_final_answers_is_reported() -> Result<()>
+{
+    let port = free_port()?;
+    let w = World::with("deep-reorg", &[], with_http(port, json!({}))).await?;
+    let mut withdrawals = w.replies("withdraw_resp").await?;
+    let mut topups = w.replies("topup_resp").await?;
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, 100_000_000, ether(1)).await?;
+    let daemon = w.start().await?;
+    let addr = Address::random();
+    w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
+    w.wait_watched("USDT", addr, true).await?;
+    let (deposit, block) = w.send_usdt(w.user(), addr, 7_000_000).await?;
+    w.publish(
+        "withdraw",
+        withdraw("d-1", user, Address::random(), "USDT", "3")?,
+    )
+    .await?;
+    withdrawals.wait("status 2", is("d-1", 2)).await?;
+    w.mine(21).await?;
+    withdrawals.wait("status 1", is("d-1", 1)).await?;
+    topups.wait("deposit status 1", tx_is(deposit, 1)).await?;
+    wait_health(port, "ok", WAIT, |s, _| s == 200).await?;
+
+    // Both answers' blocks are taken back, deeper than confirm_height.
+    let depth = w.head().await? - block + 1;
+    assert!(depth > 20);
+    let _: Value = w
+        .eth
+        .raw_request("anvil_reorg".into(), (depth, Vec::<Value>::new()))
+        .await?;
+    w.mine(1).await?;
+    let h = wait_health(port, "503 naming both", WAIT, |s, h| {
+        let p = h["problems"].to_string();
+        s == 503 && p.contains("payout queue_id `d-1`") && p.contains(&format!("{deposit:#x}"))
+    })
+    .await?;
+    assert!(
+        h["problems"].to_string().contains("check it by hand"),
+        "{h}"
+    );
+    wait_metrics(
+        port,
+        &[
+            ("m2pool_final_answers_reorged_total{kind=\"deposit\"}", 1.0),
+            ("m2pool_final_answers_reorged_total{kind=\"payout\"}", 1.0),
+        ],
+    )
+    .await?;
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_keep_their_decimals_when_the_token_leaves_the_config() -> Result<()> {
+    let mut w = World::new("decimals").await?;
+    let mut withdrawals = w.replies("withdraw_resp").await?;
+    let mut topups = w.replies("topup_resp").await?;
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, 100_000_000, ether(1)).await?;
+    let daemon = w.start().await?;
+    let addr = Address::random();
+    w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
+    w.wait_watched("USDT", addr, true).await?;
+    let (deposit, _) = w.send_usdt(w.user(), addr, 100_500_000).await?;
+    let seen = topups.wait("deposit status 2", tx_is(deposit, 2)).await?;
+    assert!(seen.raw.contains(r#""amount":100.5,"#), "{}", seen.raw);
+    w.publish(
+        "withdraw",
+        withdraw("k-1", user, Address::random(), "USDT", "50.25")?,
+    )
+    .await?;
+    let sent = withdrawals.wait("status 2", is("k-1", 2)).await?;
+    assert!(sent.raw.contains(r#""amount":50.25,"#), "{}", sent.raw);
+    daemon.stop().await?;
+
+    // USDT leaves the token table; what was pending is answered in its units.
+    w.config_json["eth_config"]["tokens"] = json!([]);
+    let daemon = w.start().await?;
+    w.mine(20).await?;
+    let done = topups.wait("deposit status 1", tx_is(deposit, 1)).await?;
+    assert!(done.raw.contains(r#""amount":100.5,"#), "{}", done.raw);
+    let paid = withdrawals.wait("status 1", is("k-1", 1)).await?;
+    assert!(paid.raw.contains(r#""amount":50.25,"#), "{}", paid.raw);
+    daemon.stop().await?;
+    w.cleanup().await
+}
