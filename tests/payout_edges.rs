@@ -11,6 +11,7 @@ use alloy::providers::Provider;
 use alloy::rpc::types::TransactionRequest;
 use anyhow::{Context, Result, ensure};
 use common::http::*;
+use common::rpc_proxy;
 use common::*;
 use m2pool_payment::wallet::Label;
 use serde_json::{Value, json};
@@ -266,4 +267,132 @@ async fn answers_keep_their_decimals_when_the_token_leaves_the_config() -> Resul
     assert!(paid.raw.contains(r#""amount":50.25,"#), "{}", paid.raw);
     daemon.stop().await?;
     w.cleanup().await
+}
+
+/// A remove naming `queue_id`, from `wallet`'s address.
+fn cancel(wallet: Address, queue_id: &str) -> Value {
+    let mut v = topup(&hex_addr(wallet), "USDT");
+    v["queue_id"] = queue_id.into();
+    v
+}
+
+/// The remove cancelling `queue_id` is answered 1, and the payout 0
+/// `cancelled`.
+async fn cancelled(
+    w: &World,
+    removes: &mut Replies,
+    withdrawals: &mut Replies,
+    wallet: Address,
+    queue_id: &str,
+) -> Result<()> {
+    w.publish("remove", cancel(wallet, queue_id)).await?;
+    let r = removes
+        .wait("the cancel answered", |v| v["queue_id"] == queue_id)
+        .await?;
+    assert_eq!(r.v["status"], 1, "{}", r.raw);
+    let p = withdrawals
+        .wait("the payout answered cancelled", is(queue_id, 0))
+        .await?;
+    assert_eq!(p.v["error"], "cancelled", "{}", p.raw);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payout_waiting_for_the_node_can_be_cancelled() -> Result<()> {
+    // An ether payout to an address whose code the node cannot tell: its
+    // gas cannot be decided, so it waits for the node.
+    let unknown = Address::random();
+    let mut w = World::new("cancel-node-wait").await?;
+    let proxy =
+        rpc_proxy::RpcProxy::start(w.anvil.http(), Some(rpc_proxy::Refuse::CodeOf(unknown)))
+            .await?;
+    w.config_json["eth_config"]["rpc_url"] = proxy.url().into();
+    let mut withdrawals = w.replies("withdraw_resp").await?;
+    let mut removes = w.replies("remove_resp").await?;
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, 100_000_000, ether(2)).await?;
+    let daemon = w.start().await?;
+    w.publish("withdraw", withdraw("n-1", user, unknown, "ETH", "1")?)
+        .await?;
+    eventually("the payout waits for the node", || async {
+        Ok(proxy.code_refused() >= 2)
+    })
+    .await?;
+    cancelled(&w, &mut removes, &mut withdrawals, user, "n-1").await?;
+
+    // The node answers again: nothing is sent for it, and the wallet's next
+    // payout takes the nonce it would have had.
+    proxy.set_refuse(None);
+    w.publish(
+        "withdraw",
+        withdraw("n-2", user, Address::random(), "USDT", "1")?,
+    )
+    .await?;
+    let sent = withdrawals.wait("the next payout", is("n-2", 2)).await?;
+    let tx = w
+        .eth
+        .get_transaction_by_hash(tx_of(&sent)?)
+        .await?
+        .context("sent")?;
+    assert_eq!(alloy::consensus::Transaction::nonce(&tx), 0, "no gap");
+    assert_eq!(
+        w.eth.get_balance(unknown).await?,
+        U256::ZERO,
+        "nothing paid"
+    );
+    assert_eq!(w.nonce(user).await?, 1, "one transaction from the wallet");
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payout_waiting_for_the_wallet_store_can_be_cancelled() -> Result<()> {
+    let db_proxy = rpc_proxy::TcpProxy::start(3306).await?;
+    let (db, mut mysql) = mariadb_database("cancelwait").await?;
+    mysql["wallet"]["port"] = db_proxy.port.into();
+    let w = World::with("cancel-wallet-wait", &[], |c| c["mysql_config"] = mysql).await?;
+    let mut withdrawals = w.replies("withdraw_resp").await?;
+    let mut removes = w.replies("remove_resp").await?;
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, 100_000_000, ether(1)).await?;
+    let daemon = w.start().await?;
+    w.publish(
+        "withdraw",
+        withdraw("s-1", user, Address::random(), "USDT", "1")?,
+    )
+    .await?;
+    withdrawals.wait("the first payout", is("s-1", 2)).await?;
+
+    // The wallet store goes away: the next payout waits for its key.
+    db_proxy.cut();
+    let closed = db_proxy.closed();
+    w.publish(
+        "withdraw",
+        withdraw("s-2", user, Address::random(), "USDT", "1")?,
+    )
+    .await?;
+    eventually("the payout waits for the wallet store", || async {
+        Ok(db_proxy.closed() > closed + 1)
+    })
+    .await?;
+    cancelled(&w, &mut removes, &mut withdrawals, user, "s-2").await?;
+
+    db_proxy.restore();
+    w.publish(
+        "withdraw",
+        withdraw("s-3", user, Address::random(), "USDT", "1")?,
+    )
+    .await?;
+    let sent = withdrawals.wait("the next payout", is("s-3", 2)).await?;
+    let tx = w
+        .eth
+        .get_transaction_by_hash(tx_of(&sent)?)
+        .await?
+        .context("sent")?;
+    assert_eq!(alloy::consensus::Transaction::nonce(&tx), 1, "no gap");
+    assert_eq!(w.transfers_from(user).await?.len(), 2, "s-2 was not paid");
+    daemon.stop().await?;
+    let result = w.cleanup().await;
+    drop_mariadb_database(&db).await?;
+    result
 }

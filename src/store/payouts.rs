@@ -1,7 +1,9 @@
-//! Payout rows: created by listen, claimed and signed by a wallet's nonce actor,
-//! mined and decided by listen again. Every transition is a conditional update
-//! (`WHERE state = …`), so two writers can never both move the same payout: a
-//! cancel and a claim racing for a queued payout, one of them wins.
+//! Payout rows: created by listen, signed by a wallet's nonce actor, mined and
+//! decided by listen again. Every transition is a conditional update (`WHERE
+//! state = …`), so two writers can never both move the same payout: a cancel
+//! and the actor's signing racing for a queued payout, one of them wins.
+//! (`claimed` is no longer written: a store of an earlier version may hold
+//! it, and a start puts such payouts back to queued.)
 //!
 //! The schema is `migrations/store/0002_payouts.sql`.
 
@@ -400,8 +402,9 @@ impl StoreTx {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Records the signed transaction of a claimed payout: its payer, nonce,
-    /// hash and raw bytes. `false` if it was not claimed.
+    /// Records the signed transaction of a queued payout: its payer, nonce,
+    /// hash and raw bytes. `false` if it is no longer queued (cancelled
+    /// while it was being prepared): nothing is recorded then.
     pub async fn mark_signed(
         &mut self,
         payer: Address,
@@ -411,7 +414,7 @@ impl StoreTx {
         let now = now_ms();
         let done = sqlx::query(
             "UPDATE payouts SET state = 'signed', payer = ?, nonce = ?, tx_hash = ?, updated_at = ?
-             WHERE id = ? AND state = 'claimed'",
+             WHERE id = ? AND state = 'queued'",
         )
         .bind(payer.as_slice())
         .bind(nonce as i64)

@@ -40,6 +40,10 @@ pub enum Refuse {
     BatchOver(usize),
     /// Every request is read and never answered (a node that hangs).
     Silent,
+    /// `eth_sendRawTransaction` (alone or in a batch) is refused with this
+    /// message, as a node refuses a transaction it will not take
+    /// ("insufficient funds for gas * price + value").
+    SendRaw(&'static str),
 }
 
 /// One `eth_getLogs` the proxy was asked for.
@@ -64,7 +68,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 struct RpcShared {
     upstream: String,
-    refuse: Option<Refuse>,
+    refuse: Mutex<Option<Refuse>>,
     asked: Mutex<Vec<LogsAsked>>,
     /// How many `eth_getCode` were failed ([`Refuse::CodeOf`]).
     code_refused: std::sync::atomic::AtomicUsize,
@@ -96,7 +100,7 @@ impl RpcProxy {
         let port = listener.local_addr()?.port();
         let shared = Arc::new(RpcShared {
             upstream,
-            refuse,
+            refuse: Mutex::new(refuse),
             asked: Mutex::new(Vec::new()),
             code_refused: Default::default(),
             batches: Mutex::new(Vec::new()),
@@ -117,6 +121,11 @@ impl RpcProxy {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Changes what the node refuses from now on.
+    pub fn set_refuse(&self, refuse: Option<Refuse>) {
+        *lock(&self.shared.refuse) = refuse;
     }
 
     /// Every `eth_getLogs` asked so far, in order.
@@ -194,8 +203,30 @@ fn refusal(id: &Value, message: String) -> Result<Vec<u8>> {
 /// The answer to one JSON-RPC request (or batch, forwarded as is).
 async fn answer(s: &RpcShared, body: Vec<u8>) -> Result<Vec<u8>> {
     let req: Value = serde_json::from_slice(&body)?;
+    let refuse = *lock(&s.refuse);
+    let sends = |calls: &[Value]| {
+        calls
+            .iter()
+            .all(|c| c["method"] == "eth_sendRawTransaction")
+    };
+    if let (Some(Refuse::SendRaw(message)), Some(calls)) = (refuse, req.as_array())
+        && sends(calls)
+    {
+        let out: Vec<Value> = calls
+            .iter()
+            .map(|c| json!({"jsonrpc": "2.0", "id": c["id"], "error": {"code": -32000, "message": message}}))
+            .collect();
+        return Ok(serde_json::to_vec(&out)?);
+    }
+    if let Some(Refuse::SendRaw(message)) = refuse
+        && req["method"] == "eth_sendRawTransaction"
+    {
+        return Ok(serde_json::to_vec(
+            &json!({"jsonrpc": "2.0", "id": req["id"], "error": {"code": -32000, "message": message}}),
+        )?);
+    }
     if let Some(calls) = req.as_array() {
-        let refused = matches!(s.refuse, Some(Refuse::BatchOver(max)) if calls.len() > max);
+        let refused = matches!(refuse, Some(Refuse::BatchOver(max)) if calls.len() > max);
         lock(&s.batches).push((calls.len(), refused));
         if refused {
             return Ok(serde_json::to_vec(
@@ -204,7 +235,7 @@ async fn answer(s: &RpcShared, body: Vec<u8>) -> Result<Vec<u8>> {
         }
         return forward(s, body).await;
     }
-    if let Some(Refuse::CodeOf(a)) = s.refuse
+    if let Some(Refuse::CodeOf(a)) = refuse
         && req["method"] == "eth_getCode"
         && req["params"][0]
             .as_str()
@@ -231,7 +262,7 @@ async fn answer(s: &RpcShared, body: Vec<u8>) -> Result<Vec<u8>> {
         let v: Value = serde_json::from_slice(&out)?;
         anyhow::ensure!(v.get("error").is_none(), "{call} failed: {v}");
     }
-    let (refused, out) = match s.refuse {
+    let (refused, out) = match refuse {
         Some(Refuse::RangeOver(max)) if to.saturating_sub(from) + 1 > max => (
             true,
             refusal(&req["id"], format!("query exceeds max block range {max}"))?,
@@ -282,7 +313,7 @@ async fn serve(sock: TcpStream, s: Arc<RpcShared>) -> Result<()> {
         }
         let mut body = vec![0u8; length];
         read.read_exact(&mut body).await?;
-        if matches!(s.refuse, Some(Refuse::Silent)) {
+        if matches!(*lock(&s.refuse), Some(Refuse::Silent)) {
             continue;
         }
         let out = answer(&s, body).await?;

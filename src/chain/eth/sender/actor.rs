@@ -2,10 +2,11 @@
 //! wallet's next nonce and of what its in-flight payouts reserve.
 //!
 //! Per batch of payouts: read the wallet's balances and nonce at one block,
-//! claim the payouts (a claimed payout can no longer be cancelled, and holds no
-//! nonce yet), check each against what is left after in-flight reservations,
-//! sign with consecutive nonces, store the signed bytes (before
-//! any broadcast: DESIGN §3), broadcast them in nonce order, and record the
+//! decrypt the key, check each payout against what is left after in-flight
+//! reservations, sign with consecutive nonces, and store the signed bytes
+//! (before any broadcast: DESIGN §3) in the one transaction that takes the
+//! payouts from queued, so that a payout stays cancellable while the node or
+//! the wallet store is waited for. Then broadcast in nonce order, and record the
 //! accepted ones as sent with their `status=2`. A batch's broadcast runs
 //! while the next batch is signed (batches still go out in nonce order, one
 //! after the other), so the node admits one while the next is prepared. A
@@ -24,7 +25,7 @@ use crate::wallet::WalletError;
 use alloy::network::Ethereum;
 use alloy::primitives::{Address, U256};
 use alloy::providers::RootProvider;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -221,21 +222,31 @@ impl Actor {
         }
     }
 
-    /// Claims, checks, signs and stores a batch; returns the stored
-    /// transactions (payout id, signed bytes) in nonce order, to broadcast.
+    /// Checks, signs and stores a batch; returns the stored transactions
+    /// (payout id, signed bytes) in nonce order, to broadcast.
+    ///
+    /// Nothing is claimed while the node or the wallet store is waited for:
+    /// the payouts stay queued, so a remove can cancel them until the one
+    /// transaction that stores their signed bytes, which takes each only if
+    /// it is still queued. A payout cancelled in the meantime is dropped and
+    /// the rest signed again with the nonces closed up: no gap.
     async fn process(
         &mut self,
-        jobs: Vec<Job>,
+        mut jobs: Vec<Job>,
         shutdown: &CancellationToken,
     ) -> Result<Vec<(i64, SignedTx)>, ActorError> {
-        // 1. Balances and nonce at one block, and fees. While the node cannot
-        // be reached the payouts stay queued, so they can still be cancelled.
+        // 1. Balances and nonce at one block, and fees.
         let mut symbols: Vec<(String, Address)> = Vec::new();
         for j in &jobs {
-            if let Some(t) = self.deps.cfg.token(&j.payout.symbol)
-                && !symbols.iter().any(|(s, _)| *s == t.symbol)
+            let p = &j.payout;
+            if p.symbol == "ETH" || symbols.iter().any(|(s, _)| *s == p.symbol) {
+                continue;
+            }
+            if let Some(c) = p
+                .contract
+                .or_else(|| self.deps.cfg.token(&p.symbol).map(|t| t.contract))
             {
-                symbols.push((t.symbol.clone(), t.contract));
+                symbols.push((p.symbol.clone(), c));
             }
         }
         let wallet = self.wallet;
@@ -269,29 +280,7 @@ impl Actor {
         self.next_nonce = self.next_nonce.map(|n| n.max(view.nonce));
         self.inflight.retain(|n, _| *n >= view.nonce);
 
-        // 2. Claim: from here on a remove can no longer cancel them.
-        let mut tx = self.deps.store.begin().await?;
-        let mut claimed = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            if job.claimed
-                || tx
-                    .move_payout(
-                        job.payout.id,
-                        PayoutState::Queued,
-                        PayoutState::Claimed,
-                        None,
-                    )
-                    .await?
-            {
-                claimed.push(job);
-            }
-        }
-        tx.commit().await?;
-        if claimed.is_empty() {
-            return Ok(Vec::new());
-        }
-
-        // 3. The key, decrypted for this batch only.
+        // 2. The key, decrypted for this batch only.
         let signer = loop {
             match self
                 .deps
@@ -302,12 +291,12 @@ impl Actor {
                 Ok(Some(s)) => break s,
                 Ok(None) => {
                     let e = format!("this gateway holds no key for {}", addr_hex(&self.wallet));
-                    return self.refuse_all(claimed, &e).await.map(|()| Vec::new());
+                    return self.refuse_all(jobs, &e).await.map(|()| Vec::new());
                 }
                 Err(e @ (WalletError::Crypto(_) | WalletError::Corrupt { .. })) => {
                     error!(target: "m2pool::payout", wallet = %addr_hex(&self.wallet), error = %e, "wallet key unusable");
                     let e = format!("the key of {} cannot be used: {e}", addr_hex(&self.wallet));
-                    return self.refuse_all(claimed, &e).await.map(|()| Vec::new());
+                    return self.refuse_all(jobs, &e).await.map(|()| Vec::new());
                 }
                 Err(e) => {
                     warn!(target: "m2pool::payout", error = %e, "wallet store unavailable; retrying");
@@ -318,68 +307,107 @@ impl Actor {
             }
         };
 
-        // 4. Decide and sign each, in order.
-        let mut signed: Vec<(Job, u64, SignedTx)> = Vec::new();
-        let mut refused: Vec<(Job, String)> = Vec::new();
-        let mut forward: Vec<Job> = Vec::new();
-        for job in claimed {
-            if shutdown.is_cancelled() {
-                // The rest stay claimed: back to queued at the next start.
-                break;
+        // 3. The gas of each ether payout (a contract recipient is asked).
+        let mut gas: HashMap<i64, Result<u64, String>> = HashMap::new();
+        for job in &jobs {
+            let p = &job.payout;
+            if p.symbol != "ETH" {
+                continue;
             }
-            match self.check(&job, &view, fees, shutdown).await {
-                Check::Pay(draft) => {
-                    let nonce = self.next_nonce.unwrap_or(view.nonce);
-                    match sign::sign(&signer, self.chain_id, &job.payout, nonce, draft, fees) {
-                        Ok(stx) => {
-                            self.inflight.insert(nonce, reservation(&job.payout, &stx));
-                            self.next_nonce = Some(nonce + 1);
-                            signed.push((job, nonce, stx));
-                        }
-                        Err(e) => refused.push((job, format!("signing failed: {e}"))),
-                    }
-                }
-                Check::Forward(note) => {
-                    let mut job = job;
-                    job.shortfall = Some(note);
-                    job.claimed = true;
-                    forward.push(job);
-                }
-                Check::Refuse(e) => refused.push((job, e)),
-                // What is signed already is stored below: its nonces are
-                // taken, and dropping it would leave a gap no later
-                // transaction of this wallet could get past.
-                Check::Shutdown => break,
-            }
+            let (from, to, value, plain) = (
+                self.wallet,
+                p.to,
+                p.amount,
+                self.deps.cfg.payout.gas_limit_eth,
+            );
+            match self
+                .patiently("gas estimate", shutdown, |rpc| {
+                    sign::ether_gas_limit(rpc, from, to, value, plain)
+                })
+                .await
+            {
+                Some(g) => gas.insert(p.id, g),
+                // At shutdown nothing is taken: they stay queued.
+                None => return Ok(Vec::new()),
+            };
         }
-        drop(signer);
 
-        // 5. Store signed bytes and refusals before anything leaves.
-        let mut tx = self.deps.store.begin().await?;
-        let mut stored: Vec<(i64, SignedTx)> = Vec::with_capacity(signed.len());
-        for (job, nonce, stx) in signed {
-            if tx.mark_signed(self.wallet, nonce, &stx).await? {
+        // 4. Decide and sign each, in order, then store the signed bytes
+        // (before anything leaves) and the refusals in one transaction.
+        let (start_nonce, start_inflight) = (self.next_nonce, self.inflight.clone());
+        let (stored, forward) = loop {
+            self.next_nonce = start_nonce;
+            self.inflight = start_inflight.clone();
+            let mut signed: Vec<(Job, u64, SignedTx)> = Vec::new();
+            let mut refused: Vec<(Job, String)> = Vec::new();
+            let mut forward: Vec<Job> = Vec::new();
+            for job in &jobs {
+                match self.check(job, &view, fees, &gas) {
+                    Check::Pay(draft) => {
+                        let nonce = self.next_nonce.unwrap_or(view.nonce);
+                        match sign::sign(&signer, self.chain_id, &job.payout, nonce, draft, fees) {
+                            Ok(stx) => {
+                                self.inflight.insert(nonce, reservation(&job.payout, &stx));
+                                self.next_nonce = Some(nonce + 1);
+                                signed.push((job.clone(), nonce, stx));
+                            }
+                            Err(e) => refused.push((job.clone(), format!("signing failed: {e}"))),
+                        }
+                    }
+                    Check::Forward(note) => {
+                        let mut job = job.clone();
+                        job.shortfall = Some(note);
+                        forward.push(job);
+                    }
+                    Check::Refuse(e) => refused.push((job.clone(), e)),
+                }
+            }
+            let mut tx = self.deps.store.begin().await?;
+            let mut taken: Vec<(Job, u64, SignedTx)> = Vec::with_capacity(signed.len());
+            let mut gone: Vec<i64> = Vec::new();
+            for (job, nonce, stx) in signed {
+                if tx.mark_signed(self.wallet, nonce, &stx).await? {
+                    taken.push((job, nonce, stx));
+                } else {
+                    gone.push(job.payout.id);
+                }
+            }
+            if !gone.is_empty() {
+                // Cancelled while we waited: without them, the nonces close up.
+                drop(tx);
+                info!(target: "m2pool::payout", wallet = %addr_hex(&self.wallet), cancelled = gone.len(),
+                      "payouts cancelled while being prepared; the rest are signed again");
+                jobs.retain(|j| !gone.contains(&j.payout.id));
+                continue;
+            }
+            let mut replies = 0;
+            for (job, e) in &refused {
+                replies += self.refuse(&mut tx, &job.payout, e).await?;
+            }
+            tx.commit().await?;
+            if replies > 0 {
+                self.deps.outbox.notify_one();
+            }
+            break (taken, forward);
+        };
+        drop(signer);
+        let stored: Vec<(i64, SignedTx)> = stored
+            .into_iter()
+            .map(|(job, nonce, stx)| {
                 info!(target: "m2pool::payout", id = job.payout.id, queue_id = %job.payout.queue_id,
                       order_id = %job.payout.order_id, payer = %addr_hex(&self.wallet), nonce,
                       tx = %format!("{:#x}", stx.tx_hash), "payout signed");
-                stored.push((job.payout.id, stx));
-            }
-        }
-        let mut replies = 0;
-        for (job, e) in &refused {
-            replies += self.refuse(&mut tx, &job.payout, e).await?;
-        }
-        tx.commit().await?;
-        if replies > 0 {
-            self.deps.outbox.notify_one();
-        }
+                (job.payout.id, stx)
+            })
+            .collect();
         if !stored.is_empty() {
             // Between storing the signed bytes and the broadcast.
             failpoint("after_sign");
         }
 
-        // 6. What this wallet cannot cover goes to the collection wallet.
-        // (Not at shutdown: they stay claimed and are queued again at the next start.)
+        // 5. What this wallet cannot cover goes to the collection wallet,
+        // still queued (not at shutdown: it is dispatched again at the next
+        // start).
         if let Some((_, to)) = self
             .collection
             .as_ref()
@@ -391,16 +419,18 @@ impl Actor {
                 }
             }
         }
-        // 7. The caller broadcasts them (see [`broadcast`]).
+        // 6. The caller broadcasts them (see [`broadcast`]).
         Ok(stored)
     }
 
-    async fn check(
+    /// What to do with one payout, given the wallet's balances, what its
+    /// in-flight payouts reserve, the fees and the gas of ether payouts.
+    fn check(
         &self,
         job: &Job,
         view: &View,
         fees: (u128, u128),
-        shutdown: &CancellationToken,
+        gas: &HashMap<i64, Result<u64, String>>,
     ) -> Check {
         let p = &job.payout;
         let reserved = |symbol: &str| -> U256 {
@@ -454,26 +484,15 @@ impl Actor {
             return Check::Refuse(e);
         }
         let gas_limit = if is_ether {
-            let (from, to, value, plain) = (
-                self.wallet,
-                p.to,
-                p.amount,
-                self.deps.cfg.payout.gas_limit_eth,
-            );
-            match self
-                .patiently("gas estimate", shutdown, |rpc| {
-                    sign::ether_gas_limit(rpc, from, to, value, plain)
-                })
-                .await
-            {
-                Some(Ok(g)) => g,
+            match gas.get(&p.id) {
+                Some(Ok(g)) => *g,
                 Some(Err(refusal)) => {
                     return Check::Refuse(format!(
                         "{} does not accept this ether transfer (the node's gas estimate failed: {refusal}); nothing was sent",
                         addr_hex(&p.to)
                     ));
                 }
-                None => return Check::Shutdown,
+                None => self.deps.cfg.payout.gas_limit_eth,
             }
         } else {
             self.deps.cfg.payout.gas_limit_token
@@ -517,12 +536,7 @@ impl Actor {
         error: &str,
     ) -> Result<usize, ActorError> {
         if !tx
-            .move_payout(
-                p.id,
-                PayoutState::Claimed,
-                PayoutState::Refused,
-                Some(error),
-            )
+            .move_payout(p.id, PayoutState::Queued, PayoutState::Refused, Some(error))
             .await?
         {
             return Ok(0);
@@ -596,6 +610,4 @@ enum Check {
     Forward(String),
     /// Refuse with this error.
     Refuse(String),
-    /// Shutting down.
-    Shutdown,
 }

@@ -95,8 +95,6 @@ pub(super) enum ActorMsg {
 #[derive(Debug, Clone)]
 pub(super) struct Job {
     payout: Payout,
-    /// Already claimed (forwarded from another wallet's actor).
-    claimed: bool,
     /// What the requested wallet held, when it could not pay.
     shortfall: Option<String>,
 }
@@ -275,7 +273,6 @@ impl Sender {
                 let actor = self.actor(p.from, shutdown);
                 let job = Job {
                     payout: p,
-                    claimed: false,
                     shortfall: None,
                 };
                 tokio::select! {
