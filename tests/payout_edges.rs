@@ -396,3 +396,106 @@ async fn a_payout_waiting_for_the_wallet_store_can_be_cancelled() -> Result<()> 
     drop_mariadb_database(&db).await?;
     result
 }
+
+/// Whether payout `queue_id`'s current transaction is the transfer that
+/// cancels it.
+async fn cancel_signed(w: &World, queue_id: &str) -> Result<bool> {
+    let store = w.store().await?;
+    let p = store
+        .payouts("ETH")
+        .await?
+        .into_iter()
+        .find(|p| p.queue_id == queue_id)
+        .context("the payout")?;
+    let mut tx = store.begin().await?;
+    let current = match p.tx_hash {
+        Some(h) => tx.signed_tx_of(h).await?,
+        None => None,
+    };
+    drop(tx);
+    store.close().await;
+    Ok(current.is_some_and(|(_, cancels)| cancels))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payout_the_node_keeps_refusing_is_reported_and_can_be_cancelled() -> Result<()> {
+    const REFUSAL: &str = "insufficient funds for gas * price + value";
+    let port = free_port()?;
+    let mut w = World::with("refused", &[], with_http(port, json!({}))).await?;
+    let proxy = rpc_proxy::RpcProxy::start(w.anvil.http(), None).await?;
+    w.config_json["eth_config"]["rpc_url"] = proxy.url().into();
+    let mut withdrawals = w.replies("withdraw_resp").await?;
+    let mut removes = w.replies("remove_resp").await?;
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, 100_000_000, ether(1)).await?;
+    let daemon = w.start().await?;
+    wait_health(port, "ok", WAIT, |s, _| s == 200).await?;
+
+    // The node takes none of the wallet's transactions (its ether was spent
+    // elsewhere, say): the first payout and the one behind it wait, signed.
+    proxy.set_refuse(Some(rpc_proxy::Refuse::SendRaw(REFUSAL)));
+    w.publish(
+        "withdraw",
+        withdraw("r-1", user, Address::random(), "USDT", "1")?,
+    )
+    .await?;
+    w.publish(
+        "withdraw",
+        withdraw("r-2", user, Address::random(), "USDT", "2")?,
+    )
+    .await?;
+    // After stuck_payout_secs (4 s here) of refusals: said in plain words.
+    let h = wait_health(port, "503 naming the refused payout", WAIT, |s, h| {
+        let p = h["problems"].to_string();
+        s == 503 && p.contains("queue_id `r-1`") && p.contains(REFUSAL)
+    })
+    .await?;
+    assert!(h["problems"].to_string().contains("(nonce 0)"), "{h}");
+    wait_metrics(port, &[("m2pool_payouts_refused_by_node", 2.0)]).await?;
+
+    // A remove with its queue_id cancels it: its nonce goes to a zero-value
+    // transfer to the wallet itself.
+    w.publish("remove", cancel(user, "r-1")).await?;
+    let r = removes
+        .wait("the cancel answered", |v| v["queue_id"] == "r-1")
+        .await?;
+    assert_eq!(r.v["status"], 1, "{}", r.raw);
+    assert!(
+        r.v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("being cancelled") && e.contains("nonce 0")),
+        "{}",
+        r.raw
+    );
+    eventually("the cancelling transfer is signed", || async {
+        cancel_signed(&w, "r-1").await
+    })
+    .await?;
+
+    // The node takes transactions again: the cancel is mined with nonce 0,
+    // the wallet's next payout goes on.
+    proxy.set_refuse(None);
+    withdrawals.wait("r-2 sent", is("r-2", 2)).await?;
+    w.mine(21).await?;
+    let done = withdrawals.wait("r-1 cancelled", is("r-1", 0)).await?;
+    assert_eq!(done.v["error"], "cancelled", "{}", done.raw);
+    let cancel_tx = w
+        .eth
+        .get_transaction_by_hash(tx_of(&done)?)
+        .await?
+        .context("the cancelling transfer")?;
+    use alloy::consensus::Transaction as _;
+    assert_eq!(cancel_tx.nonce(), 0);
+    assert_eq!(cancel_tx.to(), Some(user), "to the wallet itself");
+    assert_eq!(cancel_tx.value(), U256::ZERO);
+    withdrawals.wait("r-2 final", is("r-2", 1)).await?;
+    assert_eq!(w.transfers_from(user).await?.len(), 1, "only r-2 paid");
+    assert!(
+        withdrawals.matching(is("r-1", 2)).is_empty(),
+        "r-1 was never sent, and never said so"
+    );
+    wait_health(port, "ok again", WAIT, |s, _| s == 200).await?;
+    wait_metrics(port, &[("m2pool_payouts_refused_by_node", 0.0)]).await?;
+    daemon.stop().await?;
+    w.cleanup().await
+}

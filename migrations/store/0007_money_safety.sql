@@ -38,3 +38,7 @@ CREATE TABLE meta (
 ) WITHOUT ROWID;
 INSERT INTO meta (key, value)
     SELECT 'lookback_done.' || chain, CAST(MAX(id) AS TEXT) FROM watch_log GROUP BY chain;
+-- Payouts waiting for the transfer that cancels them to be signed: few, and
+-- looked for each time the payout sender is woken.
+CREATE INDEX payouts_cancel ON payouts (chain, id)
+    WHERE cancel_requested = 1 AND state IN ('signed', 'sent');

@@ -298,8 +298,11 @@ impl Listen {
             return Ok(());
         }
         let decimals = self.payout_decimals(&p);
-        // A payout mined before its broadcast was recorded still answers 2 first.
-        if let Some(unannounced) = tx.take_announcement(p.id).await? {
+        // A payout mined before its broadcast was recorded still answers 2
+        // first (not one cancelled by another transfer: it was never sent).
+        if !p.cancel_mined
+            && let Some(unannounced) = tx.take_announcement(p.id).await?
+        {
             fx.push(reply::payout(&unannounced, Status::Pending, None, decimals));
         }
         let fee = p.fee.unwrap_or_default();

@@ -140,6 +140,9 @@ pub struct Listen {
     /// contract was stored with them.
     contracts: HashMap<String, alloy::primitives::Address>,
     confirm_height: u64,
+    /// `stuck_payout_secs`: a payout the node refuses this long can be
+    /// cancelled by giving its nonce to another transfer.
+    stuck_after_ms: i64,
     keep: u64,
     wakers: Wakers,
     txlog: TxLog,
@@ -222,6 +225,8 @@ impl Listen {
                 .map(|t| (t.symbol.clone(), t.contract))
                 .collect(),
             confirm_height: config.eth.confirm_height,
+            stuck_after_ms: i64::try_from(config.eth.payout.stuck_after.as_millis())
+                .unwrap_or(i64::MAX),
             keep: block_window(config.eth.confirm_height),
             wakers,
             txlog,

@@ -149,7 +149,9 @@ impl Listen {
         Ok(())
     }
 
-    /// Cancels the payouts of `queue_id` that are still queued.
+    /// Cancels the payouts of `queue_id` that are still queued, and those the
+    /// node has refused for longer than `stuck_payout_secs` (by giving their
+    /// nonce to a zero-value transfer: decided when that is final).
     async fn cancel(
         &mut self,
         tx: &mut StoreTx,
@@ -159,7 +161,9 @@ impl Listen {
     ) -> Result<(), ListenError> {
         let payouts = tx.payouts_by_queue_id(&w.chain, queue_id).await?;
         let mut cancelled = 0usize;
+        let mut cancelling: Vec<String> = Vec::new();
         let mut late: Vec<String> = Vec::new();
+        let now = crate::store::now_ms();
         for p in &payouts {
             // Cancelled before (the same cancel again): answered as then.
             let now_cancelled = p.state == PayoutState::Queued
@@ -182,18 +186,40 @@ impl Listen {
                 fx.push(reply);
                 info!(target: "m2pool::listen", id = p.id, queue_id, order_id = %p.order_id,
                       again = !now_cancelled, "payout cancelled");
-            } else {
-                let what = if p.order_id.is_empty() {
-                    format!("the {}", p.kind)
-                } else {
-                    format!("order_id `{}`", p.order_id)
-                };
-                late.push(match (p.tx_hash, p.state) {
-                    (Some(h), _) => format!("{what} is already signed or broadcast (tx {h:#x})"),
-                    (None, PayoutState::Claimed) => format!("{what} is being signed now"),
-                    (None, state) => format!("{what} is already {}", state.as_str()),
-                });
+                continue;
             }
+            let what = if p.order_id.is_empty() {
+                format!("the {}", p.kind)
+            } else {
+                format!("order_id `{}`", p.order_id)
+            };
+            let refused_long = p
+                .refused_at
+                .is_some_and(|at| now - at >= self.stuck_after_ms);
+            if matches!(p.state, PayoutState::Signed | PayoutState::Sent)
+                && (p.cancel_requested || refused_long)
+            {
+                if !p.cancel_requested && tx.request_cancel(p.id).await? {
+                    warn!(target: "m2pool::listen", id = p.id, queue_id, order_id = %p.order_id,
+                          nonce = p.nonce.unwrap_or_default(),
+                          "cancelling a payout the node keeps refusing: its nonce goes to a zero-value transfer");
+                    if !fx.payout_chains.contains(&p.chain) {
+                        fx.payout_chains.push(p.chain.clone());
+                    }
+                }
+                cancelling.push(format!(
+                    "{what} is being cancelled: the node refused its transaction, so nonce {} goes to a \
+                     zero-value transfer to the wallet itself; it is answered 0 (cancelled) once that is \
+                     final, or 1 if it is mined itself first",
+                    p.nonce.unwrap_or_default()
+                ));
+                continue;
+            }
+            late.push(match (p.tx_hash, p.state) {
+                (Some(h), _) => format!("{what} is already signed or broadcast (tx {h:#x})"),
+                (None, PayoutState::Claimed) => format!("{what} is being signed now"),
+                (None, state) => format!("{what} is already {}", state.as_str()),
+            });
         }
         // Partly cancelled (a batch with some transfers already signed) is
         // status 1, with the error naming what was not cancelled.
@@ -204,9 +230,11 @@ impl Listen {
                     "no withdrawal or payment with queue_id `{queue_id}` is known"
                 )),
             )
-        } else if late.is_empty() {
+        } else if late.is_empty() && cancelling.is_empty() {
             (Status::Success, None)
-        } else if cancelled == 0 {
+        } else if late.is_empty() {
+            (Status::Success, Some(cancelling.join("; ")))
+        } else if cancelled == 0 && cancelling.is_empty() {
             (
                 Status::Failed,
                 Some(format!(
@@ -215,9 +243,14 @@ impl Listen {
                 )),
             )
         } else {
+            let done = cancelling
+                .into_iter()
+                .chain(std::iter::once(format!("cancelled {cancelled}")))
+                .collect::<Vec<_>>()
+                .join("; ");
             (
                 Status::Success,
-                Some(format!("cancelled {cancelled}, but {}", late.join("; "))),
+                Some(format!("{done}, but {}", late.join("; "))),
             )
         };
         let reply = reply::remove(

@@ -9,11 +9,15 @@
 
 mod blocks;
 mod deposits;
+mod ledger;
+mod payout_txs;
 mod payouts;
 mod watches;
 
 pub use deposits::{DepositSeen, DueDeposit, NewDeposit};
-pub use payouts::{Mined, NewPayout, Payout, PayoutState, PendingMovement, SignedTx};
+pub use ledger::PendingMovement;
+pub use payout_txs::SignedTx;
+pub use payouts::{Mined, NewPayout, Payout, PayoutState};
 
 use alloy::primitives::{Address, B256};
 use sqlx::sqlite::{

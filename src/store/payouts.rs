@@ -8,7 +8,7 @@
 //! The schema is `migrations/store/0002_payouts.sql`.
 
 use super::{Ctx, Store, StoreError, StoreTx, address, b256, now_ms};
-use alloy::primitives::{Address, B256, I256, U256};
+use alloy::primitives::{Address, B256, U256};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
@@ -185,7 +185,7 @@ pub struct Payout {
     pub created_at: i64,
 }
 
-const COLUMNS: &str = "id, chain, kind, queue_id, order_id, content_hash, symbol, from_address, to_address, amount,
+pub(super) const COLUMNS: &str = "id, chain, kind, queue_id, order_id, content_hash, symbol, from_address, to_address, amount,
     state, announced, payer, nonce, tx_hash, block_number, block_hash, success, fee, displaced, error, updated_at,
     created_at, decimals, contract, announced_tx, refused_at, refusal, cancel_requested, cancel_mined";
 
@@ -193,7 +193,7 @@ fn u256(s: &str, what: &'static str) -> Result<U256, StoreError> {
     U256::from_str_radix(s, 10).map_err(|_| StoreError::Corrupt { what })
 }
 
-fn payout(r: &SqliteRow) -> Result<Payout, StoreError> {
+pub(super) fn payout(r: &SqliteRow) -> Result<Payout, StoreError> {
     let opt_b256 = |i: usize, what| {
         r.get::<Option<&[u8]>, _>(i)
             .map(|b| b256(b, what))
@@ -269,34 +269,6 @@ pub struct Mined {
     pub cancel_mined: bool,
     /// Why it did not pay, when the receipt alone does not say.
     pub note: Option<String>,
-}
-
-/// A signed transaction of a payout, as stored for (re)broadcast.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignedTx {
-    /// The payout.
-    pub payout_id: i64,
-    /// Transaction hash.
-    pub tx_hash: B256,
-    /// EIP-2718 bytes.
-    pub raw: Vec<u8>,
-    /// Gas limit.
-    pub gas_limit: u64,
-    /// Max fee per gas, wei.
-    pub max_fee_per_gas: u128,
-    /// Priority fee per gas, wei.
-    pub priority_fee: u128,
-    /// When it was signed, unix milliseconds.
-    pub signed_at: i64,
-}
-
-/// A movement waiting for the wallet store's ledger.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingMovement {
-    /// Row id in `ledger_outbox`.
-    pub id: i64,
-    /// The movement.
-    pub entry: crate::wallet::LedgerEntry,
 }
 
 impl StoreTx {
@@ -402,100 +374,11 @@ impl StoreTx {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Records the signed transaction of a queued payout: its payer, nonce,
-    /// hash and raw bytes. `false` if it is no longer queued (cancelled
-    /// while it was being prepared): nothing is recorded then.
-    pub async fn mark_signed(
-        &mut self,
-        payer: Address,
-        nonce: u64,
-        tx: &SignedTx,
-    ) -> Result<bool, StoreError> {
-        let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE payouts SET state = 'signed', payer = ?, nonce = ?, tx_hash = ?, updated_at = ?
-             WHERE id = ? AND state = 'queued'",
-        )
-        .bind(payer.as_slice())
-        .bind(nonce as i64)
-        .bind(tx.tx_hash.as_slice())
-        .bind(now)
-        .bind(tx.payout_id)
-        .execute(&mut *self.tx)
-        .await
-        .ctx("mark payout signed")?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        self.insert_tx(tx).await?;
-        Ok(true)
-    }
-
-    async fn insert_tx(&mut self, tx: &SignedTx) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO payout_txs (tx_hash, payout_id, raw, gas_limit, max_fee_per_gas, priority_fee, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(tx.tx_hash.as_slice())
-        .bind(tx.payout_id)
-        .bind(&tx.raw)
-        .bind(tx.gas_limit as i64)
-        .bind(tx.max_fee_per_gas.to_string())
-        .bind(tx.priority_fee.to_string())
-        .bind(tx.signed_at)
-        .execute(&mut *self.tx)
-        .await
-        .ctx("insert payout tx")?;
-        Ok(())
-    }
-
-    /// Records `new`, signed with the same nonce as `old` and higher fees, as
-    /// the payout's current transaction; `false` if the payout moved on (mined,
-    /// or already replaced). Every transaction stays known: whichever is mined
-    /// is the payout's.
-    pub async fn replace_tx(&mut self, old: B256, new: &SignedTx) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE payouts SET tx_hash = ?, updated_at = ?
-             WHERE id = ? AND tx_hash = ? AND state IN ('signed', 'sent')",
-        )
-        .bind(new.tx_hash.as_slice())
-        .bind(now_ms())
-        .bind(new.payout_id)
-        .bind(old.as_slice())
-        .execute(&mut *self.tx)
-        .await
-        .ctx("replace payout tx")?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        self.insert_tx(new).await?;
-        Ok(true)
-    }
-
-    /// Every transaction hash signed for payout `id`.
-    pub async fn payout_tx_hashes(&mut self, id: i64) -> Result<Vec<B256>, StoreError> {
-        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT tx_hash FROM payout_txs WHERE payout_id = ? ORDER BY created_at",
-        )
-        .bind(id)
-        .fetch_all(&mut *self.tx)
-        .await
-        .ctx("read payout txs")?;
-        rows.iter().map(|h| b256(h, "payout_txs.tx_hash")).collect()
-    }
-
     /// After the node accepted payout `id`: signed becomes sent, and the first
     /// time, the payout is marked announced. Returns the payout when status 2
     /// is still to be published.
     pub async fn announce(&mut self, id: i64) -> Result<Option<Payout>, StoreError> {
-        sqlx::query(
-            "UPDATE payouts SET state = 'sent', updated_at = ? WHERE id = ? AND state = 'signed'",
-        )
-        .bind(now_ms())
-        .bind(id)
-        .execute(&mut *self.tx)
-        .await
-        .ctx("mark payout sent")?;
+        self.accepted(id).await?;
         self.take_announcement(id).await
     }
 
@@ -534,18 +417,6 @@ impl StoreTx {
             .as_ref()
             .map(payout)
             .transpose()
-    }
-
-    /// The payout a signed transaction belongs to, and whether it is the
-    /// transfer that cancels it; `None` for a transaction not ours.
-    pub async fn signed_tx_of(&mut self, tx_hash: B256) -> Result<Option<(i64, bool)>, StoreError> {
-        let row: Option<(i64, i64)> =
-            sqlx::query_as("SELECT payout_id, cancels FROM payout_txs WHERE tx_hash = ?")
-                .bind(tx_hash.as_slice())
-                .fetch_optional(&mut *self.tx)
-                .await
-                .ctx("find payout tx")?;
-        Ok(row.map(|(id, cancels)| (id, cancels != 0)))
     }
 
     /// Records that payout `id`'s nonce was mined, as `m` says.
@@ -632,33 +503,6 @@ impl StoreTx {
             .ctx("read final payouts")?;
         rows.iter().map(payout).collect()
     }
-
-    /// Queues movements for the wallet store's ledger.
-    pub async fn push_ledger(
-        &mut self,
-        entries: &[crate::wallet::LedgerEntry],
-    ) -> Result<(), StoreError> {
-        let now = now_ms();
-        for e in entries {
-            sqlx::query(
-                "INSERT INTO ledger_outbox (chain, symbol, address, delta, kind, tx_hash, log_index, block_number, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&e.chain)
-            .bind(&e.symbol)
-            .bind(e.address.as_slice())
-            .bind(e.delta.to_string())
-            .bind(e.kind.as_str())
-            .bind(e.tx_hash.as_slice())
-            .bind(e.log_index)
-            .bind(e.block as i64)
-            .bind(now)
-            .execute(&mut *self.tx)
-            .await
-            .ctx("insert ledger outbox")?;
-        }
-        Ok(())
-    }
 }
 
 impl Store {
@@ -695,86 +539,6 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// The current transactions of payouts signed or sent but not mined, in
-    /// nonce order per payer: what is (re)broadcast.
-    pub async fn unmined_txs(&self, chain: &str) -> Result<Vec<(Payout, SignedTx)>, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM payouts WHERE chain = ? AND state IN ('signed', 'sent') ORDER BY payer, nonce"
-        );
-        // Both reads in one (deferred, read-only) transaction: one snapshot. Read
-        // apart, a payout mined between them has a row in the first read and
-        // none in the second, which looked like a missing transaction.
-        let mut snapshot = self.pool.begin().await.ctx("begin read")?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(chain)
-            .fetch_all(&mut *snapshot)
-            .await
-            .ctx("read unmined payouts")?;
-        let payouts = rows.iter().map(payout).collect::<Result<Vec<_>, _>>()?;
-        let txs = sqlx::query(
-            "SELECT t.tx_hash, t.raw, t.gas_limit, t.max_fee_per_gas, t.priority_fee, t.created_at FROM payout_txs t
-             JOIN payouts p ON p.tx_hash = t.tx_hash WHERE p.chain = ? AND p.state IN ('signed', 'sent')",
-        )
-        .bind(chain)
-        .fetch_all(&mut *snapshot)
-        .await
-        .ctx("read unmined payout txs")?;
-        snapshot.rollback().await.ctx("end read")?;
-        let mut by_hash = std::collections::HashMap::with_capacity(txs.len());
-        for r in &txs {
-            let fee = |i: usize, what| {
-                r.get::<&str, _>(i)
-                    .parse::<u128>()
-                    .map_err(|_| StoreError::Corrupt { what })
-            };
-            let hash = b256(r.get::<&[u8], _>(0), "payout_txs.tx_hash")?;
-            let raw: Vec<u8> = r.get(1);
-            let limits = (
-                r.get::<i64, _>(2) as u64,
-                fee(3, "payout_txs.max_fee_per_gas")?,
-                fee(4, "payout_txs.priority_fee")?,
-                r.get::<i64, _>(5),
-            );
-            by_hash.insert(hash, (raw, limits));
-        }
-        payouts
-            .into_iter()
-            .map(|p| {
-                let hash = p.tx_hash.ok_or(StoreError::Corrupt {
-                    what: "payouts.tx_hash",
-                })?;
-                let (raw, (gas_limit, max_fee_per_gas, priority_fee, signed_at)) = by_hash
-                    .remove(&hash)
-                    .ok_or(StoreError::Corrupt { what: "payout_txs" })?;
-                let tx = SignedTx {
-                    payout_id: p.id,
-                    tx_hash: hash,
-                    raw,
-                    gas_limit,
-                    max_fee_per_gas,
-                    priority_fee,
-                    signed_at,
-                };
-                Ok((p, tx))
-            })
-            .collect()
-    }
-
-    /// Payouts of `payer` holding a nonce and not yet decided: their amounts and
-    /// gas are reserved from the wallet's balance until they are mined.
-    pub async fn in_flight(
-        &self,
-        chain: &str,
-        payer: Address,
-    ) -> Result<Vec<(Payout, SignedTx)>, StoreError> {
-        Ok(self
-            .unmined_txs(chain)
-            .await?
-            .into_iter()
-            .filter(|(p, _)| p.payer == Some(payer))
-            .collect())
-    }
-
     /// The highest nonce any payout of `payer` holds.
     pub async fn max_nonce(&self, chain: &str, payer: Address) -> Result<Option<u64>, StoreError> {
         let n: Option<i64> =
@@ -797,64 +561,6 @@ impl Store {
         .await
         .ctx("read payers")?;
         rows.iter().map(|b| address(b, "payouts.payer")).collect()
-    }
-
-    /// Movements not yet applied to the wallet store, oldest first.
-    pub async fn pending_ledger(&self, limit: u32) -> Result<Vec<PendingMovement>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, chain, symbol, address, delta, kind, tx_hash, log_index, block_number
-             FROM ledger_outbox WHERE applied_at IS NULL ORDER BY id LIMIT ?",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .ctx("read ledger outbox")?;
-        rows.iter()
-            .map(|r| {
-                let kind = match r.get::<&str, _>(5) {
-                    "deposit" => crate::wallet::Movement::Deposit,
-                    "payout" => crate::wallet::Movement::Payout,
-                    "fee" => crate::wallet::Movement::Fee,
-                    _ => {
-                        return Err(StoreError::Corrupt {
-                            what: "ledger_outbox.kind",
-                        });
-                    }
-                };
-                Ok(PendingMovement {
-                    id: r.get(0),
-                    entry: crate::wallet::LedgerEntry {
-                        chain: r.get(1),
-                        symbol: r.get(2),
-                        address: address(r.get::<&[u8], _>(3), "ledger_outbox.address")?,
-                        delta: I256::from_dec_str(r.get::<&str, _>(4)).map_err(|_| {
-                            StoreError::Corrupt {
-                                what: "ledger_outbox.delta",
-                            }
-                        })?,
-                        kind,
-                        tx_hash: b256(r.get::<&[u8], _>(6), "ledger_outbox.tx_hash")?,
-                        log_index: r.get(7),
-                        block: r.get::<i64, _>(8) as u64,
-                    },
-                })
-            })
-            .collect()
-    }
-
-    /// Marks ledger movements applied.
-    pub async fn mark_ledger_applied(&self, ids: &[i64]) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        let now = now_ms();
-        for id in ids {
-            sqlx::query("UPDATE ledger_outbox SET applied_at = ? WHERE id = ?")
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx.tx)
-                .await
-                .ctx("mark ledger applied")?;
-        }
-        tx.commit().await
     }
 
     /// Every payout of `chain` (for tests and tools), oldest first.

@@ -262,6 +262,21 @@ async fn five_hundred_requests_across_a_broker_outage_are_all_answered() -> Resu
     for status in [0, 3, 2] {
         expected.wait(&mut replies, status).await?;
     }
+    // Status 2 means sent, not mined: anvil can strand a transaction it took
+    // (foundry-rs/foundry#10122) until the daemon replaces it. Every payout is
+    // mined before the 20 blocks that confirm them.
+    let store = w.store().await?;
+    eventually("every payout mined", || async {
+        Ok(store.payouts("ETH").await?.iter().all(|p| {
+            !matches!(
+                p.state,
+                m2pool_payment::store::PayoutState::Signed
+                    | m2pool_payment::store::PayoutState::Sent
+            )
+        }))
+    })
+    .await?;
+    store.close().await;
     w.mine(20).await?;
     expected.wait(&mut replies, 1).await?;
 

@@ -145,6 +145,7 @@ impl EthChain {
             outbox: self.ctx.outbox_wake.clone(),
             track: track_tx,
             metrics: self.ctx.metrics.clone(),
+            health: self.ctx.health.clone(),
         };
         let mut payouts = tokio::spawn(
             sender::Sender::new(deps, endpoints.clone(), chain_id).run(helpers_stop.clone()),

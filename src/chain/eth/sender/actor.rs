@@ -156,7 +156,8 @@ impl Actor {
             for msg in batch.drain(..) {
                 match msg {
                     ActorMsg::Pay(job) => pays.push(job),
-                    ActorMsg::Replace { payout, tx } => replacements.push((payout, tx)),
+                    ActorMsg::Replace { payout, tx } => replacements.push((payout, tx, false)),
+                    ActorMsg::Cancel { payout, tx } => replacements.push((payout, tx, true)),
                 }
             }
             if !pays.is_empty() {
@@ -177,8 +178,8 @@ impl Actor {
             {
                 break Err(e);
             }
-            for (payout, tx) in replacements {
-                self.replace(payout, tx, &shutdown).await?;
+            for (payout, tx, cancel) in replacements {
+                self.replace(payout, tx, cancel, &shutdown).await?;
             }
         };
         // What was signed goes out before the actor ends (and is sent again,
@@ -576,19 +577,18 @@ async fn broadcast(
     let results = sign::broadcast(&endpoints, &refs).await;
     // Between the broadcast and recording it (status 2).
     failpoint("after_broadcast");
-    let accepted: Vec<i64> = stored
+    let outcomes: Vec<super::Broadcast<'_>> = refs
         .iter()
-        .zip(&results)
-        .filter_map(|((id, stx), r)| match r {
-            Ok(()) => Some(*id),
-            Err(e) => {
-                warn!(target: "m2pool::payout", id, tx = %format!("{:#x}", stx.tx_hash), error = %e,
+        .zip(results)
+        .map(|(tx, result)| {
+            if let Err(e) = &result {
+                warn!(target: "m2pool::payout", id = tx.payout_id, tx = %format!("{:#x}", tx.tx_hash), error = %e,
                       "broadcast not accepted; it will be sent again, same bytes");
-                None
             }
+            super::Broadcast { tx, result }
         })
         .collect();
-    super::announce(&deps, &accepted).await?;
+    super::record_broadcast(&deps, &outcomes).await?;
     Ok(())
 }
 

@@ -15,13 +15,14 @@ mod sign;
 use crate::backoff::{Backoff, sleep_or_shutdown};
 use crate::chain::eth::endpoints::Endpoints;
 use crate::config::EthConfig;
+use crate::msg::addr_hex;
 use crate::msg::{Status, hash_hex};
 use crate::reply;
-use crate::store::{Payout, Store, StoreError};
+use crate::store::{Payout, SignedTx, Store, StoreError};
 use crate::wallet::{Kek, WalletStore};
 use actor::{Actor, ActorError};
 use alloy::primitives::Address;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
@@ -50,8 +51,10 @@ pub struct SenderDeps {
     pub outbox: Arc<Notify>,
     /// Tells the watcher about wallets to track.
     pub track: mpsc::Sender<Address>,
-    /// Payout broadcast latency.
+    /// Payout broadcast latency, payouts the node refuses.
     pub metrics: crate::metrics::SharedMetrics,
+    /// Where payouts the node keeps refusing are shown.
+    pub health: crate::health::Health,
 }
 
 impl SenderDeps {
@@ -87,7 +90,15 @@ pub(super) enum ActorMsg {
         /// The payout.
         payout: Payout,
         /// Its current transaction.
-        tx: crate::store::SignedTx,
+        tx: SignedTx,
+    },
+    /// A remove cancels this payout, which the node keeps refusing: give its
+    /// nonce to a zero-value transfer to the wallet itself.
+    Cancel {
+        /// The payout.
+        payout: Payout,
+        /// Its current transaction.
+        tx: SignedTx,
     },
 }
 
@@ -115,32 +126,69 @@ pub enum SenderError {
     },
 }
 
-/// Records that the node accepted payouts `ids`: sent, and `status=2` for each
-/// not yet announced.
-async fn announce(deps: &SenderDeps, ids: &[i64]) -> Result<(), StoreError> {
-    if ids.is_empty() {
+/// What the node said to one broadcast transaction.
+pub(super) struct Broadcast<'a> {
+    /// The transaction.
+    pub tx: &'a SignedTx,
+    /// Taken, or refused with the node's words.
+    pub result: Result<(), String>,
+}
+
+/// Records what the node said to broadcast transactions, in one store
+/// transaction: a payout transaction it took is sent, with its `status=2` if
+/// not announced yet (a cancelling transfer announces nothing); one it
+/// refused keeps the time of its first refusal and the node's words.
+async fn record_broadcast(deps: &SenderDeps, outcomes: &[Broadcast<'_>]) -> Result<(), StoreError> {
+    if outcomes.is_empty() {
         return Ok(());
     }
     let mut tx = deps.store.begin().await?;
     let mut replies = 0;
-    for id in ids {
-        if let Some(p) = tx.announce(*id).await? {
-            let waited = crate::store::now_ms().saturating_sub(p.created_at).max(0) as u64;
-            deps.metrics
-                .payout_broadcast
-                .observe(Duration::from_millis(waited));
-            let reply = reply::payout(&p, Status::Pending, None, deps.decimals(&p));
-            tx.push_outbox(reply.kind, &reply.body).await?;
-            replies += 1;
-            info!(target: "m2pool::payout", id, queue_id = %p.queue_id, order_id = %p.order_id,
-                  tx = %p.tx_hash.map(|h| hash_hex(&h)).unwrap_or_default(), "payout broadcast");
+    let mut refused: Vec<(i64, String)> = Vec::new();
+    for o in outcomes {
+        let id = o.tx.payout_id;
+        match &o.result {
+            Err(reason) => refused.push((id, reason.clone())),
+            Ok(()) if o.tx.cancels => tx.accepted(id).await?,
+            Ok(()) => {
+                if let Some(p) = tx.announce(id).await? {
+                    let waited = crate::store::now_ms().saturating_sub(p.created_at).max(0) as u64;
+                    deps.metrics
+                        .payout_broadcast
+                        .observe(Duration::from_millis(waited));
+                    let reply = reply::payout(&p, Status::Pending, None, deps.decimals(&p));
+                    tx.push_outbox(reply.kind, &reply.body).await?;
+                    replies += 1;
+                    info!(target: "m2pool::payout", id, queue_id = %p.queue_id, order_id = %p.order_id,
+                          tx = %p.tx_hash.map(|h| hash_hex(&h)).unwrap_or_default(), "payout broadcast");
+                }
+            }
         }
     }
+    tx.record_refusals(&refused).await?;
     tx.commit().await?;
     if replies > 0 {
         deps.outbox.notify_one();
     }
     Ok(())
+}
+
+/// A payout the node has refused for at least `stuck_payout_secs`, in plain
+/// words (for the error log and `/healthz`).
+fn refused_for_long(p: &Payout, since_ms: i64, reason: &str) -> String {
+    let order = if p.order_id.is_empty() {
+        String::new()
+    } else {
+        format!(" order_id `{}`", p.order_id)
+    };
+    format!(
+        "payout queue_id `{}`{order} from {} (nonce {}) has been refused by the node for {}s: {reason}; \
+         fund the wallet, or cancel it with a remove naming its queue_id",
+        p.queue_id,
+        p.payer.map(|a| addr_hex(&a)).unwrap_or_default(),
+        p.nonce.unwrap_or_default(),
+        since_ms / 1000
+    )
 }
 
 /// Dispatches queued payouts and rebroadcasts unmined ones.
@@ -151,6 +199,8 @@ pub(super) struct Sender {
     actors: HashMap<Address, mpsc::Sender<ActorMsg>>,
     running: JoinSet<(Address, Result<(), ActorError>)>,
     collection: Option<Address>,
+    /// Payouts whose long refusal was logged as an error already.
+    reported: HashSet<i64>,
 }
 
 impl Sender {
@@ -162,6 +212,7 @@ impl Sender {
             actors: HashMap::new(),
             running: JoinSet::new(),
             collection: None,
+            reported: HashSet::new(),
         }
     }
 
@@ -200,6 +251,7 @@ impl Sender {
                 last_rebroadcast = Instant::now();
             }
             after = self.dispatch(after, &shutdown).await?;
+            self.cancels(&shutdown).await?;
             let until_rebroadcast = interval.saturating_sub(last_rebroadcast.elapsed());
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
@@ -290,41 +342,95 @@ impl Sender {
     ///
     /// Payouts whose current transaction has waited longer than
     /// `stuck_payout_secs` are handed to their wallet's actor to be replaced.
+    /// One the node has refused that long is also logged as an error, shown
+    /// by `/healthz` and counted, until the node takes it or a remove cancels
+    /// it (higher fees do not cure "insufficient funds for gas").
     async fn rebroadcast(&mut self, shutdown: &CancellationToken) -> Result<(), SenderError> {
         let unmined = self.deps.store.unmined_txs(&self.deps.chain).await?;
-        if unmined.is_empty() {
-            return Ok(());
-        }
-        let refs: Vec<&crate::store::SignedTx> = unmined.iter().map(|(_, t)| t).collect();
+        let refs: Vec<&SignedTx> = unmined.iter().map(|(_, t)| t).collect();
         let results = sign::broadcast(&self.endpoints, &refs).await;
-        let mut accepted = Vec::new();
-        for ((p, t), r) in unmined.iter().zip(results) {
-            match r {
-                Ok(()) => accepted.push(p.id),
-                Err(e) => {
-                    warn!(target: "m2pool::payout", id = p.id, tx = %hash_hex(&t.tx_hash), error = %e,
-                                "rebroadcast not accepted")
-                }
+        let outcomes: Vec<Broadcast<'_>> = refs
+            .iter()
+            .zip(results)
+            .map(|(tx, result)| Broadcast { tx, result })
+            .collect();
+        for (o, (p, _)) in outcomes.iter().zip(&unmined) {
+            if let Err(e) = &o.result {
+                warn!(target: "m2pool::payout", id = p.id, tx = %hash_hex(&o.tx.tx_hash), error = %e,
+                      "rebroadcast not accepted");
             }
         }
-        info!(target: "m2pool::payout", sent = unmined.len(), accepted = accepted.len(), "unmined payouts broadcast again");
-        announce(&self.deps, &accepted).await?;
+        let accepted = outcomes.iter().filter(|o| o.result.is_ok()).count();
+        if !unmined.is_empty() {
+            info!(target: "m2pool::payout", sent = unmined.len(), accepted, "unmined payouts broadcast again");
+        }
+        record_broadcast(&self.deps, &outcomes).await?;
 
         let stuck_ms =
             i64::try_from(self.deps.cfg.payout.stuck_after.as_millis()).unwrap_or(i64::MAX);
         let now = crate::store::now_ms();
-        for (p, t) in unmined {
-            let waiting = now - t.signed_at.max(p.updated_at);
-            let Some(payer) = p.payer else { continue };
-            if waiting < stuck_ms {
-                continue;
+        let mut refused_long = Vec::new();
+        let mut replace = Vec::new();
+        for (o, (p, t)) in outcomes.iter().zip(&unmined) {
+            match &o.result {
+                Err(reason) => {
+                    let since = now - p.refused_at.unwrap_or(now);
+                    if since >= stuck_ms {
+                        if self.reported.insert(p.id) {
+                            error!(target: "m2pool::payout", id = p.id, queue_id = %p.queue_id,
+                                   order_id = %p.order_id,
+                                   wallet = %p.payer.map(|a| addr_hex(&a)).unwrap_or_default(),
+                                   nonce = p.nonce.unwrap_or_default(), reason = %reason,
+                                   refused_secs = since / 1000,
+                                   "the node keeps refusing a signed payout; later payouts of this wallet wait behind it");
+                        }
+                        refused_long.push(refused_for_long(p, since, reason));
+                    }
+                }
+                Ok(()) => {
+                    self.reported.remove(&p.id);
+                }
             }
-            warn!(target: "m2pool::payout", id = p.id, tx = %hash_hex(&t.tx_hash), waiting_secs = waiting / 1000,
+            // Higher fees get a transaction mined that waits in the pool, or
+            // that a node refuses as underpriced; the cancelling transfer is
+            // never replaced by the payout's own.
+            let waiting = now - t.signed_at.max(p.updated_at);
+            if waiting >= stuck_ms && !t.cancels && p.payer.is_some() {
+                replace.push((p.clone(), t.clone()));
+            }
+        }
+        self.deps.metrics.refused_payouts.store(
+            refused_long.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.deps
+            .health
+            .chain(&self.deps.chain, |c| c.refused_payouts = refused_long);
+        drop(outcomes);
+        for (p, t) in replace {
+            let Some(payer) = p.payer else { continue };
+            warn!(target: "m2pool::payout", id = p.id, tx = %hash_hex(&t.tx_hash),
                   "payout not mined in time; replacing it with higher fees");
             let actor = self.actor(payer, shutdown);
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 sent = actor.send(ActorMsg::Replace { payout: p, tx: t }) => if sent.is_err() {
+                    warn!(target: "m2pool::payout", "a nonce actor is gone");
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the payouts whose cancel was asked for to their wallets' actors,
+    /// to give their nonce to a zero-value transfer.
+    async fn cancels(&mut self, shutdown: &CancellationToken) -> Result<(), SenderError> {
+        for (p, t) in self.deps.store.cancels_to_sign(&self.deps.chain).await? {
+            let Some(payer) = p.payer else { continue };
+            let actor = self.actor(payer, shutdown);
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                sent = actor.send(ActorMsg::Cancel { payout: p, tx: t }) => if sent.is_err() {
                     warn!(target: "m2pool::payout", "a nonce actor is gone");
                 },
             }

@@ -1,12 +1,16 @@
-//! Replacing a stuck payout: the same nonce, the same transfer, both fee
-//! fields raised by at least 12.5% (what nodes require of a replacement) up to
-//! the fee ceiling. Every transaction signed for a payout stays known, and the
-//! first of them that is mined and confirmed is the payout's answer.
+//! Replacing a payout's transaction: the same nonce, both fee fields raised by
+//! at least 12.5% (what nodes require of a replacement) up to the fee
+//! ceiling. A stuck payout is replaced by the same transfer; a payout the
+//! node keeps refusing and a remove cancels is replaced by a zero-value
+//! transfer to the wallet itself, which takes its nonce so the wallet's
+//! later payouts go on. Every transaction signed for a payout stays known,
+//! and whichever is mined and confirmed decides the payout's answer.
 
 use super::actor::{Actor, ActorError, reservation};
-use super::sign;
+use super::sign::{self, Draft};
 use crate::msg::hash_hex;
 use crate::store::{Payout, SignedTx};
+use alloy::primitives::U256;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -29,11 +33,14 @@ pub(super) fn replacement_fees(
 }
 
 impl Actor {
-    /// Replaces payout `p`'s current transaction `old` if it is still current.
+    /// Replaces payout `p`'s current transaction `old`, if it is still
+    /// current, with the same transfer at higher fees, or (`cancel`) with a
+    /// zero-value transfer to the wallet itself.
     pub(super) async fn replace(
         &mut self,
         p: Payout,
         old: SignedTx,
+        cancel: bool,
         shutdown: &CancellationToken,
     ) -> Result<(), ActorError> {
         let Some(nonce) = p.nonce else { return Ok(()) };
@@ -51,8 +58,13 @@ impl Actor {
                   "stuck payout is at the fee ceiling; it is broadcast again as it is");
             return Ok(());
         };
-        let Some(draft) = self.deps.draft(&p, old.gas_limit) else {
-            return Ok(());
+        let draft = if cancel {
+            Draft::ether(self.wallet, U256::ZERO, self.deps.cfg.payout.gas_limit_eth)
+        } else {
+            let Some(draft) = self.deps.draft(&p, old.gas_limit) else {
+                return Ok(());
+            };
+            draft
         };
         let signer = match self
             .deps
@@ -68,7 +80,10 @@ impl Actor {
             }
         };
         let new = match sign::sign(&signer, self.chain_id, &p, nonce, draft, fees) {
-            Ok(t) => t,
+            Ok(t) => SignedTx {
+                cancels: cancel,
+                ..t
+            },
             Err(e) => {
                 warn!(target: "m2pool::payout", id = p.id, error = %e, "signing a replacement failed");
                 return Ok(());
@@ -83,16 +98,21 @@ impl Actor {
             return Ok(());
         }
         self.inflight.insert(nonce, reservation(&p, &new));
-        info!(target: "m2pool::payout", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id, nonce,
-              old = %hash_hex(&old.tx_hash), new = %hash_hex(&new.tx_hash),
-              max_fee_per_gas = fees.0, priority_fee = fees.1, "stuck payout replaced");
-        if sign::broadcast(&self.endpoints, &[&new])
-            .await
-            .first()
-            .is_some_and(|r| r.is_ok())
-        {
-            super::announce(&self.deps, &[p.id]).await?;
+        if cancel {
+            info!(target: "m2pool::payout", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id, nonce,
+                  old = %hash_hex(&old.tx_hash), new = %hash_hex(&new.tx_hash),
+                  max_fee_per_gas = fees.0, priority_fee = fees.1,
+                  "payout being cancelled: its nonce goes to a zero-value transfer to the wallet itself");
+        } else {
+            info!(target: "m2pool::payout", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id, nonce,
+                  old = %hash_hex(&old.tx_hash), new = %hash_hex(&new.tx_hash),
+                  max_fee_per_gas = fees.0, priority_fee = fees.1, "stuck payout replaced");
         }
+        let result = sign::broadcast(&self.endpoints, &[&new])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err("no answer".to_owned()));
+        super::record_broadcast(&self.deps, &[super::Broadcast { tx: &new, result }]).await?;
         Ok(())
     }
 }

@@ -213,6 +213,7 @@ pub(super) fn sign(
         max_fee_per_gas: max_fee,
         priority_fee: priority,
         signed_at: crate::store::now_ms(),
+        cancels: false,
     })
 }
 

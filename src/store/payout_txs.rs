@@ -1,0 +1,291 @@
+//! Signed payout transactions: what is (re)broadcast, byte for byte. Every
+//! transaction signed for a payout stays known (a replacement with higher
+//! fees, or the zero-value transfer that cancels it), and whichever is mined
+//! is the payout's. The schema is `migrations/store/0002_payouts.sql` and
+//! `0007_money_safety.sql`.
+
+use super::payouts::{COLUMNS, payout};
+use super::{Ctx, Payout, Store, StoreError, StoreTx, b256, now_ms};
+use alloy::primitives::{Address, B256};
+use sqlx::Row;
+
+/// A signed transaction of a payout, as stored for (re)broadcast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedTx {
+    /// The payout.
+    pub payout_id: i64,
+    /// Transaction hash.
+    pub tx_hash: B256,
+    /// EIP-2718 bytes.
+    pub raw: Vec<u8>,
+    /// Gas limit.
+    pub gas_limit: u64,
+    /// Max fee per gas, wei.
+    pub max_fee_per_gas: u128,
+    /// Priority fee per gas, wei.
+    pub priority_fee: u128,
+    /// When it was signed, unix milliseconds.
+    pub signed_at: i64,
+    /// The zero-value transfer to the wallet itself that takes the payout's
+    /// nonce to cancel it, not the payout's own transfer.
+    pub cancels: bool,
+}
+
+impl StoreTx {
+    /// Records the signed transaction of a queued payout: its payer, nonce,
+    /// hash and raw bytes. `false` if it is no longer queued (cancelled
+    /// while it was being prepared): nothing is recorded then.
+    pub async fn mark_signed(
+        &mut self,
+        payer: Address,
+        nonce: u64,
+        tx: &SignedTx,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE payouts SET state = 'signed', payer = ?, nonce = ?, tx_hash = ?, updated_at = ?
+             WHERE id = ? AND state = 'queued'",
+        )
+        .bind(payer.as_slice())
+        .bind(nonce as i64)
+        .bind(tx.tx_hash.as_slice())
+        .bind(now)
+        .bind(tx.payout_id)
+        .execute(&mut *self.tx)
+        .await
+        .ctx("mark payout signed")?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.insert_tx(tx).await?;
+        Ok(true)
+    }
+
+    async fn insert_tx(&mut self, tx: &SignedTx) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO payout_txs (tx_hash, payout_id, raw, gas_limit, max_fee_per_gas, priority_fee, created_at,
+                cancels)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(tx.tx_hash.as_slice())
+        .bind(tx.payout_id)
+        .bind(&tx.raw)
+        .bind(tx.gas_limit as i64)
+        .bind(tx.max_fee_per_gas.to_string())
+        .bind(tx.priority_fee.to_string())
+        .bind(tx.signed_at)
+        .bind(i64::from(tx.cancels))
+        .execute(&mut *self.tx)
+        .await
+        .ctx("insert payout tx")?;
+        Ok(())
+    }
+
+    /// Records `new`, signed with the same nonce as `old` and higher fees, as
+    /// the payout's current transaction; `false` if the payout moved on (mined,
+    /// or already replaced). Every transaction stays known: whichever is mined
+    /// is the payout's.
+    pub async fn replace_tx(&mut self, old: B256, new: &SignedTx) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE payouts SET tx_hash = ?, updated_at = ?
+             WHERE id = ? AND tx_hash = ? AND state IN ('signed', 'sent')",
+        )
+        .bind(new.tx_hash.as_slice())
+        .bind(now_ms())
+        .bind(new.payout_id)
+        .bind(old.as_slice())
+        .execute(&mut *self.tx)
+        .await
+        .ctx("replace payout tx")?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.insert_tx(new).await?;
+        Ok(true)
+    }
+
+    /// Every transaction hash signed for payout `id`.
+    pub async fn payout_tx_hashes(&mut self, id: i64) -> Result<Vec<B256>, StoreError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT tx_hash FROM payout_txs WHERE payout_id = ? ORDER BY created_at",
+        )
+        .bind(id)
+        .fetch_all(&mut *self.tx)
+        .await
+        .ctx("read payout txs")?;
+        rows.iter().map(|h| b256(h, "payout_txs.tx_hash")).collect()
+    }
+
+    /// The payout a signed transaction belongs to, and whether it is the
+    /// transfer that cancels it; `None` for a transaction not ours.
+    pub async fn signed_tx_of(&mut self, tx_hash: B256) -> Result<Option<(i64, bool)>, StoreError> {
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("SELECT payout_id, cancels FROM payout_txs WHERE tx_hash = ?")
+                .bind(tx_hash.as_slice())
+                .fetch_optional(&mut *self.tx)
+                .await
+                .ctx("find payout tx")?;
+        Ok(row.map(|(id, cancels)| (id, cancels != 0)))
+    }
+
+    /// The node refused the current transactions of these payouts (id,
+    /// what it said): the first refusal's time is kept, the reason updated.
+    pub async fn record_refusals(&mut self, refused: &[(i64, String)]) -> Result<(), StoreError> {
+        let now = now_ms();
+        for (id, reason) in refused {
+            sqlx::query(
+                "UPDATE payouts SET refused_at = COALESCE(refused_at, ?), refusal = ?
+                 WHERE id = ? AND state IN ('signed', 'sent')",
+            )
+            .bind(now)
+            .bind(reason)
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await
+            .ctx("record refusal")?;
+        }
+        Ok(())
+    }
+
+    /// The node took payout `id`'s current transaction: it is sent, and no
+    /// longer refused.
+    pub async fn accepted(&mut self, id: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE payouts SET state = CASE WHEN state = 'signed' THEN 'sent' ELSE state END,
+                refused_at = NULL, refusal = NULL, updated_at = ?
+             WHERE id = ? AND state IN ('signed', 'sent')",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await
+        .ctx("mark payout sent")?;
+        Ok(())
+    }
+
+    /// Asks for payout `id` to be cancelled by giving its nonce to a
+    /// zero-value transfer; `false` if it is no longer signed or sent.
+    pub async fn request_cancel(&mut self, id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE payouts SET cancel_requested = 1, updated_at = ?
+             WHERE id = ? AND state IN ('signed', 'sent')",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *self.tx)
+        .await
+        .ctx("request cancel")?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+impl Store {
+    /// The current transactions of payouts signed or sent but not mined, in
+    /// nonce order per payer: what is (re)broadcast.
+    pub async fn unmined_txs(&self, chain: &str) -> Result<Vec<(Payout, SignedTx)>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM payouts WHERE chain = ? AND state IN ('signed', 'sent') ORDER BY payer, nonce"
+        );
+        // Both reads in one (deferred, read-only) transaction: one snapshot. Read
+        // apart, a payout mined between them has a row in the first read and
+        // none in the second, which looked like a missing transaction.
+        let mut snapshot = self.pool.begin().await.ctx("begin read")?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(chain)
+            .fetch_all(&mut *snapshot)
+            .await
+            .ctx("read unmined payouts")?;
+        let payouts = rows.iter().map(payout).collect::<Result<Vec<_>, _>>()?;
+        let txs = sqlx::query(
+            "SELECT t.tx_hash, t.raw, t.gas_limit, t.max_fee_per_gas, t.priority_fee, t.created_at, t.cancels
+             FROM payout_txs t
+             JOIN payouts p ON p.tx_hash = t.tx_hash WHERE p.chain = ? AND p.state IN ('signed', 'sent')",
+        )
+        .bind(chain)
+        .fetch_all(&mut *snapshot)
+        .await
+        .ctx("read unmined payout txs")?;
+        snapshot.rollback().await.ctx("end read")?;
+        let mut by_hash = std::collections::HashMap::with_capacity(txs.len());
+        for r in &txs {
+            let fee = |i: usize, what| {
+                r.get::<&str, _>(i)
+                    .parse::<u128>()
+                    .map_err(|_| StoreError::Corrupt { what })
+            };
+            let hash = b256(r.get::<&[u8], _>(0), "payout_txs.tx_hash")?;
+            let raw: Vec<u8> = r.get(1);
+            let limits = (
+                r.get::<i64, _>(2) as u64,
+                fee(3, "payout_txs.max_fee_per_gas")?,
+                fee(4, "payout_txs.priority_fee")?,
+                r.get::<i64, _>(5),
+                r.get::<i64, _>(6) != 0,
+            );
+            by_hash.insert(hash, (raw, limits));
+        }
+        payouts
+            .into_iter()
+            .map(|p| {
+                let hash = p.tx_hash.ok_or(StoreError::Corrupt {
+                    what: "payouts.tx_hash",
+                })?;
+                let (raw, (gas_limit, max_fee_per_gas, priority_fee, signed_at, cancels)) = by_hash
+                    .remove(&hash)
+                    .ok_or(StoreError::Corrupt { what: "payout_txs" })?;
+                let tx = SignedTx {
+                    payout_id: p.id,
+                    tx_hash: hash,
+                    raw,
+                    gas_limit,
+                    max_fee_per_gas,
+                    priority_fee,
+                    signed_at,
+                    cancels,
+                };
+                Ok((p, tx))
+            })
+            .collect()
+    }
+
+    /// Payouts of `chain` whose cancel was asked for and whose current
+    /// transaction is still their own transfer: the cancelling transfer is
+    /// to be signed.
+    pub async fn cancels_to_sign(
+        &self,
+        chain: &str,
+    ) -> Result<Vec<(Payout, SignedTx)>, StoreError> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT p.id FROM payouts p INDEXED BY payouts_cancel JOIN payout_txs t ON t.tx_hash = p.tx_hash
+             WHERE p.chain = ? AND p.cancel_requested = 1 AND p.state IN ('signed', 'sent') AND t.cancels = 0",
+        )
+        .bind(chain)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("read cancels to sign")?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .unmined_txs(chain)
+            .await?
+            .into_iter()
+            .filter(|(p, _)| ids.contains(&p.id))
+            .collect())
+    }
+
+    /// Payouts of `payer` holding a nonce and not yet decided: their amounts and
+    /// gas are reserved from the wallet's balance until they are mined.
+    pub async fn in_flight(
+        &self,
+        chain: &str,
+        payer: Address,
+    ) -> Result<Vec<(Payout, SignedTx)>, StoreError> {
+        Ok(self
+            .unmined_txs(chain)
+            .await?
+            .into_iter()
+            .filter(|(p, _)| p.payer == Some(payer))
+            .collect())
+    }
+}
