@@ -363,16 +363,65 @@ async fn a_repeated_request_moves_nothing_and_is_answered_alike() -> Result<()> 
         "removed, yet reported"
     );
 
-    // The very same topup body as the first one watches the address again.
+    // The very same topup body as the first one (a redelivery of it, after
+    // the remove was applied) moves nothing: the remove stands.
     w.publish_raw("topup", &watch).await?;
+    wait_inbox(&w, &watch, 2).await?;
+    assert!(!w.store().await?.is_watched("ETH", "USDT", addr).await?);
+    w.send_usdt(w.user(), addr, 2_500_000).await?;
+    probe.sync(&w, &mut replies).await?;
+    assert!(
+        replies.matching(about(addr)).is_empty(),
+        "a redelivered topup undid the remove"
+    );
+
+    // A new topup (another timestamp) watches it again; the old remove's
+    // body again then moves nothing either, and is answered as before.
+    let mut again = topup(&hex_addr(addr), "USDT");
+    again["timestamp"] = 1758610298.into();
+    w.publish("topup", again).await?;
     w.wait_watched("USDT", addr, true).await?;
+    w.publish_raw("remove", &body).await?;
+    let answers = removes
+        .wait_count("for the third remove", 3, about(addr))
+        .await?;
+    assert_eq!(answers[2].raw, answers[0].raw, "answered alike");
     let (tx, _) = w.send_usdt(w.user(), addr, 3_000_000).await?;
     replies
-        .wait("status 2 after the repeated topup", tx_is(tx, 2))
+        .wait("status 2: still watched", tx_is(tx, 2))
         .await?;
+
+    // After a restart too: removed again, the first topup's body again
+    // changes nothing.
+    daemon.stop().await?;
+    let daemon = w.start().await?;
+    let mut stop = topup(&hex_addr(addr), "USDT");
+    stop["timestamp"] = 1758610299.into();
+    w.publish("remove", stop).await?;
+    w.wait_watched("USDT", addr, false).await?;
+    w.publish_raw("topup", &watch).await?;
+    wait_inbox(&w, &watch, 3).await?;
+    assert!(!w.store().await?.is_watched("ETH", "USDT", addr).await?);
 
     daemon.stop().await?;
     w.cleanup().await
+}
+
+/// Waits until the inbox holds `body` (a topup) `n` times.
+async fn wait_inbox(w: &World, body: &[u8], n: i64) -> Result<()> {
+    let path = w.dir.path().join("msg.db");
+    eventually(&format!("{n} inbox rows of the topup"), || async {
+        let inbox =
+            sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", path.display())).await?;
+        let got: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE kind = 'topup' AND body = ?")
+                .bind(body)
+                .fetch_one(&inbox)
+                .await?;
+        inbox.close().await;
+        Ok(got == n)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@
 //! report.
 
 mod blocks;
+mod recent;
 mod requests;
 mod watchset;
 
@@ -151,6 +152,9 @@ pub struct Listen {
     health: Health,
     /// A dead-letter exchange is configured.
     dead_letters: bool,
+    /// The last accepted topups: one of them again is a redelivery, applied
+    /// as a repeat (it must not undo a remove applied since).
+    recent_topups: recent::RecentHashes,
     /// Per chain, transactions whose deposits a reorganisation orphaned: a
     /// transfer of theirs is matched to its deposit when mined again even if
     /// its address was removed meanwhile (it was reported `2`; it must not
@@ -214,6 +218,16 @@ impl Listen {
                 health.chain(chain, |h| h.cursor = Some(cursor.number));
             }
         }
+        // What the broker can redeliver is at most `prefetch` per consumer;
+        // a generous multiple of it is kept.
+        let keep_topups = 4 * usize::from(config.rmq.prefetch).max(4096);
+        let mut recent_topups = recent::RecentHashes::new(keep_topups);
+        let recent = store
+            .recent_topups(u32::try_from(keep_topups).unwrap_or(u32::MAX))
+            .await?;
+        for hash in recent.into_iter().rev() {
+            recent_topups.push(hash);
+        }
         let listen = Self {
             store,
             watches,
@@ -233,6 +247,7 @@ impl Listen {
             metrics,
             health,
             dead_letters: config.rmq.dead_letter_exchange.is_some(),
+            recent_topups,
             orphaned,
         };
         listen.count_watches();
@@ -350,7 +365,15 @@ impl Listen {
         let mut adds = Vec::new();
         for inbound in batch.iter() {
             let r = &inbound.request;
-            let repeat = !new.remove(&r.body_hash);
+            // Accepted topups are always recorded anew (not looked up by
+            // body): a recent one again is a redelivery all the same.
+            let repeat = if matches!(r.routed, crate::server::Routed::Watch(_)) {
+                let seen = self.recent_topups.contains(&r.body_hash);
+                self.recent_topups.push(r.body_hash);
+                seen
+            } else {
+                !new.remove(&r.body_hash)
+            };
             if repeat {
                 debug!(target: "m2pool::listen", kind = %r.kind, "request seen before; applied as a repeat");
             }

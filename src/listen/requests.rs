@@ -31,10 +31,12 @@ impl Listen {
         match &r.routed {
             Routed::Watch(w) => {
                 // Only an address not yet watched is appended to the store's
-                // watch log.
-                let new = self.watches.get_mut(&w.chain).is_some_and(|set| {
-                    !set.contains(&w.address, &w.symbol) && set.insert(w.address, &w.symbol)
-                });
+                // watch log; a repeat (a redelivery) changes nothing, so it
+                // cannot undo a remove applied since.
+                let new = !repeat
+                    && self.watches.get_mut(&w.chain).is_some_and(|set| {
+                        !set.contains(&w.address, &w.symbol) && set.insert(w.address, &w.symbol)
+                    });
                 if new {
                     adds.push(w);
                 }
@@ -48,10 +50,12 @@ impl Listen {
                 // An earlier topup of this batch may have added it.
                 tx.add_watches(adds).await?;
                 adds.clear();
-                let removed = self
-                    .watches
-                    .get_mut(&w.chain)
-                    .is_some_and(|set| set.remove(w.address, &w.symbol));
+                // A repeat changes nothing: it cannot undo a topup applied since.
+                let removed = !repeat
+                    && self
+                        .watches
+                        .get_mut(&w.chain)
+                        .is_some_and(|set| set.remove(w.address, &w.symbol));
                 if removed {
                     tx.unwatch(w).await?;
                 }
@@ -76,7 +80,9 @@ impl Listen {
                 let reply = reply::remove(&w.address, &w.chain, &w.symbol, None, status, error);
                 fx.push(reply);
             }
-            Routed::Cancel { watch, queue_id } => self.cancel(tx, watch, queue_id, fx).await?,
+            Routed::Cancel { watch, queue_id } => {
+                self.cancel(tx, r, watch, queue_id, repeat, fx).await?
+            }
             Routed::Payout(items) => self.payouts(tx, items, fx).await?,
             Routed::Refuse { replies, error, .. } => {
                 warn!(target: "m2pool::listen", kind = %r.kind, error = %error, "request refused");
@@ -152,13 +158,30 @@ impl Listen {
     /// Cancels the payouts of `queue_id` that are still queued, and those the
     /// node has refused for longer than `stuck_payout_secs` (by giving their
     /// nonce to a zero-value transfer: decided when that is final).
+    ///
+    /// A repeat (a redelivery, or the very same request again) moves
+    /// nothing: it is answered as the first time when that was a refusal,
+    /// else with where the payouts stand now.
     async fn cancel(
         &mut self,
         tx: &mut StoreTx,
+        r: &Request,
         w: &WatchRow,
         queue_id: &str,
+        repeat: bool,
         fx: &mut Effects,
     ) -> Result<(), ListenError> {
+        if repeat && let Some(error) = tx.refusal(&r.body_hash).await? {
+            fx.push(reply::remove(
+                &w.address,
+                &w.chain,
+                &w.symbol,
+                Some(queue_id.to_owned()),
+                Status::Failed,
+                Some(error),
+            ));
+            return Ok(());
+        }
         let payouts = tx.payouts_by_queue_id(&w.chain, queue_id).await?;
         let mut cancelled = 0usize;
         let mut cancelling: Vec<String> = Vec::new();
@@ -167,6 +190,7 @@ impl Listen {
         for p in &payouts {
             // Cancelled before (the same cancel again): answered as then.
             let now_cancelled = p.state == PayoutState::Queued
+                && !repeat
                 && tx
                     .move_payout(
                         p.id,
@@ -197,9 +221,9 @@ impl Listen {
                 .refused_at
                 .is_some_and(|at| now - at >= self.stuck_after_ms);
             if matches!(p.state, PayoutState::Signed | PayoutState::Sent)
-                && (p.cancel_requested || refused_long)
+                && (p.cancel_requested || (refused_long && !repeat))
             {
-                if !p.cancel_requested && tx.request_cancel(p.id).await? {
+                if !p.cancel_requested && !repeat && tx.request_cancel(p.id).await? {
                     warn!(target: "m2pool::listen", id = p.id, queue_id, order_id = %p.order_id,
                           nonce = p.nonce.unwrap_or_default(),
                           "cancelling a payout the node keeps refusing: its nonce goes to a zero-value transfer");
@@ -253,6 +277,12 @@ impl Listen {
                 Some(format!("{done}, but {}", late.join("; "))),
             )
         };
+        if status == Status::Failed
+            && !repeat
+            && let Some(e) = &error
+        {
+            tx.refuse_request(&r.body_hash, e).await?;
+        }
         let reply = reply::remove(
             &w.address,
             &w.chain,

@@ -278,6 +278,24 @@ impl Store {
         tx.commit().await
     }
 
+    /// Body hashes of the last `limit` accepted topups, newest first: a
+    /// redelivery of one of them is a repeat (see [`DEDUPED`] for why they
+    /// are not looked up by body).
+    pub async fn recent_topups(&self, limit: u32) -> Result<Vec<[u8; 32]>, StoreError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT body_hash FROM inbox WHERE kind = 'topup' AND outcome = 'accepted'
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("read recent topups")?;
+        Ok(rows
+            .iter()
+            .filter_map(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
+            .collect())
+    }
+
     /// How many requests the inbox holds, and when the first and the last were
     /// recorded (unix milliseconds): for benchmarks and tools.
     pub async fn inbox_span(&self) -> Result<(i64, i64, i64), StoreError> {
