@@ -16,10 +16,7 @@ use alloy::providers::Provider;
 use anyhow::{Context, Result, ensure};
 use common::*;
 use futures::StreamExt;
-use lapin::BasicProperties;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use m2pool_payment::listen::WatchSet;
 use m2pool_payment::store::{Store, WatchRow};
@@ -123,41 +120,6 @@ async fn world(name: &str, anvil_args: &[&str], edit: impl FnOnce(&mut Value)) -
     .await
 }
 
-/// Publishes `bodies` to the request queue `kind` of `w`, confirms awaited at the end.
-async fn publish_all(w: &World, kind: &str, bodies: &[Vec<u8>]) -> Result<()> {
-    let e = &w.config_json["rmq_config"][kind];
-    publish_to(
-        w,
-        e["exchange"].as_str().unwrap_or_default(),
-        e["routing"][0].as_str().unwrap_or_default(),
-        bodies,
-    )
-    .await
-}
-
-/// Publishes `bodies` persistent to `exchange` with `routing`, all in flight
-/// at once, and waits until the broker has confirmed each.
-async fn publish_to(w: &World, exchange: &str, routing: &str, bodies: &[Vec<u8>]) -> Result<()> {
-    let mut confirms = Vec::with_capacity(bodies.len());
-    for b in bodies {
-        confirms.push(
-            w.publisher
-                .basic_publish(
-                    exchange.into(),
-                    routing.into(),
-                    BasicPublishOptions::default(),
-                    b,
-                    BasicProperties::default().with_delivery_mode(2),
-                )
-                .await?,
-        );
-    }
-    for c in confirms {
-        ensure!(c.await?.is_ack(), "publish not confirmed");
-    }
-    Ok(())
-}
-
 /// Row 1: requests consumed, verified, committed and acked per second, next to
 /// a consumer that only acks.
 ///
@@ -206,15 +168,15 @@ async fn ingest(n: usize) -> Result<Vec<Row>> {
     let prefetch = w.config()?.rmq.prefetch;
     let ch = w.amqp.create_channel().await?;
     ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-    publish_all(&w, "topup", &bodies).await?;
+    w.publish_all("topup", &bodies).await?;
     let raw_each = raw_consume(&ch, &queue, n, 1).await?;
-    publish_all(&w, "topup", &bodies).await?;
+    w.publish_all("topup", &bodies).await?;
     let raw = raw_consume(&ch, &queue, n, 100).await?;
 
     // The daemon: the same signed topups, pre-loaded in the same queue. Its
     // clock runs from the first commit to the last; the requests of the first
     // commit are left out of the count, as the time they took is.
-    publish_all(&w, "topup", &bodies).await?;
+    w.publish_all("topup", &bodies).await?;
     let cpu_before = cpu_seconds();
     let daemon = w.start().await?;
     let mut store = None;
@@ -324,7 +286,7 @@ async fn preload_watches(w: &World, n: usize) -> Result<Vec<Address>> {
                 address: *a,
             })
             .collect();
-        let refs: Vec<&WatchRow> = rows.iter().collect();
+        let refs: Vec<(&WatchRow, Option<u64>)> = rows.iter().map(|r| (r, None)).collect();
         let mut tx = store.begin().await?;
         tx.add_watches(&refs).await?;
         tx.commit().await?;
@@ -574,7 +536,7 @@ async fn payouts(n: usize) -> Result<Row> {
                 "amount": 1, "chain": "ETH", "symbol": "USDT", "timestamp": 1}))
         })
         .collect::<Result<_>>()?;
-    publish_all(&w, "withdraw", &bodies).await?;
+    w.publish_all("withdraw", &bodies).await?;
     let daemon = w.start().await?;
     for i in 0..n {
         let q = format!("bp-{i}");
@@ -757,7 +719,7 @@ async fn end_to_end(n: usize) -> Result<Vec<Row>> {
         .iter()
         .map(|a| signed(topup(&hex_addr(*a), "USDT")))
         .collect::<Result<_>>()?;
-    publish_all(&w, "topup", &bodies).await?;
+    w.publish_all("topup", &bodies).await?;
     w.wait_watched("USDT", addrs[n - 1], true).await?;
     for a in addrs.iter().step_by((n / 20).max(1)) {
         w.wait_watched("USDT", *a, true).await?;

@@ -172,6 +172,11 @@ pub async fn run(
             .iter()
             .map(|n| (n.clone(), Arc::new(Notify::new())))
             .collect(),
+        lookback: config
+            .nets
+            .iter()
+            .map(|n| (n.clone(), Arc::new(Notify::new())))
+            .collect(),
     };
     let (req_tx, req_rx) = mpsc::channel::<Inbound>(REQUEST_CHANNEL);
     let (chain_tx, chain_rx) = mpsc::channel::<ChainEvent>(CHAIN_CHANNEL);
@@ -216,6 +221,7 @@ pub async fn run(
             wallets: wallets.clone(),
             kek: kek.clone(),
             payout_wake: wakers.payouts.get(net).cloned().unwrap_or_default(),
+            lookback_wake: wakers.lookback.get(net).cloned().unwrap_or_default(),
             outbox_wake: wakers.outbox.clone(),
             health: health.clone(),
             metrics: metrics.clone(),

@@ -93,6 +93,17 @@ pub enum ChainEvent {
         /// Highest block that is still canonical.
         fork: BlockRef,
     },
+    /// Transfers to newly watched addresses in blocks that were applied
+    /// before the watch started, found by looking back (`lookback_blocks`).
+    /// Each counts as a deposit seen if its block is still canonical then.
+    Lookback {
+        /// Chain name.
+        chain: Arc<str>,
+        /// The last watch-log row whose lookback this completes.
+        upto: i64,
+        /// Each transfer with its block's number and hash.
+        transfers: Vec<(u64, B256, Transfer)>,
+    },
 }
 
 /// A chain failure that stops the chain's task.
@@ -118,6 +129,14 @@ pub enum ChainError {
     Closed {
         /// Chain name.
         chain: String,
+    },
+    /// The lookback task panicked.
+    #[error("{chain}: lookback: {message}")]
+    Lookback {
+        /// Chain name.
+        chain: String,
+        /// The panic.
+        message: String,
     },
     /// The payout sender failed.
     #[error("{chain}: payouts: {source}")]
@@ -164,6 +183,8 @@ pub struct ChainContext {
     pub kek: Kek,
     /// Woken by listen when payouts of this chain are queued or unmined.
     pub payout_wake: Arc<Notify>,
+    /// Woken by listen when addresses of this chain start being watched.
+    pub lookback_wake: Arc<Notify>,
     /// Wakes the outbox relay.
     pub outbox_wake: Arc<Notify>,
     /// Where the chain reports its condition.

@@ -21,6 +21,11 @@ use std::time::Duration;
 /// several of listen's batches, so the broker keeps sending while one commits.
 pub const DEFAULT_PREFETCH: u16 = 4096;
 
+/// Blocks looked back for a newly watched address (`lookback_blocks`).
+pub const DEFAULT_LOOKBACK: u64 = 256;
+/// Most blocks `lookback_blocks` may ask for: the block window grows with it.
+pub const MAX_LOOKBACK: u64 = 10_000;
+
 /// Mainnet USDT (TetherToken), the default token table's only entry.
 pub const MAINNET_USDT: &str = "0xdAC17F958D2ee523a2206206994597C13D831ec7";
 
@@ -263,6 +268,10 @@ pub struct EthConfig {
     pub poll_interval: Duration,
     /// Most blocks asked for in one `eth_getLogs` (default 500).
     pub max_block_range: u64,
+    /// When an address starts being watched, transfers to it in this many
+    /// blocks up to the one applied then are looked for too
+    /// (`lookback_blocks`, default 256; 0: off).
+    pub lookback_blocks: u64,
     /// A JSON-RPC request over HTTP with no answer by then fails and is
     /// retried, moving on to a fallback endpoint (`rpc_timeout_secs`, default 30).
     pub rpc_timeout: Duration,
@@ -312,6 +321,13 @@ impl EthConfig {
 }
 
 impl EthConfig {
+    /// Blocks kept to find a reorganisation's fork point and to check what a
+    /// lookback finds: twice the confirmation depth, `lookback_blocks`, and
+    /// never fewer than 128.
+    pub fn block_window(&self) -> u64 {
+        (self.confirm_height * 2).max(128).max(self.lookback_blocks)
+    }
+
     /// Every symbol with its decimals: `("ETH", 18)` first, then the tokens.
     pub fn symbols(&self) -> impl Iterator<Item = (String, u8)> + '_ {
         std::iter::once(("ETH".to_owned(), 18))
@@ -628,6 +644,13 @@ fn eth_config(e: raw::RawEth) -> Result<EthConfig, ConfigError> {
     if max_block_range == 0 {
         return Err(invalid("eth_config.max_block_range", "must be above 0"));
     }
+    let lookback_blocks = e.lookback_blocks.unwrap_or(DEFAULT_LOOKBACK);
+    if lookback_blocks > MAX_LOOKBACK {
+        return Err(invalid(
+            "eth_config.lookback_blocks",
+            format!("must be at most {MAX_LOOKBACK}"),
+        ));
+    }
     let collection = e
         .collection_address
         .as_deref()
@@ -708,6 +731,7 @@ fn eth_config(e: raw::RawEth) -> Result<EthConfig, ConfigError> {
         start_block: e.start_block,
         poll_interval: Duration::from_millis(poll),
         max_block_range,
+        lookback_blocks,
         rpc_timeout,
         max_rpc_batch,
         payout,

@@ -110,6 +110,7 @@ pub(super) struct RawEth {
     pub start_block: Option<u64>,
     pub poll_interval_ms: Option<u64>,
     pub max_block_range: Option<u64>,
+    pub lookback_blocks: Option<u64>,
     pub rpc_timeout_secs: Option<u64>,
     pub max_rpc_batch: Option<u64>,
     pub collection_address: Option<String>,

@@ -227,3 +227,24 @@ fn health_limits_default_and_zero_turns_them_off() {
         .expect_err("negative");
     assert_eq!(key_of(err), "http_config.max_cursor_lag");
 }
+
+#[test]
+fn lookback_defaults_to_256_blocks_and_widens_the_block_window() {
+    let c = Config::from_json(V2).expect("loads");
+    assert_eq!(c.eth.lookback_blocks, DEFAULT_LOOKBACK);
+    assert_eq!(
+        c.eth.block_window(),
+        256,
+        "twice 20 is less than the lookback"
+    );
+    let c = v2_with(|v| {
+        v["eth_config"]["lookback_blocks"] = 0.into();
+        v["eth_config"]["confirm_height"] = 100.into();
+    })
+    .expect("loads");
+    assert_eq!(c.eth.lookback_blocks, 0, "0 turns it off");
+    assert_eq!(c.eth.block_window(), 200);
+    let err = v2_with(|v| v["eth_config"]["lookback_blocks"] = (MAX_LOOKBACK + 1).into())
+        .expect_err("too many");
+    assert_eq!(key_of(err), "eth_config.lookback_blocks");
+}

@@ -11,7 +11,7 @@ use crate::store::{
     BlockRef, DepositSeen, DueDeposit, Mined, NewDeposit, Payout, PayoutState, StoreTx,
 };
 use crate::wallet::{LedgerEntry, Movement};
-use alloy::primitives::{Address, I256, U256};
+use alloy::primitives::{Address, B256, I256, U256};
 use tracing::{error, info, warn};
 
 /// Log index of a payout's debit and of its fee in the ledger.
@@ -85,35 +85,89 @@ impl Listen {
                 own,
             } => {
                 tx.push_block(&chain, &block, self.keep).await?;
-                self.deposits_seen(tx, &chain, &block, &transfers, fx)
-                    .await?;
+                let seen: Vec<(u64, B256, &Transfer)> = transfers
+                    .iter()
+                    .map(|t| (block.number, block.hash, t))
+                    .collect();
+                self.deposits_seen(tx, &chain, &seen, fx).await?;
                 for o in &own {
                     self.own_tx_mined(tx, &chain, &block, o).await?;
                 }
-                for d in tx.due_deposits(&chain, block.number).await? {
-                    let tx_hash = d.tx_hash;
-                    self.decide_deposit(tx, &chain, d, fx).await?;
-                    if let Some(set) = self.orphaned.get_mut(&*chain) {
-                        set.remove(&tx_hash);
-                    }
-                }
+                self.decide_due(tx, &chain, block.number, fx).await?;
                 for p in tx.due_payouts(&chain, block.number).await? {
                     self.decide_payout(tx, &chain, p, fx).await?;
                 }
                 Ok(())
             }
             ChainEvent::Reorg { chain, fork } => self.reorg(tx, &chain, &fork, fx).await,
+            ChainEvent::Lookback {
+                chain,
+                upto,
+                transfers,
+            } => self.looked_back(tx, &chain, upto, &transfers, fx).await,
         }
     }
 
-    /// Records the block's transfers to watched addresses in one statement
-    /// batch and answers `2` for each one seen for the first time.
+    /// Applies what a lookback found: each transfer to an address still
+    /// watched, in a block still on the chain as applied, is a deposit seen
+    /// like any other (a transfer the forward scan saw already is known and
+    /// answered nothing); one already deep enough is decided at once.
+    async fn looked_back(
+        &mut self,
+        tx: &mut StoreTx,
+        chain: &str,
+        upto: i64,
+        transfers: &[(u64, B256, Transfer)],
+        fx: &mut Effects,
+    ) -> Result<(), ListenError> {
+        let mut seen: Vec<(u64, B256, &Transfer)> = Vec::with_capacity(transfers.len());
+        for (number, hash, t) in transfers {
+            let watched = self
+                .watches
+                .get(chain)
+                .is_some_and(|set| set.contains(&t.to, &t.symbol));
+            // A block another fork replaced since: the scan reads the new one.
+            if watched && tx.is_canonical(chain, *number, *hash).await? {
+                seen.push((*number, *hash, t));
+            }
+        }
+        if !seen.is_empty() {
+            info!(target: "m2pool::listen", chain, deposits = seen.len(), "deposits found by looking back");
+            self.deposits_seen(tx, chain, &seen, fx).await?;
+            if let Some(&cursor) = self.cursors.get(chain) {
+                self.decide_due(tx, chain, cursor, fx).await?;
+            }
+        }
+        tx.set_lookback_done(chain, upto).await?;
+        Ok(())
+    }
+
+    /// Decides every deposit due at `height`.
+    async fn decide_due(
+        &mut self,
+        tx: &mut StoreTx,
+        chain: &str,
+        height: u64,
+        fx: &mut Effects,
+    ) -> Result<(), ListenError> {
+        for d in tx.due_deposits(chain, height).await? {
+            let tx_hash = d.tx_hash;
+            self.decide_deposit(tx, chain, d, fx).await?;
+            if let Some(set) = self.orphaned.get_mut(chain) {
+                set.remove(&tx_hash);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records transfers to watched addresses (each with its block's number
+    /// and hash) in one statement batch and answers `2` for each one seen
+    /// for the first time.
     async fn deposits_seen(
         &self,
         tx: &mut StoreTx,
         chain: &str,
-        block: &BlockRef,
-        transfers: &[Transfer],
+        transfers: &[(u64, B256, &Transfer)],
         fx: &mut Effects,
     ) -> Result<(), ListenError> {
         let Some(set) = self.watches.get(chain) else {
@@ -122,16 +176,16 @@ impl Listen {
         let orphaned = self.orphaned.get(chain);
         let deposits: Vec<NewDeposit<'_>> = transfers
             .iter()
-            .filter_map(|t| {
+            .filter_map(|&(number, hash, t)| {
                 if set.contains(&t.to, &t.symbol) {
-                    Some((t, false))
+                    Some((number, hash, t, false))
                 } else if orphaned.is_some_and(|o| o.contains(&t.tx_hash)) {
-                    Some((t, true))
+                    Some((number, hash, t, true))
                 } else {
                     None
                 }
             })
-            .map(|(t, known_only)| NewDeposit {
+            .map(|(number, hash, t, known_only)| NewDeposit {
                 chain,
                 tx_hash: t.tx_hash,
                 log_index: t.log_index,
@@ -139,9 +193,9 @@ impl Listen {
                 address: t.to,
                 from: t.from,
                 amount: t.value,
-                block_number: block.number,
-                block_hash: block.hash,
-                due: block.number + self.confirm_height,
+                block_number: number,
+                block_hash: hash,
+                due: number + self.confirm_height,
                 decimals: self.decimals(&t.symbol),
                 known_only,
             })
@@ -156,7 +210,7 @@ impl Listen {
                 continue;
             }
             info!(target: "m2pool::listen", chain, symbol = %d.symbol, address = %addr_hex(&d.address),
-                  tx = %hash_hex(&d.tx_hash), block = block.number, ?seen, "deposit seen");
+                  tx = %hash_hex(&d.tx_hash), block = d.block_number, ?seen, "deposit seen");
             if matches!(seen, DepositSeen::New | DepositSeen::Reopened) {
                 let facts = DepositFacts {
                     chain,
@@ -166,7 +220,7 @@ impl Listen {
                     from: d.from,
                     amount: d.amount,
                     tx_hash: d.tx_hash,
-                    block: block.number,
+                    block: d.block_number,
                 };
                 fx.lines.push(node_line("DepositSeen", &facts));
                 fx.push(reply::deposit(&facts, Status::Pending, None));

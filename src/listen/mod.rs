@@ -19,14 +19,13 @@ mod watchset;
 pub use watchset::WatchSet;
 
 use crate::chain::ChainEvent;
-use crate::chain::eth::block_window;
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::SharedMetrics;
 use crate::msg::Kind;
 use crate::reply::Reply;
 use crate::server::Request;
-use crate::store::{InboxRow, Store, StoreError, StoreTx};
+use crate::store::{InboxRow, Store, StoreError, StoreTx, WatchRow};
 use crate::txlog::{Line, TxLog};
 use alloy::primitives::B256;
 use lapin::Acker;
@@ -68,6 +67,8 @@ pub struct Wakers {
     pub ledger: Arc<Notify>,
     /// Each chain's payout sender (payouts queued, or mined ones reorganised away).
     pub payouts: HashMap<String, Arc<Notify>>,
+    /// Each chain's lookback (addresses started being watched).
+    pub lookback: HashMap<String, Arc<Notify>>,
 }
 
 /// What one transaction queued, to wake the right tasks after its commit.
@@ -80,6 +81,8 @@ struct Effects {
     outbox: Vec<Reply>,
     movements: usize,
     payout_chains: Vec<String>,
+    /// Chains with new watches to look back for.
+    lookback_chains: Vec<String>,
     /// Transaction-log lines, written after the commit.
     lines: Vec<Line>,
 }
@@ -150,6 +153,9 @@ pub struct Listen {
     metrics: SharedMetrics,
     /// Where the committed block cursor of each chain is reported.
     health: Health,
+    /// Each chain's block cursor as applied (committed or in the current
+    /// transaction): a watch starts there.
+    cursors: HashMap<String, u64>,
     /// A dead-letter exchange is configured.
     dead_letters: bool,
     /// The last accepted topups: one of them again is a redelivery, applied
@@ -213,9 +219,11 @@ impl Listen {
         }
         tx.commit().await?;
         // The committed cursor is what `/healthz` shows, from the start on.
+        let mut cursors = HashMap::new();
         for chain in &config.nets {
             if let Some(cursor) = store.recent_blocks(chain, 1).await?.first() {
                 health.chain(chain, |h| h.cursor = Some(cursor.number));
+                cursors.insert(chain.clone(), cursor.number);
             }
         }
         // What the broker can redeliver is at most `prefetch` per consumer;
@@ -241,11 +249,12 @@ impl Listen {
             confirm_height: config.eth.confirm_height,
             stuck_after_ms: i64::try_from(config.eth.payout.stuck_after.as_millis())
                 .unwrap_or(i64::MAX),
-            keep: block_window(config.eth.confirm_height),
+            keep: config.eth.block_window(),
             wakers,
             txlog,
             metrics,
             health,
+            cursors,
             dead_letters: config.rmq.dead_letter_exchange.is_some(),
             recent_topups,
             orphaned,
@@ -380,7 +389,7 @@ impl Listen {
             self.apply_request(&mut tx, r, repeat, &mut adds, &mut fx)
                 .await?;
         }
-        tx.add_watches(&adds).await?;
+        self.add_watches(&mut tx, &mut adds, &mut fx).await?;
         drop(adds);
         fx.flush(&mut tx).await?;
         tx.commit().await?;
@@ -413,20 +422,24 @@ impl Listen {
         let blocks = batch.len().max(1) as u32;
         let mut tx = self.store.begin().await?;
         let mut fx = Effects::default();
-        let mut cursors: HashMap<std::sync::Arc<str>, u64> = HashMap::new();
+        let mut moved: HashMap<std::sync::Arc<str>, u64> = HashMap::new();
         for event in batch.drain(..) {
-            let (chain, cursor) = match &event {
-                ChainEvent::Block { chain, block, .. } => (chain.clone(), block.number),
-                ChainEvent::Reorg { chain, fork } => (chain.clone(), fork.number),
+            let cursor = match &event {
+                ChainEvent::Block { chain, block, .. } => Some((chain.clone(), block.number)),
+                ChainEvent::Reorg { chain, fork } => Some((chain.clone(), fork.number)),
+                ChainEvent::Lookback { .. } => None,
             };
             self.apply_event(&mut tx, event, &mut fx).await?;
-            cursors.insert(chain, cursor);
+            if let Some((chain, cursor)) = cursor {
+                self.cursors.insert(chain.to_string(), cursor);
+                moved.insert(chain, cursor);
+            }
         }
         fx.flush(&mut tx).await?;
         tx.commit().await?;
         // Only what is committed is the cursor (a block handed over but not
         // yet applied would be read again after a crash).
-        for (chain, cursor) in cursors {
+        for (chain, cursor) in moved {
             self.health.chain(&chain, |h| h.cursor = Some(cursor));
         }
         let per_block = started.elapsed() / blocks;
@@ -435,6 +448,30 @@ impl Listen {
         }
         self.wake(&fx);
         self.log_lines(fx.lines).await;
+        Ok(())
+    }
+
+    /// Appends the watches of `adds` to the store's watch log, each with its
+    /// chain's cursor (where its lookback counts back from), and empties it.
+    async fn add_watches(
+        &self,
+        tx: &mut StoreTx,
+        adds: &mut Vec<&WatchRow>,
+        fx: &mut Effects,
+    ) -> Result<(), ListenError> {
+        if adds.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(&WatchRow, Option<u64>)> = adds
+            .iter()
+            .map(|w| (*w, self.cursors.get(&w.chain).copied()))
+            .collect();
+        tx.add_watches(&rows).await?;
+        for w in adds.drain(..) {
+            if !fx.lookback_chains.contains(&w.chain) {
+                fx.lookback_chains.push(w.chain.clone());
+            }
+        }
         Ok(())
     }
 
@@ -461,6 +498,11 @@ impl Listen {
         }
         for chain in &fx.payout_chains {
             if let Some(w) = self.wakers.payouts.get(chain) {
+                w.notify_one();
+            }
+        }
+        for chain in &fx.lookback_chains {
+            if let Some(w) = self.wakers.lookback.get(chain) {
                 w.notify_one();
             }
         }

@@ -48,8 +48,7 @@ impl Listen {
             }
             Routed::Unwatch(w) => {
                 // An earlier topup of this batch may have added it.
-                tx.add_watches(adds).await?;
-                adds.clear();
+                self.add_watches(tx, adds, fx).await?;
                 // A repeat changes nothing: it cannot undo a topup applied since.
                 let removed = !repeat
                     && self

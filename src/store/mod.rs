@@ -18,6 +18,7 @@ pub use deposits::{DepositSeen, DueDeposit, NewDeposit};
 pub use ledger::PendingMovement;
 pub use payout_txs::SignedTx;
 pub use payouts::{Mined, NewPayout, Payout, PayoutState};
+pub use watches::NewWatch;
 
 use alloy::primitives::{Address, B256};
 use sqlx::sqlite::{

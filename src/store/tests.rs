@@ -151,7 +151,9 @@ async fn the_watch_log_replays_watches_and_stops_in_order() {
     };
     let (one, two) = (w(1), w(2));
     let mut tx = s.begin().await.expect("begin");
-    tx.add_watches(&[&one, &two]).await.expect("add");
+    tx.add_watches(&[(&one, Some(7)), (&two, None)])
+        .await
+        .expect("add");
     tx.unwatch(&one).await.expect("stop");
     tx.commit().await.expect("commit");
     assert_eq!(s.watches().await.expect("load"), vec![two.clone()]);
@@ -168,7 +170,7 @@ async fn the_watch_log_replays_watches_and_stops_in_order() {
     assert!(!s.is_watched("ETH", "ETH", two.address).await.expect("read"));
     // Watched again after the stop: the last entry wins.
     let mut tx = s.begin().await.expect("begin");
-    tx.add_watches(&[&one]).await.expect("add again");
+    tx.add_watches(&[(&one, Some(8))]).await.expect("add again");
     tx.commit().await.expect("commit");
     assert_eq!(
         s.watches().await.expect("load"),
@@ -182,6 +184,103 @@ async fn the_watch_log_replays_watches_and_stops_in_order() {
 }
 
 #[tokio::test]
+async fn new_watches_are_read_in_order_from_the_lookback_mark() {
+    let (_d, s) = store().await;
+    let w = |b: u8, symbol: &str| WatchRow {
+        chain: "ETH".into(),
+        symbol: symbol.into(),
+        address: Address::repeat_byte(b),
+    };
+    let (a, b, c) = (w(1, "USDT"), w(2, "ETH"), w(3, "USDT"));
+    let mut tx = s.begin().await.expect("begin");
+    // One without a cursor (a fresh store's first topups) needs no lookback.
+    tx.add_watches(&[(&a, Some(10)), (&b, None), (&c, Some(11))])
+        .await
+        .expect("add");
+    tx.unwatch(&a).await.expect("stop");
+    tx.commit().await.expect("commit");
+    assert_eq!(s.lookback_done("ETH").await.expect("mark"), 0);
+    let rows = s.watches_after("ETH", 0, 10).await.expect("read");
+    assert_eq!(
+        rows.iter()
+            .map(|r| (r.symbol.as_str(), r.address, r.block))
+            .collect::<Vec<_>>(),
+        vec![("USDT", a.address, 10), ("USDT", c.address, 11)],
+        "watches with a cursor, in order; no stops"
+    );
+    assert_eq!(s.last_watch_id().await.expect("last"), 4);
+    let after_first = s.watches_after("ETH", rows[0].id, 10).await.expect("read");
+    assert_eq!(after_first.len(), 1);
+    assert!(
+        s.watches_after("BSC", 0, 10)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    let mut tx = s.begin().await.expect("begin");
+    tx.set_lookback_done("ETH", rows[1].id).await.expect("mark");
+    tx.commit().await.expect("commit");
+    assert_eq!(s.lookback_done("ETH").await.expect("mark"), rows[1].id);
+}
+
+#[tokio::test]
+async fn blocks_below_the_window_count_as_canonical_and_dues_follow_confirm_height() {
+    let (_d, s) = store().await;
+    let mut tx = s.begin().await.expect("begin");
+    for n in 1..=10u64 {
+        let b = BlockRef {
+            number: n,
+            hash: B256::repeat_byte(n as u8),
+            parent_hash: B256::repeat_byte(n as u8 - 1),
+        };
+        tx.push_block("ETH", &b, 4).await.expect("push");
+    }
+    // The window holds 6..=10.
+    assert!(
+        tx.is_canonical("ETH", 8, B256::repeat_byte(8))
+            .await
+            .expect("read")
+    );
+    assert!(
+        !tx.is_canonical("ETH", 8, B256::repeat_byte(9))
+            .await
+            .expect("read")
+    );
+    assert!(
+        tx.is_canonical("ETH", 3, B256::repeat_byte(0xff))
+            .await
+            .expect("read")
+    );
+    assert!(
+        !tx.is_canonical("ETH", 11, B256::repeat_byte(11))
+            .await
+            .expect("read")
+    );
+    assert!(
+        !tx.is_canonical("BSC", 3, B256::ZERO).await.expect("read"),
+        "no blocks"
+    );
+    // A pending deposit's due height follows a new confirm_height.
+    tx.deposit_seen(&dep(3, 3)).await.expect("seen");
+    assert!(tx.due_deposits("ETH", 10).await.expect("due").is_empty());
+    assert_eq!(
+        tx.recompute_dues("ETH", 5).await.expect("recompute"),
+        (1, 0)
+    );
+    assert_eq!(tx.due_deposits("ETH", 8).await.expect("due").len(), 1);
+    assert_eq!(tx.meta("confirm_height.ETH").await.expect("meta"), None);
+    tx.set_meta("confirm_height.ETH", "5").await.expect("meta");
+    assert_eq!(
+        tx.meta("confirm_height.ETH")
+            .await
+            .expect("meta")
+            .as_deref(),
+        Some("5")
+    );
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
 async fn a_long_watch_log_is_compacted_to_what_is_watched() {
     let (_d, s) = store().await;
     let w = |i: u32| WatchRow {
@@ -192,13 +291,13 @@ async fn a_long_watch_log_is_compacted_to_what_is_watched() {
     let rows: Vec<WatchRow> = (0..6_000).map(w).collect();
     let mut tx = s.begin().await.expect("begin");
     // 6,000 watched, 5,000 of them stopped, 1,000 of those watched again.
-    tx.add_watches(&rows.iter().collect::<Vec<_>>())
+    tx.add_watches(&rows.iter().map(|r| (r, None)).collect::<Vec<_>>())
         .await
         .expect("add");
     for r in &rows[..5_000] {
         tx.unwatch(r).await.expect("stop");
     }
-    tx.add_watches(&rows[..1_000].iter().collect::<Vec<_>>())
+    tx.add_watches(&rows[..1_000].iter().map(|r| (r, None)).collect::<Vec<_>>())
         .await
         .expect("add again");
     tx.commit().await.expect("commit");

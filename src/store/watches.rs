@@ -110,21 +110,92 @@ impl Store {
     }
 }
 
+/// A watch that started at a known block cursor: deposits to it up to
+/// `lookback_blocks` before `block` are looked for. (Watches of a store
+/// before schema 7, and those made before a fresh store had its first
+/// cursor, have none and are not looked back for.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewWatch {
+    /// Row id in the watch log: lookbacks go in this order.
+    pub id: i64,
+    /// Symbol.
+    pub symbol: String,
+    /// The address.
+    pub address: Address,
+    /// The block cursor when it started.
+    pub block: u64,
+}
+
+impl Store {
+    /// Watches of `chain` started after watch-log row `after`, oldest first,
+    /// at most `limit`: what a lookback is still to read.
+    pub async fn watches_after(
+        &self,
+        chain: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<NewWatch>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, symbol, address, block FROM watch_log
+             WHERE id > ? AND chain = ? AND watched = 1 AND block IS NOT NULL ORDER BY id LIMIT ?",
+        )
+        .bind(after)
+        .bind(chain)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("read new watches")?;
+        rows.iter()
+            .map(|r| {
+                Ok(NewWatch {
+                    id: r.get(0),
+                    symbol: r.get(1),
+                    address: address(r.get::<&[u8], _>(2), "watch_log.address")?,
+                    block: r.get::<i64, _>(3) as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// The highest watch-log row id (0 when the log is empty).
+    pub async fn last_watch_id(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM watch_log")
+            .fetch_one(&self.pool)
+            .await
+            .ctx("read last watch")
+    }
+
+    /// The last watch-log row of `chain` whose lookback is applied.
+    pub async fn lookback_done(&self, chain: &str) -> Result<i64, StoreError> {
+        let v: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+            .bind(format!("lookback_done.{chain}"))
+            .fetch_optional(&self.pool)
+            .await
+            .ctx("read lookback mark")?;
+        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+}
+
 impl StoreTx {
-    /// Appends watches. The caller passes addresses it does not know as
-    /// watched; one that is costs a row and changes nothing.
-    pub async fn add_watches(&mut self, rows: &[&WatchRow]) -> Result<(), StoreError> {
+    /// Appends watches, each with the block cursor of its chain when it
+    /// started (for the lookback). The caller passes addresses it does not
+    /// know as watched; one that is costs a row and changes nothing.
+    pub async fn add_watches(
+        &mut self,
+        rows: &[(&WatchRow, Option<u64>)],
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO watch_log (chain, address, symbol, watched, at) ",
+                "INSERT INTO watch_log (chain, address, symbol, watched, at, block) ",
             );
-            q.push_values(chunk, |mut b, w| {
+            q.push_values(chunk, |mut b, (w, block)| {
                 b.push_bind(&w.chain)
                     .push_bind(w.address.as_slice())
                     .push_bind(&w.symbol)
                     .push_bind(1i64)
-                    .push_bind(now);
+                    .push_bind(now)
+                    .push_bind(block.map(|n| n as i64));
             });
             q.build()
                 .execute(&mut *self.tx)
@@ -132,6 +203,13 @@ impl StoreTx {
                 .ctx("insert watches")?;
         }
         Ok(())
+    }
+
+    /// Records that the lookbacks of `chain` are applied up to watch-log row
+    /// `upto`.
+    pub async fn set_lookback_done(&mut self, chain: &str, upto: i64) -> Result<(), StoreError> {
+        self.set_meta(&format!("lookback_done.{chain}"), &upto.to_string())
+            .await
     }
 
     /// Appends a stop: `w` is no longer watched.

@@ -468,6 +468,41 @@ impl World {
         Ok(())
     }
 
+    /// Publishes `bodies` as they are to the request queue of `kind`, all in
+    /// flight at once; confirms are awaited at the end.
+    pub async fn publish_all(&self, kind: &str, bodies: &[Vec<u8>]) -> Result<()> {
+        let (_, exchange, routing) = self.entry(kind);
+        self.publish_to(&exchange, &routing, bodies).await
+    }
+
+    /// Publishes `bodies` persistent to `exchange` with `routing`, all in
+    /// flight at once, and waits until the broker has confirmed each.
+    pub async fn publish_to(
+        &self,
+        exchange: &str,
+        routing: &str,
+        bodies: &[Vec<u8>],
+    ) -> Result<()> {
+        let mut confirms = Vec::with_capacity(bodies.len());
+        for b in bodies {
+            confirms.push(
+                self.publisher
+                    .basic_publish(
+                        exchange.into(),
+                        routing.into(),
+                        BasicPublishOptions::default(),
+                        b,
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await?,
+            );
+        }
+        for c in confirms {
+            ensure!(c.await?.is_ack(), "publish not confirmed");
+        }
+        Ok(())
+    }
+
     /// Signs `body` with the test key and publishes it.
     pub async fn publish(&self, kind: &str, body: Value) -> Result<Vec<u8>> {
         let bytes = signed(body)?;

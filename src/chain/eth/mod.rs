@@ -8,9 +8,11 @@
 
 mod endpoints;
 mod heads;
+mod lookback;
 mod range;
 mod scan;
 mod sender;
+mod transfers;
 
 pub use sender::SenderError;
 
@@ -30,12 +32,6 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// Blocks kept to find a reorganisation's fork point: twice the confirmation
-/// depth, and never fewer than 128.
-pub fn block_window(confirm_height: u64) -> u64 {
-    (confirm_height * 2).max(128)
-}
-
 /// The Ethereum chain: a watcher following the node, and the payout sender.
 pub struct EthChain {
     name: Arc<str>,
@@ -48,7 +44,7 @@ pub struct EthChain {
 impl EthChain {
     /// Prepares to follow the node of `cfg` from the cursor in the store.
     pub async fn new(name: &str, cfg: &EthConfig, ctx: ChainContext) -> Result<Self, ChainError> {
-        let keep = block_window(cfg.confirm_height);
+        let keep = cfg.block_window();
         let recent = ctx
             .store
             .recent_blocks(name, u32::try_from(keep).unwrap_or(u32::MAX))
@@ -150,7 +146,19 @@ impl EthChain {
         let mut payouts = tokio::spawn(
             sender::Sender::new(deps, endpoints.clone(), chain_id).run(helpers_stop.clone()),
         );
-        let keep = block_window(self.cfg.confirm_height);
+        let cache = lookback::EtherCache::new(self.cfg.lookback_blocks);
+        let mut lookbacks = tokio::spawn(
+            lookback::Lookback::new(
+                self.name.clone(),
+                endpoints.clone(),
+                self.ctx.store.clone(),
+                &self.cfg,
+                cache.clone(),
+                self.ctx.lookback_wake.clone(),
+            )
+            .run(events.clone(), helpers_stop.clone()),
+        );
+        let keep = self.cfg.block_window();
         let mut scanner = Scanner::new(
             self.name.clone(),
             endpoints.clone(),
@@ -161,6 +169,7 @@ impl EthChain {
             self.tracked,
             track_rx,
             self.ctx.health.clone(),
+            cache,
         );
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
         let result = loop {
@@ -212,11 +221,23 @@ impl EthChain {
                         Err(e) => SenderError::Actor { wallet: "-".into(), message: format!("the payout sender panicked: {e}") },
                     },
                 }),
+                done = &mut lookbacks => break match done {
+                    Ok(Ok(())) if shutdown.is_cancelled() => Ok(()),
+                    Ok(Ok(())) => Err(ChainError::Closed { chain: self.name.to_string() }),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(ChainError::Lookback { chain: self.name.to_string(), message: e.to_string() }),
+                },
             }
         };
         helpers_stop.cancel();
         if let Some(h) = heads {
             let _ = h.await;
+        }
+        if !lookbacks.is_finished()
+            && let Ok(Err(e)) = lookbacks.await
+        {
+            tracing::error!(target: "m2pool::eth", chain = %self.name, error = %e,
+                            "lookback failed while stopping");
         }
         if !payouts.is_finished()
             && let Ok(Err(e)) = payouts.await

@@ -12,20 +12,21 @@
 //! which the range answer had none, is asked for again by its hash.
 
 use super::endpoints::Endpoints;
+use super::lookback::EtherCache;
 use super::range::RangeSize;
-use crate::chain::{ChainEvent, OwnTx, TokenMove, Transfer};
+use super::transfers::{erc20, is_range_error, token_transfers, transactions};
+use crate::chain::ChainEvent;
 use crate::config::EthConfig;
 use crate::health::Health;
 use crate::store::BlockRef;
-use alloy::consensus::Transaction as _;
 use alloy::eips::BlockNumberOrTag;
-use alloy::network::{Ethereum, ReceiptResponse, TransactionResponse};
+use alloy::network::Ethereum;
 use alloy::primitives::{
-    Address, B256, Bloom, BloomInput, U256,
+    Address, B256, Bloom, BloomInput,
     map::{AddressMap, AddressSet},
 };
 use alloy::providers::{Provider, RootProvider};
-use alloy::rpc::types::{Block, Filter, Log};
+use alloy::rpc::types::{Filter, Log};
 use alloy::sol_types::SolEvent;
 use alloy::transports::{RpcError, TransportErrorKind};
 use futures::{StreamExt, stream};
@@ -34,29 +35,6 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
-
-mod erc20 {
-    alloy::sol! {
-        /// The ERC20 Transfer event.
-        event Transfer(address indexed from, address indexed to, uint256 value);
-    }
-}
-
-/// Every ERC20 `Transfer` among `logs`.
-fn token_moves(logs: &[Log]) -> Vec<TokenMove> {
-    logs.iter()
-        .filter(|l| l.topics().first() == Some(&erc20::Transfer::SIGNATURE_HASH))
-        .filter_map(|l| {
-            let t = erc20::Transfer::decode_log_data(l.data()).ok()?;
-            Some(TokenMove {
-                contract: l.address(),
-                from: t.from,
-                to: t.to,
-                value: t.value,
-            })
-        })
-        .collect()
-}
 
 /// Blocks fetched concurrently while scanning a range.
 const BLOCK_FETCH_CONCURRENCY: usize = 8;
@@ -88,28 +66,12 @@ pub(super) enum ScanError {
     Closed,
 }
 
-fn node(what: &'static str) -> impl FnOnce(RpcError<TransportErrorKind>) -> ScanError {
+pub(super) fn node(what: &'static str) -> impl FnOnce(RpcError<TransportErrorKind>) -> ScanError {
     move |source| ScanError::Node { what, source }
 }
 
 /// Pause before reading a range again when the last read applied no block.
 const NO_PROGRESS_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// Whether an `eth_getLogs` error asks for a smaller range.
-fn is_range_error(e: &RpcError<TransportErrorKind>) -> bool {
-    let text = e.to_string().to_ascii_lowercase();
-    [
-        "range",
-        "too many",
-        "limit",
-        "exceed",
-        "results",
-        "too large",
-        "timeout",
-    ]
-    .iter()
-    .any(|w| text.contains(w))
-}
 
 /// Follows one Ethereum node from the cursor.
 pub(super) struct Scanner {
@@ -132,6 +94,8 @@ pub(super) struct Scanner {
     tracked: AddressSet,
     /// New hot wallets to track, from the payout sender.
     track: mpsc::Receiver<Address>,
+    /// The ether transfers of the blocks read last, for the lookback.
+    ether_cache: EtherCache,
 }
 
 impl Scanner {
@@ -146,6 +110,7 @@ impl Scanner {
         tracked: Vec<Address>,
         track: mpsc::Receiver<Address>,
         health: Health,
+        ether_cache: EtherCache,
     ) -> Self {
         Self {
             chain,
@@ -165,6 +130,7 @@ impl Scanner {
             start_block: cfg.start_block,
             tracked: tracked.into_iter().collect(),
             track,
+            ether_cache,
         }
     }
 
@@ -394,8 +360,9 @@ impl Scanner {
             while let Ok(a) = self.track.try_recv() {
                 self.tracked.insert(a);
             }
-            let mut transfers = self.token_transfers(&block_logs);
-            let (ether, own) = self.transactions(&block).await?;
+            let mut transfers = token_transfers(&self.chain, &self.tokens, &block_logs);
+            let (ether, own) = transactions(&self.rpc, &block, &self.tracked, &self.ether).await?;
+            self.ether_cache.put(this.number, this.hash, ether.clone());
             transfers.extend(ether);
             self.window.insert(this.number, this);
             while self.window.len() as u64 > self.keep {
@@ -413,117 +380,6 @@ impl Scanner {
             .await?;
         }
         Ok(())
-    }
-
-    fn token_transfers(&self, logs: &[Log]) -> Vec<Transfer> {
-        let mut out = Vec::with_capacity(logs.len());
-        for log in logs {
-            let Some(symbol) = self.tokens.get(&log.address()) else {
-                continue;
-            };
-            let (Some(tx_hash), Some(index)) = (log.transaction_hash, log.log_index) else {
-                continue;
-            };
-            match erc20::Transfer::decode_log_data(log.data()) {
-                // A zero-value Transfer moves nothing: address-poisoning spam
-                // sends them to watched addresses by the thousands.
-                Ok(t) if t.value.is_zero() => {}
-                Ok(t) => out.push(Transfer {
-                    symbol: symbol.clone(),
-                    tx_hash,
-                    log_index: index as i64,
-                    from: t.from,
-                    to: t.to,
-                    value: t.value,
-                }),
-                Err(e) => {
-                    warn!(target: "m2pool::eth", chain = %self.chain, tx = %tx_hash, log_index = index,
-                          error = %e, "Transfer log does not decode; skipped");
-                }
-            }
-        }
-        out
-    }
-
-    /// Successful plain ether transfers in `block` (value > 0, to an address),
-    /// and every transaction sent from a tracked hot wallet with its receipt.
-    async fn transactions(&self, block: &Block) -> Result<(Vec<Transfer>, Vec<OwnTx>), ScanError> {
-        if block.transactions.is_hashes() && !block.transactions.is_empty() {
-            return Err(ScanError::Incomplete {
-                what: "eth_getBlockByNumber(full)",
-                missing: "the block's transactions",
-            });
-        }
-        let mut ether = Vec::new();
-        let mut own = Vec::new();
-        for tx in block.transactions.txns() {
-            let from = tx.from();
-            if self.tracked.contains(&from) {
-                own.push((from, tx.nonce(), tx.tx_hash()));
-            }
-            let Some(to) = tx.to() else { continue };
-            let value = tx.value();
-            if !value.is_zero() {
-                ether.push(Transfer {
-                    symbol: self.ether.clone(),
-                    tx_hash: tx.tx_hash(),
-                    log_index: -1,
-                    from,
-                    to,
-                    value,
-                });
-            }
-        }
-        if ether.is_empty() && own.is_empty() {
-            return Ok((ether, Vec::new()));
-        }
-        let receipts = self
-            .rpc
-            .get_block_receipts(block.header.hash.into())
-            .await
-            .map_err(node("eth_getBlockReceipts"))?
-            .ok_or(ScanError::Incomplete {
-                what: "eth_getBlockReceipts",
-                missing: "the block's receipts",
-            })?;
-        let by_hash: HashMap<B256, (bool, U256, &alloy::rpc::types::TransactionReceipt)> = receipts
-            .iter()
-            .map(|r| {
-                let fee = U256::from(r.gas_used()) * U256::from(r.effective_gas_price());
-                (r.transaction_hash(), (r.status(), fee, r))
-            })
-            .collect();
-        // A value transfer without its receipt is not guessed at: the block
-        // is read again (a failed one is dropped, as a reverted call moved nothing).
-        if ether.iter().any(|t| !by_hash.contains_key(&t.tx_hash)) {
-            return Err(ScanError::Incomplete {
-                what: "eth_getBlockReceipts",
-                missing: "the receipt of an ether transfer",
-            });
-        }
-        ether.retain(|t| by_hash.get(&t.tx_hash).is_some_and(|(ok, _, _)| *ok));
-        let own = own
-            .into_iter()
-            .map(|(from, nonce, tx_hash)| {
-                let (success, fee, receipt) =
-                    by_hash
-                        .get(&tx_hash)
-                        .copied()
-                        .ok_or(ScanError::Incomplete {
-                            what: "eth_getBlockReceipts",
-                            missing: "a receipt of a hot wallet's transaction",
-                        })?;
-                Ok(OwnTx {
-                    from,
-                    nonce,
-                    tx_hash,
-                    success,
-                    fee,
-                    token_moves: token_moves(receipt.inner.logs()),
-                })
-            })
-            .collect::<Result<Vec<_>, ScanError>>()?;
-        Ok((ether, own))
     }
 
     /// Checks that the cursor (or, when the node's head is below it, the
