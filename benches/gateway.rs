@@ -15,7 +15,7 @@ use alloy::primitives::{Address, B256, U256};
 use alloy::providers::Provider;
 use anyhow::{Context, Result, ensure};
 use common::*;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use m2pool_payment::listen::WatchSet;
@@ -566,35 +566,105 @@ async fn payouts(n: usize) -> Result<Row> {
     .await?;
     daemon.stop().await?;
 
-    // Raw: a plain loop signing and sending the same transfers, one by one.
+    // Raw: the fastest plain sender of the same transfers: signed
+    // beforehand (not timed), then posted in JSON-RPC batches of
+    // RAW_BATCH with RAW_DEPTH batches in flight.
     let raw_wallet = alloy::signers::local::PrivateKeySigner::random();
     w.fund(raw_wallet.address(), n as u64 * 2_000_000, ether(100))
         .await?;
-    let provider = alloy::providers::ProviderBuilder::new()
-        .wallet(alloy::network::EthereumWallet::from(raw_wallet.clone()))
-        .connect_http(w.anvil.http().parse()?);
-    let token = ITestUSDT::new(w.token, &provider);
-    let chain_id = w.eth.get_chain_id().await?;
-    let fees = w.eth.estimate_eip1559_fees().await?;
-    let start_nonce = w.eth.get_transaction_count(raw_wallet.address()).await?;
+    let raw_txs = presigned_transfers(&w, &raw_wallet, to, n).await?;
+    let client = alloy::rpc::client::RpcClient::new_http(w.anvil.http().parse()?);
     let t = Instant::now();
-    for i in 0..n as u64 {
-        let _ = token
-            .transfer(to, U256::from(1_000_000u64))
-            .nonce(start_nonce + i)
-            .gas(100_000)
-            .max_fee_per_gas(fees.max_fee_per_gas)
-            .max_priority_fee_per_gas(fees.max_priority_fee_per_gas)
-            .chain_id(chain_id)
-            .send()
-            .await?;
-    }
+    let sent: Vec<usize> = futures::stream::iter(raw_txs.chunks(RAW_BATCH))
+        .map(|chunk| {
+            let client = client.clone();
+            async move {
+                let mut batch = alloy::rpc::client::BatchRequest::new(&client);
+                let waiters = chunk
+                    .iter()
+                    .map(|raw| {
+                        batch.add_call::<_, alloy::primitives::B256>(
+                            "eth_sendRawTransaction",
+                            &(raw.clone(),),
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                batch.send().await?;
+                let mut ok = 0;
+                for w in waiters {
+                    ok += usize::from(w.await.is_ok());
+                }
+                anyhow::Ok(ok)
+            }
+        })
+        .buffered(RAW_DEPTH)
+        .try_collect()
+        .await?;
     let raw = per_sec(n, t.elapsed());
+    ensure!(
+        sent.iter().sum::<usize>() == n,
+        "the node took {} of the raw sender's {n} transfers",
+        sent.iter().sum::<usize>()
+    );
+    eventually("the raw transfers mined", || async {
+        Ok(w.nonce(raw_wallet.address()).await? == n as u64)
+    })
+    .await?;
     w.cleanup().await?;
     let ratio = rate / raw;
     Ok(Row::new("payout broadcast (one hot wallet)", rate, Some(raw), "tx/s")
-        .target(">= 1000 tx/s, gap-free, >= 0.5 of raw", rate >= 1000.0 && ratio >= 0.5)
-        .note(format!("{n} withdrawals, anvil --block-time 1; nonces gap-free; raw: sign-and-send loop with alloy")))
+        .target(">= 1000 tx/s, gap-free, >= 0.7 of raw", rate >= 1000.0 && ratio >= 0.7)
+        .note(format!(
+            "{n} withdrawals, anvil --block-time 1; nonces gap-free, every transaction stored before it is sent; \
+             raw: the same transfers signed beforehand, posted in JSON-RPC batches of {RAW_BATCH}, {RAW_DEPTH} batches in flight"
+        )))
+}
+
+/// Transfers in one raw JSON-RPC batch of the payout row's raw sender.
+const RAW_BATCH: usize = 100;
+/// Raw batches in flight at once.
+const RAW_DEPTH: usize = 4;
+
+/// `n` USDT transfers of 1 from `wallet` to `to`, signed with consecutive
+/// nonces (EIP-1559, the node's fees), as raw bytes.
+async fn presigned_transfers(
+    w: &World,
+    wallet: &alloy::signers::local::PrivateKeySigner,
+    to: Address,
+    n: usize,
+) -> Result<Vec<alloy::primitives::Bytes>> {
+    use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+    use alloy::eips::eip2718::Encodable2718;
+    use alloy::network::TxSignerSync;
+    use alloy::sol_types::SolCall;
+    alloy::sol! { function transfer(address to, uint256 value); }
+    let chain_id = w.eth.get_chain_id().await?;
+    let fees = w.eth.estimate_eip1559_fees().await?;
+    let start = w.eth.get_transaction_count(wallet.address()).await?;
+    let input: alloy::primitives::Bytes = transferCall {
+        to,
+        value: U256::from(1_000_000u64),
+    }
+    .abi_encode()
+    .into();
+    (0..n as u64)
+        .map(|i| {
+            let mut tx = TxEip1559 {
+                chain_id,
+                nonce: start + i,
+                gas_limit: 100_000,
+                max_fee_per_gas: fees.max_fee_per_gas,
+                max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+                to: alloy::primitives::TxKind::Call(w.token),
+                value: U256::ZERO,
+                access_list: Default::default(),
+                input: input.clone(),
+            };
+            let sig = wallet.sign_transaction_sync(&mut tx)?;
+            let envelope: TxEnvelope = tx.into_signed(sig).into();
+            Ok(envelope.encoded_2718().into())
+        })
+        .collect()
 }
 
 /// Row 5: listen's work per block with `pending` undecided deposits of which
