@@ -278,6 +278,11 @@ pub struct EthConfig {
     /// Most calls in one JSON-RPC batch (`max_rpc_batch`, default 100: Erigon's
     /// limit; geth's is 1000).
     pub max_rpc_batch: usize,
+    /// Broadcast batches sent at once (`broadcasts_in_flight`, default 2).
+    /// Batches sent at once can reach the node out of order; they are kept
+    /// small enough that the transactions ahead of a gap never exceed what a
+    /// node keeps per account for later (geth keeps 64).
+    pub broadcasts_in_flight: usize,
     /// Payouts, gas and fees.
     pub payout: PayoutConfig,
 }
@@ -695,6 +700,15 @@ fn eth_config(e: raw::RawEth) -> Result<EthConfig, ConfigError> {
             ));
         }
     };
+    let broadcasts_in_flight = match e.broadcasts_in_flight.unwrap_or(2) {
+        n @ 1..=16 => n as usize,
+        n => {
+            return Err(invalid(
+                "eth_config.broadcasts_in_flight",
+                format!("{n} is out of range; use 1 to 16"),
+            ));
+        }
+    };
     let fallback_rpc_urls = e.fallback_rpc_urls.unwrap_or_default();
     for (i, u) in fallback_rpc_urls.iter().enumerate() {
         check_url(
@@ -734,6 +748,7 @@ fn eth_config(e: raw::RawEth) -> Result<EthConfig, ConfigError> {
         lookback_blocks,
         rpc_timeout,
         max_rpc_batch,
+        broadcasts_in_flight,
         payout,
     })
 }

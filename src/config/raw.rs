@@ -113,6 +113,7 @@ pub(super) struct RawEth {
     pub lookback_blocks: Option<u64>,
     pub rpc_timeout_secs: Option<u64>,
     pub max_rpc_batch: Option<u64>,
+    pub broadcasts_in_flight: Option<u64>,
     pub collection_address: Option<String>,
     pub max_fee_per_gas_gwei: Option<u64>,
     pub gas_limit_token: Option<u64>,

@@ -163,6 +163,12 @@ impl Outcome {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// This process's writers take turns here, in order, before SQLite's
+    /// write lock: SQLite's own busy handler sleeps in growing steps (up to
+    /// 100 ms) while another writer holds the lock, which left the listen
+    /// task, the payout actors and the relays waiting far longer than the
+    /// transactions they waited for.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -204,7 +210,10 @@ impl Store {
                 }
             }
         }
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writer: Default::default(),
+        })
     }
 
     /// Opens an existing store read-only, without migrating: for tools and
@@ -224,15 +233,21 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(open_err)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writer: Default::default(),
+        })
     }
 
     /// Starts a write transaction. It takes the write lock at once (`BEGIN
-    /// IMMEDIATE`), so two writers queue on the busy timeout instead of one
-    /// failing when its read snapshot turns stale.
+    /// IMMEDIATE`), so two writers queue instead of one failing when its read
+    /// snapshot turns stale; another process's writer is waited for on the
+    /// busy timeout.
+    /// Writers of this process queue first, in order, on one in-process lock.
     pub async fn begin(&self) -> Result<StoreTx, StoreError> {
+        let turn = self.writer.clone().lock_owned().await;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await.ctx("begin")?;
-        Ok(StoreTx { tx })
+        Ok(StoreTx { tx, _turn: turn })
     }
 
     /// Unsent outbox rows with id above `after`, oldest first.
@@ -463,6 +478,9 @@ impl Store {
 /// A write transaction on the message store.
 pub struct StoreTx {
     tx: Transaction<'static, Sqlite>,
+    /// This process's write turn, released after the transaction ends (the
+    /// fields drop in this order).
+    _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// Rows per multi-row statement: one statement instead of hundreds is what

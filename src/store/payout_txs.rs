@@ -5,9 +5,9 @@
 //! `0007_money_safety.sql`.
 
 use super::payouts::{COLUMNS, payout};
-use super::{Ctx, Payout, Store, StoreError, StoreTx, b256, now_ms};
+use super::{Ctx, Payout, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, b256, now_ms};
 use alloy::primitives::{Address, B256};
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 /// A signed transaction of a payout, as stored for (re)broadcast.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,33 +32,75 @@ pub struct SignedTx {
 }
 
 impl StoreTx {
-    /// Records the signed transaction of a queued payout: its payer, nonce,
-    /// hash and raw bytes. `false` if it is no longer queued (cancelled
-    /// while it was being prepared): nothing is recorded then.
-    pub async fn mark_signed(
+    /// Records the signed transactions of queued payouts of `payer` (each
+    /// with its nonce), in few statements; returns the ids of the payouts
+    /// that were no longer queued (cancelled meanwhile), for which nothing
+    /// is recorded.
+    pub async fn mark_signed_many(
         &mut self,
         payer: Address,
-        nonce: u64,
-        tx: &SignedTx,
-    ) -> Result<bool, StoreError> {
+        signed: &[(u64, &SignedTx)],
+    ) -> Result<Vec<i64>, StoreError> {
         let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE payouts SET state = 'signed', payer = ?, nonce = ?, tx_hash = ?, updated_at = ?
-             WHERE id = ? AND state = 'queued'",
-        )
-        .bind(payer.as_slice())
-        .bind(nonce as i64)
-        .bind(tx.tx_hash.as_slice())
-        .bind(now)
-        .bind(tx.payout_id)
-        .execute(&mut *self.tx)
-        .await
-        .ctx("mark payout signed")?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
+        let mut taken = std::collections::HashSet::with_capacity(signed.len());
+        for chunk in signed.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new("WITH v(id, nonce, hash) AS (VALUES ");
+            let mut first = true;
+            for (nonce, tx) in chunk {
+                if !first {
+                    q.push(", ");
+                }
+                first = false;
+                q.push("(")
+                    .push_bind(tx.payout_id)
+                    .push(", ")
+                    .push_bind(*nonce as i64)
+                    .push(", ")
+                    .push_bind(tx.tx_hash.as_slice())
+                    .push(")");
+            }
+            q.push(") UPDATE payouts SET state = 'signed', payer = ")
+                .push_bind(payer.as_slice())
+                .push(", nonce = v.nonce, tx_hash = v.hash, updated_at = ")
+                .push_bind(now)
+                .push(" FROM v WHERE payouts.id = v.id AND payouts.state = 'queued' RETURNING payouts.id");
+            let ids: Vec<i64> = q
+                .build_query_scalar()
+                .fetch_all(&mut *self.tx)
+                .await
+                .ctx("mark payouts signed")?;
+            taken.extend(ids);
         }
-        self.insert_tx(tx).await?;
-        Ok(true)
+        let stored: Vec<&SignedTx> = signed
+            .iter()
+            .filter(|(_, t)| taken.contains(&t.payout_id))
+            .map(|(_, t)| *t)
+            .collect();
+        for chunk in stored.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO payout_txs (tx_hash, payout_id, raw, gas_limit, max_fee_per_gas, priority_fee,
+                    created_at, cancels) ",
+            );
+            q.push_values(chunk, |mut b, tx| {
+                b.push_bind(tx.tx_hash.as_slice())
+                    .push_bind(tx.payout_id)
+                    .push_bind(&tx.raw)
+                    .push_bind(tx.gas_limit as i64)
+                    .push_bind(tx.max_fee_per_gas.to_string())
+                    .push_bind(tx.priority_fee.to_string())
+                    .push_bind(tx.signed_at)
+                    .push_bind(i64::from(tx.cancels));
+            });
+            q.build()
+                .execute(&mut *self.tx)
+                .await
+                .ctx("insert payout txs")?;
+        }
+        Ok(signed
+            .iter()
+            .map(|(_, t)| t.payout_id)
+            .filter(|id| !taken.contains(id))
+            .collect())
     }
 
     async fn insert_tx(&mut self, tx: &SignedTx) -> Result<(), StoreError> {
@@ -147,20 +189,55 @@ impl StoreTx {
         Ok(())
     }
 
-    /// The node took payout `id`'s current transaction: it is sent, and no
-    /// longer refused.
-    pub async fn accepted(&mut self, id: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE payouts SET state = CASE WHEN state = 'signed' THEN 'sent' ELSE state END,
-                refused_at = NULL, refusal = NULL, updated_at = ?
-             WHERE id = ? AND state IN ('signed', 'sent')",
-        )
-        .bind(now_ms())
-        .bind(id)
-        .execute(&mut *self.tx)
-        .await
-        .ctx("mark payout sent")?;
+    /// The node took the current transactions of payouts `ids`: they are
+    /// sent, and no longer refused.
+    pub async fn accepted(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+        let now = now_ms();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "UPDATE payouts SET state = CASE WHEN state = 'signed' THEN 'sent' ELSE state END,
+                    refused_at = NULL, refusal = NULL, updated_at = ",
+            );
+            q.push_bind(now)
+                .push(" WHERE state IN ('signed', 'sent') AND id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            q.build()
+                .execute(&mut *self.tx)
+                .await
+                .ctx("mark payouts sent")?;
+        }
         Ok(())
+    }
+
+    /// Marks payouts `ids` announced (their `status=2` naming their current
+    /// transaction); returns those that were not yet, in id order.
+    pub async fn take_announcements(&mut self, ids: &[i64]) -> Result<Vec<Payout>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "UPDATE payouts SET announced = 1, announced_tx = tx_hash WHERE announced = 0 AND id IN (",
+            );
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(") RETURNING ");
+            q.push(COLUMNS);
+            let rows = q
+                .build()
+                .fetch_all(&mut *self.tx)
+                .await
+                .ctx("announce payouts")?;
+            for r in &rows {
+                out.push(payout(r)?);
+            }
+        }
+        out.sort_by_key(|p| p.id);
+        Ok(out)
     }
 
     /// Asks for payout `id` to be cancelled by giving its nonce to a

@@ -374,14 +374,6 @@ impl StoreTx {
         Ok(done.rows_affected() == 1)
     }
 
-    /// After the node accepted payout `id`: signed becomes sent, and the first
-    /// time, the payout is marked announced. Returns the payout when status 2
-    /// is still to be published.
-    pub async fn announce(&mut self, id: i64) -> Result<Option<Payout>, StoreError> {
-        self.accepted(id).await?;
-        self.take_announcement(id).await
-    }
-
     /// Marks payout `id` announced; returns it if it was not yet.
     pub async fn take_announcement(&mut self, id: i64) -> Result<Option<Payout>, StoreError> {
         let done = sqlx::query(

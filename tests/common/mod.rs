@@ -129,6 +129,11 @@ impl Anvil {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The anvil process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn ws(&self) -> String {
         format!("ws://127.0.0.1:{}", self.port)
     }

@@ -57,6 +57,8 @@ pub(super) struct Endpoints {
     timeout: Duration,
     /// Most calls in one JSON-RPC batch.
     max_batch: usize,
+    /// Broadcast batches sent at once.
+    in_flight: usize,
     expected: Arc<Mutex<Option<u64>>>,
     current: Arc<Mutex<Current>>,
 }
@@ -71,12 +73,14 @@ impl Endpoints {
         expected: Option<u64>,
         timeout: Duration,
         max_batch: usize,
+        in_flight: usize,
     ) -> Self {
         Self {
             chain,
             urls: Arc::new(urls),
             timeout,
             max_batch: max_batch.max(1),
+            in_flight: in_flight.max(1),
             expected: Arc::new(Mutex::new(expected)),
             current: Arc::new(Mutex::new(Current {
                 index: 0,
@@ -167,6 +171,11 @@ impl Endpoints {
     /// Most calls in one JSON-RPC batch (`eth_config.max_rpc_batch`).
     pub fn max_batch(&self) -> usize {
         self.max_batch
+    }
+
+    /// Broadcast batches sent at once (`eth_config.broadcasts_in_flight`).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
     }
 
     /// The index of the current endpoint.

@@ -115,6 +115,7 @@ impl EthChain {
             self.cfg.chain_id,
             self.cfg.rpc_timeout,
             self.cfg.max_rpc_batch,
+            self.cfg.broadcasts_in_flight,
         );
         let Some((chain_id, rpc)) = self.connect(&endpoints, &shutdown).await? else {
             return Ok(());

@@ -15,7 +15,7 @@
 //! error.
 
 use super::sign::{self, Draft, NodeError, View};
-use super::{ActorMsg, Job, SenderDeps};
+use super::{ActorMsg, Job, SenderDeps, broadcaster};
 use crate::backoff::{Backoff, sleep_or_shutdown};
 use crate::chain::eth::endpoints::Endpoints;
 use crate::msg::{Status, addr_hex, amount::format_units};
@@ -29,7 +29,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -68,6 +67,33 @@ pub(super) struct Actor {
     pub collection: Option<(Address, mpsc::Sender<ActorMsg>)>,
     next_nonce: Option<u64>,
     pub(super) inflight: BTreeMap<u64, Reservation>,
+}
+
+/// What in-flight payouts hold back, summed: per token symbol, and ether.
+#[derive(Debug, Default)]
+struct Reserved {
+    tokens: HashMap<String, U256>,
+    ether: U256,
+}
+
+impl Reserved {
+    fn of<'a>(inflight: impl Iterator<Item = &'a Reservation>) -> Self {
+        let mut r = Self::default();
+        for x in inflight {
+            r.add(x);
+        }
+        r
+    }
+
+    fn add(&mut self, x: &Reservation) {
+        let t = self.tokens.entry(x.symbol.clone()).or_default();
+        *t = t.saturating_add(x.amount);
+        self.ether = self.ether.saturating_add(x.ether);
+    }
+
+    fn of_symbol(&self, symbol: &str) -> U256 {
+        self.tokens.get(symbol).copied().unwrap_or_default()
+    }
 }
 
 pub(super) fn reservation(p: &Payout, tx: &SignedTx) -> Reservation {
@@ -122,29 +148,20 @@ impl Actor {
             }
         }
         let mut batch = Vec::with_capacity(BATCH);
-        // The broadcast of the batch signed before, running while the next
-        // batch is signed: the node admits one batch while we prepare the
-        // next. Batches are broadcast in nonce order, one after the other.
-        let mut sending: Option<JoinHandle<Result<(), ActorError>>> = None;
+        // What is signed and stored goes to the broadcaster, which sends it
+        // in nonce order while the next batch is signed.
+        let (to_send, mut sending) = broadcaster::spawn(self.deps.clone(), self.endpoints.clone());
+        let mut ended = false;
         let result = loop {
             let n = tokio::select! {
                 // Shutdown first: no new batch is taken once it is asked for.
                 biased;
                 _ = shutdown.cancelled() => break Ok(()),
-                // A broadcast that fails (its record could not be stored)
-                // stops the actor now, not when the next batch comes.
-                done = async {
-                    match sending.as_mut() {
-                        Some(h) => h.await,
-                        None => std::future::pending().await,
-                    }
-                }, if sending.is_some() => {
-                    sending = None;
-                    match done {
-                        Ok(Ok(())) => continue,
-                        Ok(Err(e)) => break Err(e),
-                        Err(e) => break Err(ActorError::Broadcast { message: e.to_string() }),
-                    }
+                // A broadcaster that fails (what the node said could not be
+                // stored) stops the actor now, not when the next batch comes.
+                done = &mut sending => {
+                    ended = true;
+                    break Err(broadcaster_ended(done));
                 }
                 n = jobs.recv_many(&mut batch, BATCH) => n,
             };
@@ -165,18 +182,22 @@ impl Actor {
                     Ok(stored) => stored,
                     Err(e) => break Err(e),
                 };
-                if let Err(e) = finish(sending.take()).await {
-                    break Err(e);
-                }
                 if !stored.is_empty() {
-                    let (deps, endpoints) = (self.deps.clone(), self.endpoints.clone());
-                    sending = Some(tokio::spawn(broadcast(deps, endpoints, stored)));
+                    let txs = stored.into_iter().map(|(_, t)| t).collect();
+                    if to_send.send(broadcaster::Work::Send(txs)).await.is_err() {
+                        ended = true;
+                        break Err(broadcaster_ended((&mut sending).await));
+                    }
                 }
             }
-            if !replacements.is_empty()
-                && let Err(e) = finish(sending.take()).await
-            {
-                break Err(e);
+            if !replacements.is_empty() {
+                // A replacement goes out after what was signed before it.
+                let (ack, sent) = tokio::sync::oneshot::channel();
+                if to_send.send(broadcaster::Work::Flush(ack)).await.is_err() || sent.await.is_err()
+                {
+                    ended = true;
+                    break Err(broadcaster_ended((&mut sending).await));
+                }
             }
             for (payout, tx, cancel) in replacements {
                 self.replace(payout, tx, cancel, &shutdown).await?;
@@ -184,7 +205,14 @@ impl Actor {
         };
         // What was signed goes out before the actor ends (and is sent again,
         // same bytes, at the next start if it does not).
-        finish(sending).await?;
+        drop(to_send);
+        if !ended {
+            match sending.await {
+                Ok(Ok(())) => {}
+                done if result.is_ok() => return Err(broadcaster_ended(done)),
+                _ => {}
+            }
+        }
         result
     }
 
@@ -282,14 +310,20 @@ impl Actor {
         self.inflight.retain(|n, _| *n >= view.nonce);
 
         // 2. The key, decrypted for this batch only.
-        let signer = loop {
+        let key = loop {
             match self
                 .deps
                 .wallets
                 .signer(&self.deps.kek, &self.deps.chain, self.wallet)
                 .await
+                .map(|s| s.map(|s| sign::BatchKey::of(&s)))
             {
-                Ok(Some(s)) => break s,
+                Ok(Some(Ok(key))) => break key,
+                Ok(Some(Err(e))) => {
+                    error!(target: "m2pool::payout", wallet = %addr_hex(&self.wallet), error = %e, "wallet key unusable");
+                    let e = format!("the key of {} cannot be used: {e}", addr_hex(&self.wallet));
+                    return self.refuse_all(jobs, &e).await.map(|()| Vec::new());
+                }
                 Ok(None) => {
                     let e = format!("this gateway holds no key for {}", addr_hex(&self.wallet));
                     return self.refuse_all(jobs, &e).await.map(|()| Vec::new());
@@ -342,13 +376,16 @@ impl Actor {
             let mut signed: Vec<(Job, u64, SignedTx)> = Vec::new();
             let mut refused: Vec<(Job, String)> = Vec::new();
             let mut forward: Vec<Job> = Vec::new();
+            let mut reserved = Reserved::of(self.inflight.values());
             for job in &jobs {
-                match self.check(job, &view, fees, &gas) {
+                match self.check(job, &view, fees, &gas, &reserved) {
                     Check::Pay(draft) => {
                         let nonce = self.next_nonce.unwrap_or(view.nonce);
-                        match sign::sign(&signer, self.chain_id, &job.payout, nonce, draft, fees) {
+                        match sign::sign(&key, self.chain_id, &job.payout, nonce, draft, fees) {
                             Ok(stx) => {
-                                self.inflight.insert(nonce, reservation(&job.payout, &stx));
+                                let r = reservation(&job.payout, &stx);
+                                reserved.add(&r);
+                                self.inflight.insert(nonce, r);
                                 self.next_nonce = Some(nonce + 1);
                                 signed.push((job.clone(), nonce, stx));
                             }
@@ -364,15 +401,10 @@ impl Actor {
                 }
             }
             let mut tx = self.deps.store.begin().await?;
-            let mut taken: Vec<(Job, u64, SignedTx)> = Vec::with_capacity(signed.len());
-            let mut gone: Vec<i64> = Vec::new();
-            for (job, nonce, stx) in signed {
-                if tx.mark_signed(self.wallet, nonce, &stx).await? {
-                    taken.push((job, nonce, stx));
-                } else {
-                    gone.push(job.payout.id);
-                }
-            }
+            let rows: Vec<(u64, &SignedTx)> = signed.iter().map(|(_, n, t)| (*n, t)).collect();
+            let gone = tx.mark_signed_many(self.wallet, &rows).await?;
+            drop(rows);
+            let taken = signed;
             if !gone.is_empty() {
                 // Cancelled while we waited: without them, the nonces close up.
                 drop(tx);
@@ -391,7 +423,7 @@ impl Actor {
             }
             break (taken, forward);
         };
-        drop(signer);
+        drop(key);
         let stored: Vec<(i64, SignedTx)> = stored
             .into_iter()
             .map(|(job, nonce, stx)| {
@@ -432,20 +464,10 @@ impl Actor {
         view: &View,
         fees: (u128, u128),
         gas: &HashMap<i64, Result<u64, String>>,
+        reserved: &Reserved,
     ) -> Check {
         let p = &job.payout;
-        let reserved = |symbol: &str| -> U256 {
-            self.inflight
-                .values()
-                .filter(|r| r.symbol == symbol)
-                .map(|r| r.amount)
-                .fold(U256::ZERO, |a, b| a.saturating_add(b))
-        };
-        let reserved_ether = self
-            .inflight
-            .values()
-            .map(|r| r.ether)
-            .fold(U256::ZERO, |a, b| a.saturating_add(b));
+        let reserved_ether = reserved.ether;
         let decimals = self.deps.decimals(p);
         let is_ether = p.symbol == "ETH";
         let holds = if is_ether {
@@ -455,16 +477,16 @@ impl Actor {
                 .get(&p.symbol)
                 .copied()
                 .unwrap_or_default()
-                .saturating_sub(reserved(&p.symbol))
+                .saturating_sub(reserved.of_symbol(&p.symbol))
         };
-        let amount_text = format!("{} {}", format_units(p.amount, decimals), p.symbol);
-        let holds_text = format!(
-            "{} holds {} {}",
-            addr_hex(&self.wallet),
-            format_units(holds, decimals),
-            p.symbol
-        );
         if holds < p.amount {
+            let amount_text = format!("{} {}", format_units(p.amount, decimals), p.symbol);
+            let holds_text = format!(
+                "{} holds {} {}",
+                addr_hex(&self.wallet),
+                format_units(holds, decimals),
+                p.symbol
+            );
             let may_forward = p.from == self.wallet
                 && self
                     .collection
@@ -555,47 +577,23 @@ impl Actor {
     }
 }
 
-/// Waits for a batch's broadcast (if one is running) and returns its outcome.
-async fn finish(sending: Option<JoinHandle<Result<(), ActorError>>>) -> Result<(), ActorError> {
-    match sending {
-        None => Ok(()),
-        Some(h) => h.await.map_err(|e| ActorError::Broadcast {
+/// Why the broadcaster ended before the actor: its error, or its panic.
+fn broadcaster_ended(done: Result<Result<(), ActorError>, tokio::task::JoinError>) -> ActorError {
+    match done {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => ActorError::Broadcast {
+            message: "the broadcaster stopped".into(),
+        },
+        Err(e) => ActorError::Broadcast {
             message: e.to_string(),
-        })?,
+        },
     }
-}
-
-/// Broadcasts a stored batch in nonce order and records what the node
-/// accepted (sent, with its `status=2`); what it did not accept stays signed
-/// and is sent again, same bytes.
-async fn broadcast(
-    deps: Arc<SenderDeps>,
-    endpoints: Endpoints,
-    stored: Vec<(i64, SignedTx)>,
-) -> Result<(), ActorError> {
-    let refs: Vec<&SignedTx> = stored.iter().map(|(_, s)| s).collect();
-    let results = sign::broadcast(&endpoints, &refs).await;
-    // Between the broadcast and recording it (status 2).
-    failpoint("after_broadcast");
-    let outcomes: Vec<super::Broadcast<'_>> = refs
-        .iter()
-        .zip(results)
-        .map(|(tx, result)| {
-            if let Err(e) = &result {
-                warn!(target: "m2pool::payout", id = tx.payout_id, tx = %format!("{:#x}", tx.tx_hash), error = %e,
-                      "broadcast not accepted; it will be sent again, same bytes");
-            }
-            super::Broadcast { tx, result }
-        })
-        .collect();
-    super::record_broadcast(&deps, &outcomes).await?;
-    Ok(())
 }
 
 /// Test-only crash points, in debug builds: the process aborts at the point
 /// `M2POOL_FAILPOINT` names (`after_sign`, `after_broadcast`), so tests can
 /// prove what a crash there leaves behind. Release builds have none.
-fn failpoint(name: &str) {
+pub(super) fn failpoint(name: &str) {
     if cfg!(debug_assertions) && std::env::var("M2POOL_FAILPOINT").as_deref() == Ok(name) {
         error!(target: "m2pool::payout", failpoint = name, "fail point reached: aborting");
         std::process::abort();

@@ -9,6 +9,7 @@
 //! looking the hash up, never by signing anew.
 
 mod actor;
+mod broadcaster;
 mod replace;
 mod sign;
 
@@ -142,29 +143,43 @@ async fn record_broadcast(deps: &SenderDeps, outcomes: &[Broadcast<'_>]) -> Resu
     if outcomes.is_empty() {
         return Ok(());
     }
-    let mut tx = deps.store.begin().await?;
-    let mut replies = 0;
+    let mut accepted = Vec::with_capacity(outcomes.len());
+    let mut paying = Vec::with_capacity(outcomes.len());
     let mut refused: Vec<(i64, String)> = Vec::new();
     for o in outcomes {
         let id = o.tx.payout_id;
         match &o.result {
             Err(reason) => refused.push((id, reason.clone())),
-            Ok(()) if o.tx.cancels => tx.accepted(id).await?,
             Ok(()) => {
-                if let Some(p) = tx.announce(id).await? {
-                    let waited = crate::store::now_ms().saturating_sub(p.created_at).max(0) as u64;
-                    deps.metrics
-                        .payout_broadcast
-                        .observe(Duration::from_millis(waited));
-                    let reply = reply::payout(&p, Status::Pending, None, deps.decimals(&p));
-                    tx.push_outbox(reply.kind, &reply.body).await?;
-                    replies += 1;
-                    info!(target: "m2pool::payout", id, queue_id = %p.queue_id, order_id = %p.order_id,
-                          tx = %p.tx_hash.map(|h| hash_hex(&h)).unwrap_or_default(), "payout broadcast");
+                accepted.push(id);
+                if !o.tx.cancels {
+                    paying.push(id);
                 }
             }
         }
     }
+    let mut tx = deps.store.begin().await?;
+    tx.accepted(&accepted).await?;
+    let announced = tx.take_announcements(&paying).await?;
+    let now = crate::store::now_ms();
+    let replies: Vec<crate::reply::Reply> = announced
+        .iter()
+        .map(|p| {
+            let waited = now.saturating_sub(p.created_at).max(0) as u64;
+            deps.metrics
+                .payout_broadcast
+                .observe(Duration::from_millis(waited));
+            info!(target: "m2pool::payout", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id,
+                  tx = %p.tx_hash.map(|h| hash_hex(&h)).unwrap_or_default(), "payout broadcast");
+            reply::payout(p, Status::Pending, None, deps.decimals(p))
+        })
+        .collect();
+    let rows: Vec<(&str, &[u8])> = replies
+        .iter()
+        .map(|r| (r.kind, r.body.as_slice()))
+        .collect();
+    tx.push_outbox_many(&rows).await?;
+    let replies = replies.len();
     tx.record_refusals(&refused).await?;
     tx.commit().await?;
     if replies > 0 {

@@ -66,20 +66,26 @@ impl Actor {
             };
             draft
         };
-        let signer = match self
+        let key = match self
             .deps
             .wallets
             .signer(&self.deps.kek, &self.deps.chain, self.wallet)
             .await
         {
-            Ok(Some(s)) => s,
+            Ok(Some(s)) => match sign::BatchKey::of(&s) {
+                Ok(key) => key,
+                Err(e) => {
+                    warn!(target: "m2pool::payout", id = p.id, error = %e, "the wallet's key cannot be used");
+                    return Ok(());
+                }
+            },
             Ok(None) => return Ok(()),
             Err(e) => {
                 warn!(target: "m2pool::payout", id = p.id, error = %e, "cannot sign a replacement now");
                 return Ok(());
             }
         };
-        let new = match sign::sign(&signer, self.chain_id, &p, nonce, draft, fees) {
+        let new = match sign::sign(&key, self.chain_id, &p, nonce, draft, fees) {
             Ok(t) => SignedTx {
                 cancels: cancel,
                 ..t
@@ -89,7 +95,7 @@ impl Actor {
                 return Ok(());
             }
         };
-        drop(signer);
+        drop(key);
         let mut tx = self.deps.store.begin().await?;
         let current = tx.replace_tx(old.tx_hash, &new).await?;
         tx.commit().await?;
