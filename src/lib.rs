@@ -15,6 +15,7 @@
 
 pub mod backoff;
 pub mod chain;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod health;

@@ -108,11 +108,7 @@ pub fn payout(p: &Payout, status: Status, error: Option<String>, decimals: u8) -
         Status::Pending => p.announced_tx.or(p.tx_hash),
         _ => p.tx_hash,
     };
-    let kind = if p.kind == "pay" {
-        Kind::Pay
-    } else {
-        Kind::Withdraw
-    };
+    let kind = p.kind;
     encode(
         kind,
         &PayoutResponse {
@@ -133,11 +129,7 @@ pub fn payout(p: &Payout, status: Status, error: Option<String>, decimals: u8) -
 /// A response about a payout request that was not stored (a conflicting
 /// repeat of a known key).
 pub fn new_payout(p: &NewPayout, status: Status, error: Option<String>, decimals: u8) -> Reply {
-    let kind = if p.kind == "pay" {
-        Kind::Pay
-    } else {
-        Kind::Withdraw
-    };
+    let kind = p.kind;
     encode(
         kind,
         &PayoutResponse {

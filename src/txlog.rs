@@ -317,46 +317,6 @@ fn leftovers(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(plain)
 }
 
-/// The lines a routed request writes: one per request (one per transfer of a
-/// batch payment), in the file of its `address` (topup, remove) or
-/// `from_address` (withdraw, pay). Refused requests are seen in their
-/// response lines.
-pub fn request_lines(r: &crate::server::Request) -> Vec<Line> {
-    use crate::msg::{addr_hex, amount::format_units};
-    use crate::server::Routed;
-    let watch = |kind: &str, w: &crate::store::WatchRow| Line {
-        file: addr_hex(&w.address),
-        kind: kind.to_owned(),
-        from: String::new(),
-        to: addr_hex(&w.address),
-        chain: w.chain.clone(),
-        symbol: w.symbol.clone(),
-        amount: "0".into(),
-    };
-    match &r.routed {
-        Routed::Watch(w) => vec![watch("TopupReq", w)],
-        Routed::Unwatch(w) | Routed::Cancel { watch: w, .. } => vec![watch("RemoveReq", w)],
-        Routed::Payout(items) => items
-            .iter()
-            .map(|p| Line {
-                file: addr_hex(&p.from),
-                kind: if p.kind == "pay" {
-                    "PayReq"
-                } else {
-                    "WithdrawReq"
-                }
-                .to_owned(),
-                from: addr_hex(&p.from),
-                to: addr_hex(&p.to),
-                chain: p.chain.clone(),
-                symbol: p.symbol.clone(),
-                amount: go_amount(&format_units(p.amount, p.decimals)),
-            })
-            .collect(),
-        Routed::Refuse { .. } | Routed::Unaddressable { .. } => Vec::new(),
-    }
-}
-
 /// The fields of a response that its log line needs; `amount` as its exact
 /// JSON text (a float would round an 18-decimal amount).
 #[derive(serde::Deserialize)]

@@ -524,7 +524,7 @@ mod tests {
         Payout {
             id: 1,
             chain: "ETH".into(),
-            kind: "withdraw".into(),
+            kind: crate::msg::Kind::Withdraw,
             queue_id: "q".into(),
             order_id: String::new(),
             content_hash: vec![],

@@ -28,8 +28,6 @@ use crate::server::Request;
 use crate::store::{InboxRow, Store, StoreError, StoreTx, WatchRow};
 use crate::txlog::{Line, TxLog};
 use alloy::primitives::B256;
-use lapin::Acker;
-use lapin::options::BasicAckOptions;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, watch};
@@ -47,7 +45,17 @@ pub struct Inbound {
     /// The routed request.
     pub request: Request,
     /// Acknowledges the delivery after the commit; `None` when there is none.
-    pub ack: Option<Acker>,
+    pub ack: Option<Box<dyn Ack>>,
+}
+
+/// The broker's handle on one delivery, as listen sees it: listen calls it
+/// once the delivery's inbox row is committed. The queue module implements
+/// it; listen knows nothing of the broker.
+pub trait Ack: Send + Sync + std::fmt::Debug {
+    /// Acknowledges this delivery and every delivery its consumer handed
+    /// over before it. A failure is the implementation's to report: the
+    /// broker then delivers again, which the inbox makes harmless.
+    fn through(self: Box<Self>) -> futures::future::BoxFuture<'static, ()>;
 }
 
 /// A listen failure; it stops the daemon.
@@ -399,18 +407,13 @@ impl Listen {
         // one of this batch is committed (`multiple`). A delivery of a channel
         // that has since been replaced fails to ack and is redelivered, which
         // the inbox makes harmless.
-        let mut last: HashMap<Kind, Acker> = HashMap::new();
+        let mut last: HashMap<Kind, Box<dyn Ack>> = HashMap::new();
         for inbound in batch.drain(..) {
             if let Some(a) = inbound.ack {
                 last.insert(inbound.request.kind, a);
             }
         }
-        let acks = last.into_values().map(|a| async move {
-            if let Err(e) = a.ack(BasicAckOptions { multiple: true }).await {
-                warn!(target: "m2pool::listen", error = %e, "ack failed after commit; the broker will redeliver");
-            }
-        });
-        futures::future::join_all(acks).await;
+        futures::future::join_all(last.into_values().map(Ack::through)).await;
         // The broker sends more as soon as it has the acks; the log lines
         // (queued to their writer) come after.
         self.log_lines(std::mem::take(&mut fx.lines)).await;

@@ -4,10 +4,11 @@
 //! nothing and is answered with the current state.
 
 use super::{Effects, Listen, ListenError};
-use crate::msg::{Status, addr_hex};
+use crate::msg::{Kind, Status, addr_hex, amount::format_units};
 use crate::reply;
 use crate::server::{Request, Routed};
 use crate::store::{NewPayout, Outcome, Payout, PayoutState, StoreTx, WatchRow};
+use crate::txlog::{Line, go_amount};
 use tracing::{debug, info, warn};
 
 use super::blocks::CANCELLED;
@@ -27,7 +28,7 @@ impl Listen {
     ) -> Result<(), ListenError> {
         let (outcome, _) = inbox_outcome(r);
         self.metrics.request(r.kind, outcome);
-        fx.lines.extend(crate::txlog::request_lines(r));
+        fx.lines.extend(request_lines(r));
         match &r.routed {
             Routed::Watch(w) => {
                 // Only an address not yet watched is appended to the store's
@@ -122,7 +123,7 @@ impl Listen {
             {
                 None => {
                     let id = tx.insert_payout(item).await?;
-                    info!(target: "m2pool::listen", id, kind = item.kind, queue_id = %item.queue_id,
+                    info!(target: "m2pool::listen", id, kind = %item.kind, queue_id = %item.queue_id,
                           order_id = %item.order_id, symbol = %item.symbol, "payout queued");
                     if !fx.payout_chains.contains(&item.chain) {
                         fx.payout_chains.push(item.chain.clone());
@@ -185,7 +186,7 @@ impl Listen {
         let mut cancelled = 0usize;
         let mut cancelling: Vec<String> = Vec::new();
         let mut late: Vec<String> = Vec::new();
-        let now = crate::store::now_ms();
+        let now = crate::clock::now_ms();
         for p in &payouts {
             // Cancelled before (the same cancel again): answered as then.
             let now_cancelled = p.state == PayoutState::Queued
@@ -316,5 +317,42 @@ fn current_state(p: &Payout, decimals: u8) -> Option<crate::reply::Reply> {
             Some(reply::payout(p, Status::Failed, p.error.clone(), decimals))
         }
         PayoutState::Queued | PayoutState::Claimed | PayoutState::Signed => None,
+    }
+}
+
+/// The lines a routed request writes: one per request (one per transfer of a
+/// batch payment), in the file of its `address` (topup, remove) or
+/// `from_address` (withdraw, pay). Refused requests are seen in their
+/// response lines.
+fn request_lines(r: &Request) -> Vec<Line> {
+    let watch = |kind: &str, w: &WatchRow| Line {
+        file: addr_hex(&w.address),
+        kind: kind.to_owned(),
+        from: String::new(),
+        to: addr_hex(&w.address),
+        chain: w.chain.clone(),
+        symbol: w.symbol.clone(),
+        amount: "0".into(),
+    };
+    match &r.routed {
+        Routed::Watch(w) => vec![watch("TopupReq", w)],
+        Routed::Unwatch(w) | Routed::Cancel { watch: w, .. } => vec![watch("RemoveReq", w)],
+        Routed::Payout(items) => items
+            .iter()
+            .map(|p| Line {
+                file: addr_hex(&p.from),
+                kind: match p.kind {
+                    Kind::Pay => "PayReq",
+                    _ => "WithdrawReq",
+                }
+                .to_owned(),
+                from: addr_hex(&p.from),
+                to: addr_hex(&p.to),
+                chain: p.chain.clone(),
+                symbol: p.symbol.clone(),
+                amount: go_amount(&format_units(p.amount, p.decimals)),
+            })
+            .collect(),
+        Routed::Refuse { .. } | Routed::Unaddressable { .. } => Vec::new(),
     }
 }

@@ -9,11 +9,11 @@
 
 use super::{QueueError, amqp};
 use crate::config::QueueEntry;
-use crate::listen::Inbound;
+use crate::listen::{Ack, Inbound};
 use crate::msg::Kind;
 use futures::StreamExt;
 use lapin::Connection;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -111,7 +111,7 @@ pub(super) async fn consume(
                 let request = broker.router.route(kind, delivery.data);
                 let inbound = Inbound {
                     request,
-                    ack: Some(delivery.acker),
+                    ack: Some(Box::new(Delivery(delivery.acker))),
                 };
                 broker
                     .requests
@@ -123,5 +123,19 @@ pub(super) async fn consume(
                 }
             }
         }
+    }
+}
+
+/// A delivery's acknowledgement, handed to listen.
+#[derive(Debug)]
+struct Delivery(lapin::Acker);
+
+impl Ack for Delivery {
+    fn through(self: Box<Self>) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.0.ack(BasicAckOptions { multiple: true }).await {
+                warn!(target: "m2pool::queue", error = %e, "ack failed after commit; the broker will redeliver");
+            }
+        })
     }
 }

@@ -9,7 +9,7 @@
 //! body.
 
 use super::{Broker, QueueError, amqp};
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, sleep_or_shutdown};
 use crate::store::{DEAD_LETTER_PREFIX, OutboxRow};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
@@ -50,6 +50,32 @@ async fn publish<'a>(
     (row.id, result)
 }
 
+/// A publish written to the channel, waiting for the broker's confirm.
+type Pending = (i64, PublisherConfirm, Instant);
+
+/// What publishing one round of rows gave.
+#[derive(Default)]
+struct Round {
+    /// Rows confirmed, each after every earlier row of its kind this round.
+    sent: Vec<i64>,
+    /// Response kinds with a row that was not confirmed this round.
+    broken: HashSet<String>,
+    /// Some row was not confirmed.
+    failed: bool,
+    /// The channel was lost: the rows after the loss were not published.
+    lost: bool,
+}
+
+/// The relay's fixed parts: its channel and where each kind of row goes.
+struct Relay<'b> {
+    broker: &'b Broker,
+    ch: Channel,
+    /// Response kind → (exchange, routing key).
+    routes: HashMap<&'static str, (ShortString, ShortString)>,
+    props: BasicProperties,
+    publish_opts: BasicPublishOptions,
+}
+
 /// Publishes the outbox until `shutdown` (then until `drained`, briefly).
 pub(super) async fn relay(
     conn: &Connection,
@@ -57,14 +83,6 @@ pub(super) async fn relay(
     shutdown: &CancellationToken,
     drained: &CancellationToken,
 ) -> Result<(), QueueError> {
-    let Broker {
-        cfg,
-        store,
-        outbox: wake,
-        txlog,
-        metrics,
-        ..
-    } = broker;
     let ch = conn
         .create_channel()
         .await
@@ -72,7 +90,8 @@ pub(super) async fn relay(
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(amqp("confirm.select"))?;
-    let routes: HashMap<&'static str, (ShortString, ShortString)> = cfg
+    let routes = broker
+        .cfg
         .entries()
         .into_iter()
         .filter(|(k, _)| k.ends_with("_resp"))
@@ -83,119 +102,156 @@ pub(super) async fn relay(
             )
         })
         .collect();
-    let props = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into());
-    let publish_opts = BasicPublishOptions {
-        mandatory: true,
-        ..BasicPublishOptions::default()
+    let relay = Relay {
+        broker,
+        ch,
+        routes,
+        props: BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into()),
+        publish_opts: BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        },
     };
-    let mut after = 0i64;
-    // Response kinds with a row that failed since the sweep began at id 0:
-    // their later rows wait (so that each queue's answers stay in order)
-    // while the other kinds go on; at the end of the outbox the sweep starts
-    // over from the first unsent row.
-    let mut blocked: HashSet<String> = HashSet::new();
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    let mut flush_until: Option<Instant> = None;
-    loop {
-        if shutdown.is_cancelled() {
-            let until = *flush_until.get_or_insert_with(|| Instant::now() + FLUSH_LIMIT);
-            if Instant::now() > until {
-                let left = store.outbox_backlog().await?;
-                warn!(target: "m2pool::queue", left, "shutting down with responses unpublished; they go out at the next start");
-                break;
+    relay.run(shutdown, drained).await
+}
+
+impl Relay<'_> {
+    /// Sweeps the outbox in id order, round after round.
+    async fn run(
+        &self,
+        shutdown: &CancellationToken,
+        drained: &CancellationToken,
+    ) -> Result<(), QueueError> {
+        let store = &self.broker.store;
+        let mut after = 0i64;
+        // Response kinds with a row that failed since the sweep began at id
+        // 0: their later rows wait (so that each queue's answers stay in
+        // order) while the other kinds go on; at the end of the outbox the
+        // sweep starts over from the first unsent row.
+        let mut blocked: HashSet<String> = HashSet::new();
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut flush_until: Option<Instant> = None;
+        loop {
+            if shutdown.is_cancelled() {
+                let until = *flush_until.get_or_insert_with(|| Instant::now() + FLUSH_LIMIT);
+                if Instant::now() > until {
+                    let left = store.outbox_backlog().await?;
+                    warn!(target: "m2pool::queue", left, "shutting down with responses unpublished; they go out at the next start");
+                    break;
+                }
             }
-        }
-        let mut rows = store.unsent(after, BATCH).await?;
-        if rows.is_empty() && !blocked.is_empty() {
-            // Everything after the failures was tried: retry them, in order.
-            blocked.clear();
-            after = 0;
-            let (delay, _) = backoff.next_delay();
-            tokio::time::sleep(delay).await;
-            continue;
-        }
-        let read_to = rows.last().map_or(after, |r| r.id);
-        rows.retain(|r| !blocked.contains(&r.kind));
-        if rows.is_empty() && read_to > after {
+            let mut rows = store.unsent(after, BATCH).await?;
+            if rows.is_empty() && !blocked.is_empty() {
+                // Everything after the failures was tried: retry them, in order.
+                blocked.clear();
+                after = 0;
+                pause(backoff.next_delay().0, shutdown, flush_until).await;
+                continue;
+            }
+            let read_to = rows.last().map_or(after, |r| r.id);
+            rows.retain(|r| !blocked.contains(&r.kind));
+            if rows.is_empty() && read_to > after {
+                after = read_to;
+                continue;
+            }
+            if rows.is_empty() {
+                if flush_until.is_some() && drained.is_cancelled() {
+                    // Listen has committed its last batch and all of it is out.
+                    break;
+                }
+                let idle = if flush_until.is_some() {
+                    Duration::from_millis(20)
+                } else {
+                    Duration::from_secs(1)
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled(), if flush_until.is_none() => {}
+                    _ = self.broker.outbox.notified() => {}
+                    _ = tokio::time::sleep(idle) => {}
+                }
+                continue;
+            }
+            let round = self.publish(&rows).await?;
+            self.record(&rows, &round.sent).await?;
+            if round.lost || (round.failed && round.broken.is_empty()) {
+                // The channel was lost mid-round: rows after the loss were
+                // not even published. Start the sweep over.
+                blocked.clear();
+                after = 0;
+                pause(backoff.next_delay().0, shutdown, flush_until).await;
+                continue;
+            }
+            if round.failed {
+                blocked.extend(round.broken);
+            } else if blocked.is_empty() {
+                backoff.reset();
+            }
             after = read_to;
-            continue;
         }
-        if rows.is_empty() {
-            if flush_until.is_some() && drained.is_cancelled() {
-                // Listen has committed its last batch and all of it is out.
-                break;
+        Ok(())
+    }
+
+    /// Where a row goes, and how; `None` for a row with nowhere to go (it
+    /// stays unsent).
+    fn target<'r>(&self, row: &'r OutboxRow) -> Option<Target<'r>> {
+        match row.kind.strip_prefix(DEAD_LETTER_PREFIX) {
+            // Dead letters: to the dead-letter exchange, keyed by request
+            // kind, with the reason in a header; not mandatory, since what
+            // is bound there is the operator's choice.
+            Some(request_kind) => {
+                let x = self.broker.cfg.dead_letter_exchange.as_ref()?;
+                let mut headers = FieldTable::default();
+                headers.insert(
+                    "x-m2pool-reason".into(),
+                    AMQPValue::LongString(row.reason.clone().unwrap_or_default().into()),
+                );
+                let props = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(headers);
+                Some((
+                    row,
+                    ShortString::from(x.as_str()),
+                    ShortString::from(request_kind),
+                    BasicPublishOptions::default(),
+                    props,
+                ))
             }
-            let idle = if flush_until.is_some() {
-                Duration::from_millis(20)
-            } else {
-                Duration::from_secs(1)
-            };
-            tokio::select! {
-                _ = shutdown.cancelled(), if flush_until.is_none() => {}
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(idle) => {}
-            }
-            continue;
-        }
-        // Route every row first, in order.
-        let mut targets = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match row.kind.strip_prefix(DEAD_LETTER_PREFIX) {
-                // Dead letters: to the dead-letter exchange, keyed by request
-                // kind, with the reason in a header; not mandatory, since what
-                // is bound there is the operator's choice.
-                Some(request_kind) => {
-                    let Some(x) = &cfg.dead_letter_exchange else {
-                        continue;
-                    };
-                    let mut headers = FieldTable::default();
-                    headers.insert(
-                        "x-m2pool-reason".into(),
-                        AMQPValue::LongString(row.reason.clone().unwrap_or_default().into()),
-                    );
-                    let props = BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_headers(headers);
-                    targets.push((
-                        row,
-                        ShortString::from(x.as_str()),
-                        ShortString::from(request_kind),
-                        BasicPublishOptions::default(),
-                        props,
-                    ));
-                }
-                None => {
-                    let Some((exchange, routing_key)) = routes.get(row.kind.as_str()) else {
-                        error!(target: "m2pool::queue", id = row.id, kind = %row.kind,
-                               "outbox row for a queue the config does not have; left unsent");
-                        continue;
-                    };
-                    targets.push((
-                        row,
-                        exchange.clone(),
-                        routing_key.clone(),
-                        publish_opts,
-                        props.clone(),
-                    ));
-                }
+            None => {
+                let Some((exchange, routing_key)) = self.routes.get(row.kind.as_str()) else {
+                    error!(target: "m2pool::queue", id = row.id, kind = %row.kind,
+                           "outbox row for a queue the config does not have; left unsent");
+                    return None;
+                };
+                Some((
+                    row,
+                    exchange.clone(),
+                    routing_key.clone(),
+                    self.publish_opts,
+                    self.props.clone(),
+                ))
             }
         }
+    }
+
+    /// Publishes the rows in order with many frames in flight, then awaits
+    /// their confirms. A lost channel is waited for (it recovers) and ends
+    /// the round.
+    async fn publish(&self, rows: &[OutboxRow]) -> Result<Round, QueueError> {
         // Publish with many frames in flight: lapin resolves a publish once
         // its frames are written, so awaiting each in turn would cost a trip
         // through its I/O loop per message. The futures are first polled in
         // order, which is when each takes its frames' place and its delivery
         // tag, so the broker receives the rows in order.
-        let mut pending = Vec::with_capacity(targets.len());
-        let mut failed = false;
+        let mut pending: Vec<Pending> = Vec::with_capacity(rows.len());
         let mut lost = None;
-        let mut targets = targets.into_iter();
+        let mut targets = rows.iter().filter_map(|r| self.target(r));
         let mut publishes = FuturesOrdered::new();
         loop {
             while publishes.len() < PUBLISH_WINDOW {
                 let Some(t) = targets.next() else { break };
-                publishes.push_back(publish(&ch, t));
+                publishes.push_back(publish(&self.ch, t));
             }
             let Some((id, result)) = publishes.next().await else {
                 break;
@@ -204,82 +260,93 @@ pub(super) async fn relay(
                 Ok(confirm) => pending.push((id, confirm, Instant::now())),
                 Err(e) => {
                     warn!(target: "m2pool::queue", id, error = %e, "publish failed");
-                    failed = true;
                     lost = Some(e);
                     break;
                 }
             }
         }
         drop(publishes);
-        let was_lost = lost.is_some();
+        let mut round = Round::default();
         if let Some(e) = lost {
-            ch.wait_for_recovery(e)
+            round.failed = true;
+            round.lost = true;
+            self.ch
+                .wait_for_recovery(e)
                 .await
                 .map_err(amqp("recover publisher"))?;
         }
-        // A row counts as sent only if every earlier row of its kind in this
-        // round was confirmed too: after a failure, the later rows of that
-        // queue go out again behind the retried one, so the last answer a
-        // business system sees about a deposit or payout is its newest (a
-        // `1` is never followed by only an older `2`). Other queues go on.
+        self.confirm(rows, pending, &mut round).await;
+        Ok(round)
+    }
+
+    /// Awaits the confirms of a round. A row counts as sent only if every
+    /// earlier row of its kind in this round was confirmed too: after a
+    /// failure, the later rows of that queue go out again behind the retried
+    /// one, so the last answer a business system sees about a deposit or
+    /// payout is its newest (a `1` is never followed by only an older `2`).
+    /// Other queues go on.
+    async fn confirm(&self, rows: &[OutboxRow], pending: Vec<Pending>, round: &mut Round) {
         let kinds: HashMap<i64, &str> = rows.iter().map(|r| (r.id, r.kind.as_str())).collect();
-        let mut broken: HashSet<&str> = HashSet::new();
-        let mut sent = Vec::with_capacity(pending.len());
+        round.sent.reserve(pending.len());
         for (id, confirm, published) in pending {
             let result = confirm.await;
-            metrics.publish_confirm.observe(published.elapsed());
+            self.broker
+                .metrics
+                .publish_confirm
+                .observe(published.elapsed());
             let kind = kinds.get(&id).copied().unwrap_or_default();
-            if broken.contains(kind) {
+            if round.broken.contains(kind) {
                 continue;
             }
-            let before = sent.len();
             match result {
-                Ok(Confirmation::Ack(None)) => sent.push(id),
+                Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => {
+                    round.sent.push(id);
+                    continue;
+                }
                 Ok(Confirmation::Ack(Some(returned))) => {
-                    failed = true;
                     warn!(target: "m2pool::queue", id, reply = %returned.reply_text,
                           "response unroutable: no queue is bound for it; will retry");
                 }
                 Ok(Confirmation::Nack(_)) => {
-                    failed = true;
                     warn!(target: "m2pool::queue", id, "broker nacked a response; will retry");
                 }
-                Ok(Confirmation::NotRequested) => sent.push(id),
                 Err(e) => {
-                    failed = true;
                     warn!(target: "m2pool::queue", id, error = %e, "no confirm for a response; will retry");
                 }
             }
-            if sent.len() == before {
-                broken.insert(kind);
-            }
+            round.failed = true;
+            round.broken.insert(kind.to_owned());
         }
-        store.mark_sent(&sent).await?;
-        metrics
+    }
+
+    /// Marks the confirmed rows sent, counts them and writes their log lines.
+    async fn record(&self, rows: &[OutboxRow], sent: &[i64]) -> Result<(), QueueError> {
+        self.broker.store.mark_sent(sent).await?;
+        self.broker
+            .metrics
             .published
             .fetch_add(sent.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let confirmed: HashSet<i64> = sent.iter().copied().collect();
         for row in rows.iter().filter(|r| confirmed.contains(&r.id)) {
             if let Some(line) = crate::txlog::response_line(&row.kind, &row.body) {
-                txlog.write(line).await;
+                self.broker.txlog.write(line).await;
             }
         }
         debug!(target: "m2pool::queue", sent = sent.len(), "responses confirmed");
-        if was_lost || (failed && broken.is_empty()) {
-            // The channel was lost mid-round: rows after the loss were not
-            // even published. Start the sweep over.
-            blocked.clear();
-            after = 0;
-            let (delay, _) = backoff.next_delay();
-            tokio::time::sleep(delay).await;
-            continue;
-        }
-        if failed {
-            blocked.extend(broken.iter().map(|k| (*k).to_owned()));
-        } else if blocked.is_empty() {
-            backoff.reset();
-        }
-        after = read_to;
+        Ok(())
     }
-    Ok(())
+}
+
+/// Waits `delay` before a retry; a shutdown ends the wait, and once the
+/// relay is flushing it never waits past the flush deadline.
+async fn pause(delay: Duration, shutdown: &CancellationToken, flush_until: Option<Instant>) {
+    match flush_until {
+        Some(until) => {
+            let left = until.saturating_duration_since(Instant::now());
+            tokio::time::sleep(delay.min(left)).await;
+        }
+        None => {
+            sleep_or_shutdown(delay, shutdown).await;
+        }
+    }
 }

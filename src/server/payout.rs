@@ -46,7 +46,7 @@ pub(crate) fn content_hash(p: &NewPayout) -> [u8; 32] {
     let mut h = Sha256::new();
     for part in [
         p.chain.as_str(),
-        p.kind,
+        p.kind.as_str(),
         p.queue_id.as_str(),
         p.order_id.as_str(),
         p.symbol.as_str(),
@@ -203,7 +203,7 @@ impl Router {
             .map(|(order_id, to, units)| {
                 let mut p = NewPayout {
                     chain: chain.clone(),
-                    kind: kind.as_str(),
+                    kind,
                     queue_id: queue_id.to_owned(),
                     order_id,
                     content_hash: [0; 32],

@@ -263,7 +263,7 @@ fn a_signed_withdrawal_becomes_one_payout() {
     match router().route(Kind::Withdraw, signed(body)).routed {
         Routed::Payout(p) => {
             assert_eq!(p.len(), 1);
-            assert_eq!(p[0].kind, "withdraw");
+            assert_eq!(p[0].kind, Kind::Withdraw);
             assert_eq!(p[0].order_id, "");
             assert_eq!(p[0].amount, alloy::primitives::U256::from(50_250_000u64));
             assert_eq!(
@@ -306,7 +306,7 @@ fn pay_single_and_batch() {
     match r.route(Kind::Pay, signed(single)).routed {
         Routed::Payout(p) => assert_eq!(
             (p.len(), p[0].order_id.as_str(), p[0].kind),
-            (1, "order_789", "pay")
+            (1, "order_789", Kind::Pay)
         ),
         other => panic!("expected Payout, got {other:?}"),
     }

@@ -28,7 +28,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// A message store failure, with the operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,13 +75,7 @@ impl<T> Ctx<T> for Result<T, sqlx::Error> {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use crate::clock::now_ms;
 
 pub(crate) fn b256(bytes: &[u8], what: &'static str) -> Result<B256, StoreError> {
     B256::try_from(bytes).map_err(|_| StoreError::Corrupt { what })

@@ -8,6 +8,7 @@
 //! The schema is `migrations/store/0002_payouts.sql`.
 
 use super::{Ctx, Store, StoreError, StoreTx, address, b256, now_ms};
+use crate::msg::Kind;
 use alloy::primitives::{Address, B256, U256};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
@@ -97,8 +98,8 @@ impl PayoutState {
 pub struct NewPayout {
     /// Chain.
     pub chain: String,
-    /// `withdraw` or `pay`.
-    pub kind: &'static str,
+    /// [`Kind::Withdraw`] or [`Kind::Pay`].
+    pub kind: Kind,
     /// Request id.
     pub queue_id: String,
     /// Item id within a payment; empty for a withdrawal.
@@ -126,8 +127,8 @@ pub struct Payout {
     pub id: i64,
     /// Chain.
     pub chain: String,
-    /// `withdraw` or `pay`.
-    pub kind: String,
+    /// [`Kind::Withdraw`] or [`Kind::Pay`].
+    pub kind: Kind,
     /// Request id.
     pub queue_id: String,
     /// Item id; empty for a withdrawal.
@@ -202,7 +203,14 @@ pub(super) fn payout(r: &SqliteRow) -> Result<Payout, StoreError> {
     Ok(Payout {
         id: r.get(0),
         chain: r.get(1),
-        kind: r.get(2),
+        kind: match Kind::parse(r.get::<&str, _>(2)) {
+            Some(k @ (Kind::Withdraw | Kind::Pay)) => k,
+            _ => {
+                return Err(StoreError::Corrupt {
+                    what: "payouts.kind",
+                });
+            }
+        },
         queue_id: r.get(3),
         order_id: r.get(4),
         content_hash: r.get(5),
@@ -276,7 +284,7 @@ impl StoreTx {
     pub async fn payout_by_key(
         &mut self,
         chain: &str,
-        kind: &str,
+        kind: Kind,
         queue_id: &str,
         order_id: &str,
     ) -> Result<Option<Payout>, StoreError> {
@@ -285,7 +293,7 @@ impl StoreTx {
         );
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(chain)
-            .bind(kind)
+            .bind(kind.as_str())
             .bind(queue_id)
             .bind(order_id)
             .fetch_optional(&mut *self.tx)
@@ -335,7 +343,7 @@ impl StoreTx {
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
         )
         .bind(&p.chain)
-        .bind(p.kind)
+        .bind(p.kind.as_str())
         .bind(&p.queue_id)
         .bind(&p.order_id)
         .bind(p.content_hash.as_slice())

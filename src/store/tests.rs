@@ -459,7 +459,7 @@ async fn state_counts_match_the_tables_without_counting_them() {
     let (_d, s) = store().await;
     let payout = |q: &str| NewPayout {
         chain: "ETH".into(),
-        kind: "withdraw",
+        kind: crate::msg::Kind::Withdraw,
         queue_id: q.into(),
         order_id: String::new(),
         content_hash: [1; 32],

@@ -14,9 +14,9 @@ pub mod crypto;
 
 pub use crypto::{CryptoError, Kek};
 
+use crate::clock::now_ms;
 use crate::config::WalletStore as WalletStoreConfig;
 use crate::msg::{addr_hex, hash_hex, parse_address};
-use crate::store::now_ms;
 use alloy::primitives::{Address, B256, I256};
 use alloy::signers::local::PrivateKeySigner;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};

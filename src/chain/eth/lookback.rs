@@ -22,8 +22,8 @@
 //! store's: the node's blocks below it are then the ones applied.
 
 use super::endpoints::{EndpointError, Endpoints};
-use super::scan::{ScanError, node};
-use super::transfers::{erc20, is_range_error, token_transfers, transactions};
+use super::node::{NodeError, erc20, node};
+use super::transfers::{is_range_error, token_transfers, transactions};
 use crate::backoff::{Backoff, sleep_or_shutdown};
 use crate::chain::{ChainError, ChainEvent, Transfer};
 use crate::config::EthConfig;
@@ -101,7 +101,7 @@ impl EtherCache {
 #[derive(Debug, thiserror::Error)]
 enum LookError {
     #[error(transparent)]
-    Scan(#[from] ScanError),
+    Scan(#[from] NodeError),
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
     #[error(transparent)]
@@ -333,7 +333,7 @@ impl Lookback {
             };
             for log in logs.iter().filter(|l| !l.removed) {
                 let (Some(n), Some(h)) = (log.block_number, log.block_hash) else {
-                    return Err(ScanError::Incomplete {
+                    return Err(NodeError::Incomplete {
                         what: "eth_getLogs",
                         missing: "a block number and hash",
                     }

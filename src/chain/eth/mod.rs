@@ -9,6 +9,7 @@
 mod endpoints;
 mod heads;
 mod lookback;
+mod node;
 mod range;
 mod scan;
 mod sender;
@@ -25,7 +26,8 @@ use alloy::primitives::Address;
 use alloy::providers::RootProvider;
 use endpoints::{EndpointError, Endpoints};
 use futures::future::BoxFuture;
-use scan::{ScanError, Scanner};
+use node::NodeError;
+use scan::Scanner;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
@@ -183,8 +185,8 @@ impl EthChain {
                 }
                 // Listen stops taking blocks at shutdown when it has not
                 // caught up with the requests yet.
-                Err(ScanError::Closed) if shutdown.is_cancelled() => break Ok(()),
-                Err(ScanError::Closed) => {
+                Err(NodeError::Closed) if shutdown.is_cancelled() => break Ok(()),
+                Err(NodeError::Closed) => {
                     break Err(ChainError::Closed {
                         chain: self.name.to_string(),
                     });

@@ -13,8 +13,9 @@
 
 use super::endpoints::Endpoints;
 use super::lookback::EtherCache;
+use super::node::{NodeError, erc20, node};
 use super::range::RangeSize;
-use super::transfers::{erc20, is_range_error, token_transfers, transactions};
+use super::transfers::{is_range_error, token_transfers, transactions};
 use crate::chain::ChainEvent;
 use crate::config::EthConfig;
 use crate::health::Health;
@@ -28,7 +29,6 @@ use alloy::primitives::{
 use alloy::providers::{Provider, RootProvider};
 use alloy::rpc::types::{Filter, Log};
 use alloy::sol_types::SolEvent;
-use alloy::transports::{RpcError, TransportErrorKind};
 use futures::{StreamExt, stream};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -38,37 +38,6 @@ use tracing::{debug, error, info, warn};
 
 /// Blocks fetched concurrently while scanning a range.
 const BLOCK_FETCH_CONCURRENCY: usize = 8;
-
-/// Why a scan step stopped.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum ScanError {
-    /// A node request failed; retry later.
-    #[error("node request {what} failed: {source}")]
-    Node {
-        /// What was asked.
-        what: &'static str,
-        /// Transport or RPC error.
-        source: RpcError<TransportErrorKind>,
-    },
-    /// The node answered something unusable.
-    #[error("node answered {what} without {missing}")]
-    Incomplete {
-        /// What was asked.
-        what: &'static str,
-        /// What was missing.
-        missing: &'static str,
-    },
-    /// No endpoint could be used.
-    #[error(transparent)]
-    Endpoint(#[from] super::endpoints::EndpointError),
-    /// The listen task is gone.
-    #[error("listen task stopped")]
-    Closed,
-}
-
-pub(super) fn node(what: &'static str) -> impl FnOnce(RpcError<TransportErrorKind>) -> ScanError {
-    move |source| ScanError::Node { what, source }
-}
 
 /// Pause before reading a range again when the last read applied no block.
 const NO_PROGRESS_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
@@ -143,12 +112,12 @@ impl Scanner {
         &self,
         events: &mpsc::Sender<ChainEvent>,
         e: ChainEvent,
-    ) -> Result<(), ScanError> {
-        events.send(e).await.map_err(|_| ScanError::Closed)
+    ) -> Result<(), NodeError> {
+        events.send(e).await.map_err(|_| NodeError::Closed)
     }
 
     /// On a fresh store, anchors the cursor at `start_block - 1` or the head.
-    async fn anchor(&mut self, events: &mpsc::Sender<ChainEvent>) -> Result<(), ScanError> {
+    async fn anchor(&mut self, events: &mpsc::Sender<ChainEvent>) -> Result<(), NodeError> {
         let number = match self.start_block {
             Some(n) => n.saturating_sub(1),
             None => self
@@ -157,7 +126,7 @@ impl Scanner {
                 .await
                 .map_err(node("eth_blockNumber"))?,
         };
-        let block = self.header(number).await?.ok_or(ScanError::Incomplete {
+        let block = self.header(number).await?.ok_or(NodeError::Incomplete {
             what: "eth_getBlockByNumber",
             missing: "the anchor block",
         })?;
@@ -175,7 +144,7 @@ impl Scanner {
         .await
     }
 
-    async fn header(&self, number: u64) -> Result<Option<BlockRef>, ScanError> {
+    async fn header(&self, number: u64) -> Result<Option<BlockRef>, NodeError> {
         let b = self
             .rpc
             .get_block_by_number(BlockNumberOrTag::Number(number))
@@ -193,7 +162,7 @@ impl Scanner {
         &mut self,
         events: &mpsc::Sender<ChainEvent>,
         shutdown: &CancellationToken,
-    ) -> Result<(), ScanError> {
+    ) -> Result<(), NodeError> {
         self.rpc = self.endpoints.get().await?.1;
         if self.window.is_empty() {
             self.anchor(events).await?;
@@ -216,7 +185,7 @@ impl Scanner {
             let to = head.min(from + self.range.blocks() - 1);
             let logs = match self.logs(from, to).await {
                 Ok(logs) => logs,
-                Err(ScanError::Node { source, .. })
+                Err(NodeError::Rpc { source, .. })
                     if is_range_error(&source) && self.range.halve() =>
                 {
                     warn!(target: "m2pool::eth", chain = %self.chain, from, to, range = self.range.blocks(),
@@ -246,7 +215,7 @@ impl Scanner {
             .event_signature(erc20::Transfer::SIGNATURE_HASH)
     }
 
-    async fn logs(&self, from: u64, to: u64) -> Result<HashMap<u64, Vec<Log>>, ScanError> {
+    async fn logs(&self, from: u64, to: u64) -> Result<HashMap<u64, Vec<Log>>, NodeError> {
         let mut by_block: HashMap<u64, Vec<Log>> = HashMap::new();
         if self.contracts.is_empty() {
             return Ok(by_block);
@@ -262,7 +231,7 @@ impl Scanner {
                 continue;
             }
             let Some(n) = log.block_number else {
-                return Err(ScanError::Incomplete {
+                return Err(NodeError::Incomplete {
                     what: "eth_getLogs",
                     missing: "a block number",
                 });
@@ -283,7 +252,7 @@ impl Scanner {
     }
 
     /// The token `Transfer` logs of the block with `hash`.
-    async fn logs_at(&self, hash: B256) -> Result<Vec<Log>, ScanError> {
+    async fn logs_at(&self, hash: B256) -> Result<Vec<Log>, NodeError> {
         let filter = self.transfers().at_block_hash(hash);
         let logs = self
             .rpc
@@ -302,7 +271,7 @@ impl Scanner {
         mut logs: HashMap<u64, Vec<Log>>,
         events: &mpsc::Sender<ChainEvent>,
         shutdown: &CancellationToken,
-    ) -> Result<(), ScanError> {
+    ) -> Result<(), NodeError> {
         let rpc = self.rpc.clone();
         let mut blocks = stream::iter(from..=to)
             .map(move |n| {
@@ -389,7 +358,7 @@ impl Scanner {
         &mut self,
         head: u64,
         events: &mpsc::Sender<ChainEvent>,
-    ) -> Result<(), ScanError> {
+    ) -> Result<(), NodeError> {
         let Some(cursor) = self.cursor() else {
             return Ok(());
         };
@@ -405,7 +374,7 @@ impl Scanner {
 
     /// Finds the highest block of the window the node still has and reports it
     /// as the fork point.
-    async fn reorg(&mut self, events: &mpsc::Sender<ChainEvent>) -> Result<(), ScanError> {
+    async fn reorg(&mut self, events: &mpsc::Sender<ChainEvent>) -> Result<(), NodeError> {
         let tip = self.cursor().map(|b| b.number).unwrap_or_default();
         let mut fork = None;
         for (&n, stored) in self.window.iter().rev() {
@@ -424,7 +393,7 @@ impl Scanner {
                     .map(|(n, _)| *n)
                     .unwrap_or(tip);
                 let number = lowest.saturating_sub(1);
-                let anchor = self.header(number).await?.ok_or(ScanError::Incomplete {
+                let anchor = self.header(number).await?.ok_or(NodeError::Incomplete {
                     what: "eth_getBlockByNumber",
                     missing: "a block below the reorganisation",
                 })?;

@@ -4,7 +4,7 @@
 //! Shared by the scanner (every block, forward) and the lookback (recent
 //! blocks, for newly watched addresses).
 
-use super::scan::{ScanError, node};
+use super::node::{NodeError, erc20, node};
 use crate::chain::{OwnTx, TokenMove, Transfer};
 use alloy::consensus::Transaction as _;
 use alloy::network::{Ethereum, ReceiptResponse, TransactionResponse};
@@ -19,13 +19,6 @@ use alloy::transports::{RpcError, TransportErrorKind};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tracing::warn;
-
-pub(super) mod erc20 {
-    alloy::sol! {
-        /// The ERC20 Transfer event.
-        event Transfer(address indexed from, address indexed to, uint256 value);
-    }
-}
 
 /// Whether an `eth_getLogs` error asks for a smaller range.
 pub(super) fn is_range_error(e: &RpcError<TransportErrorKind>) -> bool {
@@ -100,9 +93,9 @@ pub(super) async fn transactions(
     block: &Block,
     tracked: &AddressSet,
     ether_symbol: &Arc<str>,
-) -> Result<(Vec<Transfer>, Vec<OwnTx>), ScanError> {
+) -> Result<(Vec<Transfer>, Vec<OwnTx>), NodeError> {
     if block.transactions.is_hashes() && !block.transactions.is_empty() {
-        return Err(ScanError::Incomplete {
+        return Err(NodeError::Incomplete {
             what: "eth_getBlockByNumber(full)",
             missing: "the block's transactions",
         });
@@ -134,7 +127,7 @@ pub(super) async fn transactions(
         .get_block_receipts(block.header.hash.into())
         .await
         .map_err(node("eth_getBlockReceipts"))?
-        .ok_or(ScanError::Incomplete {
+        .ok_or(NodeError::Incomplete {
             what: "eth_getBlockReceipts",
             missing: "the block's receipts",
         })?;
@@ -148,7 +141,7 @@ pub(super) async fn transactions(
     // A value transfer without its receipt is not guessed at: the block
     // is read again (a failed one is dropped, as a reverted call moved nothing).
     if ether.iter().any(|t| !by_hash.contains_key(&t.tx_hash)) {
-        return Err(ScanError::Incomplete {
+        return Err(NodeError::Incomplete {
             what: "eth_getBlockReceipts",
             missing: "the receipt of an ether transfer",
         });
@@ -161,7 +154,7 @@ pub(super) async fn transactions(
                 by_hash
                     .get(&tx_hash)
                     .copied()
-                    .ok_or(ScanError::Incomplete {
+                    .ok_or(NodeError::Incomplete {
                         what: "eth_getBlockReceipts",
                         missing: "a receipt of a hot wallet's transaction",
                     })?;
@@ -174,6 +167,6 @@ pub(super) async fn transactions(
                 token_moves: token_moves(receipt.inner.logs()),
             })
         })
-        .collect::<Result<Vec<_>, ScanError>>()?;
+        .collect::<Result<Vec<_>, NodeError>>()?;
     Ok((ether, own))
 }

@@ -15,7 +15,7 @@
 //! error.
 
 use super::sign::{self, Draft, NodeError, View};
-use super::{ActorMsg, Job, SenderDeps, broadcaster};
+use super::{ActorMsg, Job, SenderDeps, broadcaster, failpoint};
 use crate::backoff::{Backoff, sleep_or_shutdown};
 use crate::chain::eth::endpoints::Endpoints;
 use crate::msg::{Status, addr_hex, amount::format_units};
@@ -578,25 +578,15 @@ impl Actor {
 }
 
 /// Why the broadcaster ended before the actor: its error, or its panic.
-fn broadcaster_ended(done: Result<Result<(), ActorError>, tokio::task::JoinError>) -> ActorError {
+fn broadcaster_ended(done: Result<Result<(), StoreError>, tokio::task::JoinError>) -> ActorError {
     match done {
-        Ok(Err(e)) => e,
+        Ok(Err(e)) => ActorError::Store(e),
         Ok(Ok(())) => ActorError::Broadcast {
             message: "the broadcaster stopped".into(),
         },
         Err(e) => ActorError::Broadcast {
             message: e.to_string(),
         },
-    }
-}
-
-/// Test-only crash points, in debug builds: the process aborts at the point
-/// `M2POOL_FAILPOINT` names (`after_sign`, `after_broadcast`), so tests can
-/// prove what a crash there leaves behind. Release builds have none.
-pub(super) fn failpoint(name: &str) {
-    if cfg!(debug_assertions) && std::env::var("M2POOL_FAILPOINT").as_deref() == Ok(name) {
-        error!(target: "m2pool::payout", failpoint = name, "fail point reached: aborting");
-        std::process::abort();
     }
 }
 

@@ -9,11 +9,10 @@
 //! time of its first refusal) and what it did not take is sent again, same
 //! bytes, by the rebroadcast.
 
-use super::actor::{ActorError, failpoint};
 use super::sign;
-use super::{Broadcast, SenderDeps, record_broadcast};
+use super::{Broadcast, SenderDeps, failpoint, record_broadcast};
 use crate::chain::eth::endpoints::Endpoints;
-use crate::store::SignedTx;
+use crate::store::{SignedTx, StoreError};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use std::collections::VecDeque;
@@ -39,7 +38,7 @@ pub(super) enum Work {
 pub(super) fn spawn(
     deps: Arc<SenderDeps>,
     endpoints: Endpoints,
-) -> (mpsc::Sender<Work>, JoinHandle<Result<(), ActorError>>) {
+) -> (mpsc::Sender<Work>, JoinHandle<Result<(), StoreError>>) {
     let (tx, rx) = mpsc::channel(QUEUE);
     (tx, tokio::spawn(run(deps, endpoints, rx)))
 }
@@ -58,7 +57,7 @@ async fn run(
     deps: Arc<SenderDeps>,
     endpoints: Endpoints,
     mut work: mpsc::Receiver<Work>,
-) -> Result<(), ActorError> {
+) -> Result<(), StoreError> {
     let size = sign::broadcast_chunk(endpoints.max_batch(), endpoints.in_flight());
     let mut queue: VecDeque<Vec<SignedTx>> = VecDeque::new();
     let mut sending = FuturesOrdered::new();

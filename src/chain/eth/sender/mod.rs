@@ -161,7 +161,7 @@ async fn record_broadcast(deps: &SenderDeps, outcomes: &[Broadcast<'_>]) -> Resu
     let mut tx = deps.store.begin().await?;
     tx.accepted(&accepted).await?;
     let announced = tx.take_announcements(&paying).await?;
-    let now = crate::store::now_ms();
+    let now = crate::clock::now_ms();
     let replies: Vec<crate::reply::Reply> = announced
         .iter()
         .map(|p| {
@@ -383,7 +383,7 @@ impl Sender {
 
         let stuck_ms =
             i64::try_from(self.deps.cfg.payout.stuck_after.as_millis()).unwrap_or(i64::MAX);
-        let now = crate::store::now_ms();
+        let now = crate::clock::now_ms();
         let mut refused_long = Vec::new();
         let mut replace = Vec::new();
         for (o, (p, t)) in outcomes.iter().zip(&unmined) {
@@ -451,5 +451,15 @@ impl Sender {
             }
         }
         Ok(())
+    }
+}
+
+/// Test-only crash points, in debug builds: the process aborts at the point
+/// `M2POOL_FAILPOINT` names (`after_sign`, `after_broadcast`), so tests can
+/// prove what a crash there leaves behind. Release builds have none.
+pub(super) fn failpoint(name: &str) {
+    if cfg!(debug_assertions) && std::env::var("M2POOL_FAILPOINT").as_deref() == Ok(name) {
+        error!(target: "m2pool::payout", failpoint = name, "fail point reached: aborting");
+        std::process::abort();
     }
 }

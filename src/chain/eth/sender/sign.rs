@@ -11,31 +11,13 @@ use alloy::providers::{Provider, RootProvider};
 use alloy::rpc::types::TransactionRequest;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolCall;
-use alloy::transports::{RpcError, TransportErrorKind};
+use alloy::transports::RpcError;
 use futures::StreamExt;
 use std::collections::HashMap;
 use zeroize::Zeroize;
 
-mod erc20 {
-    alloy::sol! {
-        function transfer(address to, uint256 value);
-        function balanceOf(address owner) returns (uint256);
-    }
-}
-
-/// A node error, with what was asked.
-#[derive(Debug, thiserror::Error)]
-#[error("node request {what} failed: {source}")]
-pub(super) struct NodeError {
-    /// What was asked.
-    pub what: &'static str,
-    /// Transport or RPC error.
-    pub source: RpcError<TransportErrorKind>,
-}
-
-fn node(what: &'static str) -> impl FnOnce(RpcError<TransportErrorKind>) -> NodeError {
-    move |source| NodeError { what, source }
-}
+pub(super) use crate::chain::eth::node::NodeError;
+use crate::chain::eth::node::{erc20, node};
 
 /// A wallet's balances and confirmed nonce, all read at one block.
 #[derive(Debug, Clone)]
@@ -248,7 +230,7 @@ pub(super) fn sign(
         gas_limit: draft.gas_limit,
         max_fee_per_gas: max_fee,
         priority_fee: priority,
-        signed_at: crate::store::now_ms(),
+        signed_at: crate::clock::now_ms(),
         cancels: false,
     })
 }
@@ -381,7 +363,7 @@ mod tests {
         let p = crate::store::Payout {
             id: 7,
             chain: "ETH".into(),
-            kind: "withdraw".into(),
+            kind: crate::msg::Kind::Withdraw,
             queue_id: "q".into(),
             order_id: String::new(),
             content_hash: vec![],
