@@ -1,4 +1,4 @@
-//! The DESIGN §5 benchmark: each figure of the daemon next to the raw limit
+//! The performance benchmark (README, "Performance"): each figure of the daemon next to the raw limit
 //! measured in the same run, printed as a table and written to
 //! `target/bench/report.json`.
 //!

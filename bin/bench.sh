@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The DESIGN §5 benchmark: every figure of the daemon next to the raw limit
+# The performance benchmark (README, "Performance"): every figure of the daemon next to the raw limit
 # measured in the same run; a table on stdout, JSON in target/bench/report.json.
 #
 #   bin/bench.sh           # full sizes, release build (a few minutes)

@@ -83,7 +83,7 @@ ensure_mariadb() {
     if [ -x /etc/init.d/mariadb ]; then as_root /etc/init.d/mariadb start >/dev/null 2>&1 || true; fi
     port_open 3306 || as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql >/dev/null 2>&1 || true
     wait_port 3306 120 MariaDB
-    # Tests connect as root over TCP with no password (DESIGN §4).
+    # Tests connect as root over TCP with no password (the machine's MariaDB as installed).
     if ! mariadb -uroot -h127.0.0.1 -e 'SELECT 1' >/dev/null 2>&1; then
         as_root mariadb -uroot -e "ALTER USER 'root'@'localhost' IDENTIFIED VIA mysql_native_password USING PASSWORD(''); FLUSH PRIVILEGES;" \
             || echo "warning: cannot log in to MariaDB as root without a password" >&2

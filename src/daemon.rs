@@ -54,13 +54,27 @@ pub enum RunError {
         source: std::io::Error,
     },
     /// A critical task failed.
-    #[error("critical task `{task}` failed: {message}")]
+    #[error("critical task `{task}` failed: {source}")]
     Task {
         /// Task name.
         task: String,
-        /// Its error, or the panic.
-        message: String,
+        /// How it ended.
+        source: TaskEnd,
     },
+}
+
+/// How a critical task ended before the daemon was asked to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskEnd {
+    /// It returned an error.
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+    /// It panicked or was aborted.
+    #[error("panicked or was aborted: {0}")]
+    Panicked(#[from] tokio::task::JoinError),
+    /// It returned without an error while the daemon was still running.
+    #[error("stopped although no shutdown was asked for")]
+    Stopped,
 }
 
 /// First failure of any critical task.
@@ -74,24 +88,25 @@ fn spawn_critical<F, E>(
     fut: F,
 ) where
     F: Future<Output = Result<(), E>> + Send + 'static,
-    E: std::fmt::Display + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
 {
     let inner = tracker.spawn(fut);
     let (shutdown, failure) = (shutdown.clone(), failure.clone());
     tracker.spawn(async move {
-        let message = match inner.await {
-            Ok(Ok(())) => {
+        let end = match inner.await {
+            Ok(Ok(())) if shutdown.is_cancelled() => {
                 info!(target: "m2pool::daemon", task = %task, "task stopped");
                 return;
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(join) => format!("panicked or was aborted: {join}"),
+            Ok(Ok(())) => TaskEnd::Stopped,
+            Ok(Err(e)) => TaskEnd::Failed(Box::new(e)),
+            Err(join) => TaskEnd::Panicked(join),
         };
-        error!(target: "m2pool::daemon", task = %task, error = %message, "critical task failed; shutting down");
+        error!(target: "m2pool::daemon", task = %task, error = %end, "critical task failed; shutting down");
         if let Ok(mut slot) = failure.lock()
             && slot.is_none()
         {
-            *slot = Some(RunError::Task { task, message });
+            *slot = Some(RunError::Task { task, source: end });
         }
         shutdown.cancel();
     });

@@ -2,8 +2,8 @@
 //!
 //! Business systems publish signed requests to RabbitMQ (watch an address for
 //! deposits, withdraw, pay, remove a watch); the daemon verifies them, acts on
-//! Ethereum, and answers on RabbitMQ. See `DESIGN.md` for the contract and the
-//! README for operations. The pieces, in the order a request meets them:
+//! Ethereum, and answers on RabbitMQ. The README has the wire contract and
+//! operations; `docs/architecture.md` the design. The pieces, in the order a request meets them:
 //!
 //! - [`queue`]: RabbitMQ topology, consumers and the outbox relay;
 //! - [`server`]: decode, verify and validate a request (pure);

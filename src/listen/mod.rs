@@ -5,7 +5,7 @@
 //! change (watches, deposits, payouts, block cursor), the outbox rows of the
 //! responses it causes and the ledger movements it makes final. Only after the
 //! commit are the deliveries acknowledged and the outbox relay, the ledger relay
-//! and the payout senders woken (DESIGN §3: no lost request, no lost response,
+//! and the payout senders woken (docs/architecture.md, "Invariants": no lost request, no lost response,
 //! no missed deposit). Batching is what makes it fast: one fsync covers a batch.
 //!
 //! [`requests`] handles what business systems ask; [`blocks`] what the chains
@@ -362,7 +362,7 @@ impl Listen {
         // before (a broker redelivery, or a business system sending the very
         // same message again) is applied as a repeat: every request is
         // idempotent, so a repeat moves nothing and answers with the current
-        // state (DESIGN §3.3), and a topup sent again after a remove watches
+        // state (docs/architecture.md, "Invariants": no double payout), and a topup sent again after a remove watches
         // the address again.
         let rows: Vec<InboxRow<'_>> = batch
             .iter()

@@ -1,5 +1,5 @@
 //! JSON objects read with every member's exact text, and the canonical string
-//! that `sign` covers (DESIGN §1).
+//! that `sign` covers (README, "Signature").
 //!
 //! The canonical string is every top-level field except `sign` and nulls, sorted
 //! by name (byte order), written `name=value` and joined with `&`. Strings are

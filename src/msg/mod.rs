@@ -1,5 +1,5 @@
 //! The wire contract: request fields, response bodies, amounts and signatures
-//! (DESIGN §1).
+//! (README, "Messages").
 //!
 //! A request body is read once into a [`RawObject`] (every member's exact text);
 //! the signature is checked over its canonical string ([`sign`]); typed fields
@@ -129,7 +129,7 @@ pub fn hash_hex(h: &B256) -> String {
 }
 
 /// Reads an address in any case: `0x` and 40 hex digits. The checksum, if the
-/// mixed case carries one, is not enforced (DESIGN §1: any case is accepted).
+/// mixed case carries one, is not enforced (README, "Amounts and addresses": any case is accepted).
 pub fn parse_address(s: &str) -> Result<Address, String> {
     let hex = s
         .strip_prefix("0x")

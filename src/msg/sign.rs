@@ -1,5 +1,5 @@
 //! The `sign` field: lower-case hex HMAC-SHA256 of the canonical string, keyed
-//! with the communication key (DESIGN §1).
+//! with the communication key (README, "Signature").
 
 use super::canon::{CanonError, RawObject};
 use hmac::{Hmac, Mac};

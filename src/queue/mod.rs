@@ -12,7 +12,7 @@
 //! remove requests that were queued while the daemon was away have been handed
 //! to it ([`Broker::caught_up`]). Otherwise the watcher could read a block
 //! with a deposit to an address whose topup is still in the queue, and the
-//! deposit would be missed (DESIGN §3.4).
+//! deposit would be missed (docs/architecture.md, "Invariants": no missed deposit).
 
 mod consumer;
 mod relay;

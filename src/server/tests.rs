@@ -255,7 +255,7 @@ fn replies_json(r: &Routed) -> Vec<Value> {
 #[test]
 fn a_signed_withdrawal_becomes_one_payout() {
     let body = withdraw();
-    // The DESIGN vector: this exact message signs to 3395a064….
+    // The README's test vector: this exact message signs to 3395a064….
     assert_eq!(
         sign::sign_message(KEY, &serde_json::to_vec(&body).expect("json")).expect("signs"),
         "3395a064fd0f7626285e0f630f674a6e37180a4353e5c30777452affb51ef346"

@@ -2,7 +2,7 @@
 //! inbox, the outbox, watched addresses, deposits and the block cursor.
 //!
 //! Everything a state change touches is in this one file so that the change and
-//! the responses it causes commit in one transaction (DESIGN §3: no lost
+//! the responses it causes commit in one transaction (docs/architecture.md, "Invariants": no lost
 //! request, no lost response, no missed deposit). Writers go through
 //! [`StoreTx`]; the listen task is the only one that changes state, the outbox
 //! relay only marks rows sent. Schema: `migrations/store/`.

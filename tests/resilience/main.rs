@@ -1,5 +1,5 @@
 //! Resilience: the broker going away, the daemon killed at random moments,
-//! poison messages, secrets in logs, graceful shutdown (DESIGN §3).
+//! poison messages, secrets in logs, graceful shutdown (docs/architecture.md, "Invariants").
 
 #[path = "../common/mod.rs"]
 mod common;

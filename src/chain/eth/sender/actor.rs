@@ -4,7 +4,7 @@
 //! Per batch of payouts: read the wallet's balances and nonce at one block,
 //! decrypt the key, check each payout against what is left after in-flight
 //! reservations, sign with consecutive nonces, and store the signed bytes
-//! (before any broadcast: DESIGN §3) in the one transaction that takes the
+//! (before any broadcast: docs/architecture.md, "Invariants") in the one transaction that takes the
 //! payouts from queued, so that a payout stays cancellable while the node or
 //! the wallet store is waited for. Then broadcast in nonce order, and record the
 //! accepted ones as sent with their `status=2`. A batch's broadcast runs
