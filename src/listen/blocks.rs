@@ -522,36 +522,12 @@ mod tests {
 
     fn payout(symbol: &str) -> Payout {
         Payout {
-            id: 1,
-            chain: "ETH".into(),
-            kind: crate::msg::Kind::Withdraw,
-            queue_id: "q".into(),
-            order_id: String::new(),
-            content_hash: vec![],
             symbol: symbol.into(),
-            from: Address::repeat_byte(1),
-            to: Address::repeat_byte(2),
-            amount: U256::from(5u64),
             state: PayoutState::Sent,
             announced: true,
             payer: Some(Address::repeat_byte(1)),
             nonce: Some(0),
-            tx_hash: None,
-            block_number: None,
-            block_hash: None,
-            success: None,
-            fee: None,
-            displaced: false,
-            error: None,
-            updated_at: 0,
-            created_at: 0,
-            decimals: Some(6),
-            contract: None,
-            announced_tx: None,
-            refused_at: None,
-            refusal: None,
-            cancel_requested: false,
-            cancel_mined: false,
+            ..Payout::sample(Address::repeat_byte(1))
         }
     }
 

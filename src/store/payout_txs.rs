@@ -76,7 +76,17 @@ impl StoreTx {
             .filter(|(_, t)| taken.contains(&t.payout_id))
             .map(|(_, t)| *t)
             .collect();
-        for chunk in stored.chunks(ROWS_PER_STATEMENT) {
+        self.insert_txs(&stored).await?;
+        Ok(signed
+            .iter()
+            .map(|(_, t)| t.payout_id)
+            .filter(|id| !taken.contains(id))
+            .collect())
+    }
+
+    /// Stores signed transactions, many rows per statement.
+    async fn insert_txs(&mut self, txs: &[&SignedTx]) -> Result<(), StoreError> {
+        for chunk in txs.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO payout_txs (tx_hash, payout_id, raw, gas_limit, max_fee_per_gas, priority_fee,
                     created_at, cancels) ",
@@ -96,30 +106,6 @@ impl StoreTx {
                 .await
                 .ctx("insert payout txs")?;
         }
-        Ok(signed
-            .iter()
-            .map(|(_, t)| t.payout_id)
-            .filter(|id| !taken.contains(id))
-            .collect())
-    }
-
-    async fn insert_tx(&mut self, tx: &SignedTx) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO payout_txs (tx_hash, payout_id, raw, gas_limit, max_fee_per_gas, priority_fee, created_at,
-                cancels)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(tx.tx_hash.as_slice())
-        .bind(tx.payout_id)
-        .bind(&tx.raw)
-        .bind(tx.gas_limit as i64)
-        .bind(tx.max_fee_per_gas.to_string())
-        .bind(tx.priority_fee.to_string())
-        .bind(tx.signed_at)
-        .bind(i64::from(tx.cancels))
-        .execute(&mut *self.tx)
-        .await
-        .ctx("insert payout tx")?;
         Ok(())
     }
 
@@ -142,7 +128,7 @@ impl StoreTx {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        self.insert_tx(new).await?;
+        self.insert_txs(&[new]).await?;
         Ok(true)
     }
 

@@ -186,6 +186,46 @@ pub struct Payout {
     pub created_at: i64,
 }
 
+#[cfg(test)]
+impl Payout {
+    /// A queued withdrawal of 5 base units of USDT (6 decimals) from `from`
+    /// to 0x0202…02, for unit tests to adjust.
+    pub(crate) fn sample(from: Address) -> Self {
+        Payout {
+            id: 1,
+            chain: "ETH".into(),
+            kind: Kind::Withdraw,
+            queue_id: "q".into(),
+            order_id: String::new(),
+            content_hash: vec![],
+            symbol: "USDT".into(),
+            from,
+            to: Address::repeat_byte(2),
+            amount: U256::from(5u64),
+            state: PayoutState::Queued,
+            announced: false,
+            payer: None,
+            nonce: None,
+            tx_hash: None,
+            block_number: None,
+            block_hash: None,
+            success: None,
+            fee: None,
+            displaced: false,
+            error: None,
+            updated_at: 0,
+            created_at: 0,
+            decimals: Some(6),
+            contract: None,
+            announced_tx: None,
+            refused_at: None,
+            refusal: None,
+            cancel_requested: false,
+            cancel_mined: false,
+        }
+    }
+}
+
 pub(super) const COLUMNS: &str = "id, chain, kind, queue_id, order_id, content_hash, symbol, from_address, to_address, amount,
     state, announced, payer, nonce, tx_hash, block_number, block_hash, success, fee, displaced, error, updated_at,
     created_at, decimals, contract, announced_tx, refused_at, refusal, cancel_requested, cancel_mined";

@@ -362,35 +362,7 @@ mod tests {
         let key = BatchKey::of(&signer).expect("key");
         let p = crate::store::Payout {
             id: 7,
-            chain: "ETH".into(),
-            kind: crate::msg::Kind::Withdraw,
-            queue_id: "q".into(),
-            order_id: String::new(),
-            content_hash: vec![],
-            symbol: "USDT".into(),
-            from: signer.address(),
-            to: Address::repeat_byte(2),
-            amount: U256::from(5u64),
-            state: crate::store::PayoutState::Queued,
-            announced: false,
-            payer: None,
-            nonce: None,
-            tx_hash: None,
-            block_number: None,
-            block_hash: None,
-            success: None,
-            fee: None,
-            displaced: false,
-            error: None,
-            updated_at: 0,
-            created_at: 0,
-            decimals: Some(6),
-            contract: None,
-            announced_tx: None,
-            refused_at: None,
-            refusal: None,
-            cancel_requested: false,
-            cancel_mined: false,
+            ..crate::store::Payout::sample(signer.address())
         };
         for n in 0..50 {
             let draft = Draft::token(Address::repeat_byte(9), p.to, p.amount, 100_000);
