@@ -499,3 +499,49 @@ async fn a_payout_the_node_keeps_refusing_is_reported_and_can_be_cancelled() -> 
     daemon.stop().await?;
     w.cleanup().await
 }
+
+/// A node that answers "taken" to a transaction and then loses it (evicted
+/// from its pool) answers "taken" again at every rebroadcast. The payout
+/// still counts as stuck (`stuck_payout_secs` 4, rebroadcasts every 2 s in
+/// the test world, as the defaults 180 and 30 put rebroadcasts inside the
+/// stuck limit too), is replaced, and pays once.
+#[tokio::test]
+async fn a_payout_the_node_takes_and_loses_is_replaced_and_paid_once() -> Result<()> {
+    let mut w = World::new("lost-by-node").await?;
+    let proxy =
+        rpc_proxy::RpcProxy::start(w.anvil.http(), Some(rpc_proxy::Refuse::LoseFirstSend)).await?;
+    w.config_json["eth_config"]["rpc_url"] = proxy.url().into();
+    let mut withdrawals = w.replies("withdraw_resp").await?;
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, 100_000_000, ether(2)).await?;
+    let to = Address::random();
+    let daemon = w.start().await?;
+    w.publish("withdraw", withdraw("lost-1", user, to, "USDT", "1")?)
+        .await?;
+    let sent = withdrawals.wait("status 2", is("lost-1", 2)).await?;
+    let lost = tx_of(&sent)?;
+    eventually("the replacement is mined", || async {
+        Ok(w.nonce(user).await? == 1)
+    })
+    .await?;
+    ensure!(
+        proxy.lost_sends() >= 2,
+        "the lost transaction was sent again and taken again ({} sends)",
+        proxy.lost_sends()
+    );
+    w.mine(20).await?;
+    let done = withdrawals.wait("status 1", is("lost-1", 1)).await?;
+    let paid = tx_of(&done)?;
+    assert_ne!(paid, lost, "the final answer names the replacement");
+    assert!(
+        w.eth.get_transaction_receipt(lost).await?.is_none(),
+        "the lost transaction never reached the chain"
+    );
+    assert_eq!(
+        w.usdt_balance(to).await?,
+        U256::from(1_000_000u64),
+        "paid once"
+    );
+    daemon.stop().await?;
+    w.cleanup().await
+}

@@ -182,10 +182,15 @@ impl StoreTx {
         for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "UPDATE payouts SET state = CASE WHEN state = 'signed' THEN 'sent' ELSE state END,
-                    refused_at = NULL, refusal = NULL, updated_at = ",
+                    refused_at = NULL, refusal = NULL,
+                    updated_at = CASE WHEN state = 'signed' OR refused_at IS NOT NULL THEN ",
             );
+            // A transaction the node already holds, sent again, changes
+            // nothing: `updated_at` is when it was first taken, so that one
+            // stranded in the pool is seen as stuck (and replaced) however
+            // often it is rebroadcast.
             q.push_bind(now)
-                .push(" WHERE state IN ('signed', 'sent') AND id IN (");
+                .push(" ELSE updated_at END WHERE state IN ('signed', 'sent') AND id IN (");
             let mut list = q.separated(", ");
             for id in chunk {
                 list.push_bind(*id);

@@ -1,5 +1,6 @@
 use super::*;
 use alloy::primitives::U256;
+use std::collections::HashSet;
 
 async fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -829,4 +830,72 @@ async fn prune_looks_past_unsent_responses() {
         s.outbox_bodies("topup_resp").await.expect("bodies"),
         vec![b"stuck".to_vec(), b"newest".to_vec()]
     );
+}
+
+#[tokio::test]
+async fn a_rebroadcast_the_node_already_holds_keeps_the_time_it_was_first_taken() {
+    // The stuck check measures from `updated_at`: a transaction stranded in
+    // the pool is accepted again at every rebroadcast, and must still grow
+    // old enough to be replaced.
+    let (_d, s) = store().await;
+    let mut tx = s.begin().await.expect("begin");
+    let id = tx
+        .insert_payout(&NewPayout {
+            chain: "ETH".into(),
+            kind: crate::msg::Kind::Withdraw,
+            queue_id: "rb".into(),
+            order_id: String::new(),
+            content_hash: [1; 32],
+            symbol: "USDT".into(),
+            from: Address::repeat_byte(1),
+            to: Address::repeat_byte(2),
+            amount: U256::from(5u64),
+            decimals: 6,
+            contract: Some(Address::repeat_byte(9)),
+        })
+        .await
+        .expect("insert");
+    let signed = SignedTx {
+        payout_id: id,
+        tx_hash: B256::repeat_byte(7),
+        raw: vec![1, 2, 3],
+        gas_limit: 100_000,
+        max_fee_per_gas: 2,
+        priority_fee: 1,
+        signed_at: 1,
+        cancels: false,
+    };
+    let gone = tx
+        .mark_signed_many(Address::repeat_byte(1), &[(0, &signed)])
+        .await
+        .expect("signed");
+    assert!(gone.is_empty());
+    let updated = |p: Option<Payout>| p.expect("the payout").updated_at;
+    async fn age(tx: &mut StoreTx, id: i64, at: i64) {
+        sqlx::query("UPDATE payouts SET updated_at = ? WHERE id = ?")
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx.tx)
+            .await
+            .expect("age");
+    }
+
+    // First taken: signed → sent, the clock starts.
+    tx.accepted(&[id]).await.expect("accepted");
+    let p = tx.payout(id).await.expect("read");
+    assert_eq!(p.as_ref().map(|p| p.state), Some(PayoutState::Sent));
+    assert!(updated(p) > 1_000, "the first acceptance sets the time");
+
+    // Taken again (the pool holds it): the time it was first taken stays.
+    age(&mut tx, id, 1_000).await;
+    tx.accepted(&[id]).await.expect("accepted");
+    assert_eq!(updated(tx.payout(id).await.expect("read")), 1_000);
+
+    // Refused, then taken: the clock starts again from the taking.
+    tx.record_refusals(&[(id, "nonce too low".into())])
+        .await
+        .expect("refused");
+    age(&mut tx, id, 1_000).await;
+    tx.accepted(&[id]).await.expect("accepted");
+    assert!(updated(tx.payout(id).await.expect("read")) > 1_000);
 }

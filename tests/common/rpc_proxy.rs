@@ -44,6 +44,11 @@ pub enum Refuse {
     /// message, as a node refuses a transaction it will not take
     /// ("insufficient funds for gas * price + value").
     SendRaw(&'static str),
+    /// The first transaction sent after this is set is answered as taken
+    /// (its hash) and never reaches the node, every time it is sent: a node
+    /// that takes a transaction and loses it (evicted from its pool). Every
+    /// other transaction is forwarded.
+    LoseFirstSend,
 }
 
 /// One `eth_getLogs` the proxy was asked for.
@@ -77,6 +82,10 @@ struct RpcShared {
     /// Once: when `eth_getLogs` from this block is asked, send this request to
     /// the node first.
     before_logs: Mutex<Option<(u64, Value)>>,
+    /// The raw transaction [`Refuse::LoseFirstSend`] loses, once chosen.
+    lost: Mutex<Option<String>>,
+    /// How many times it was sent.
+    lost_sends: std::sync::atomic::AtomicUsize,
     client: alloy::transports::http::reqwest::Client,
 }
 
@@ -105,6 +114,8 @@ impl RpcProxy {
             code_refused: Default::default(),
             batches: Mutex::new(Vec::new()),
             before_logs: Mutex::new(None),
+            lost: Mutex::new(None),
+            lost_sends: Default::default(),
             client: alloy::transports::http::reqwest::Client::new(),
         });
         let s = shared.clone();
@@ -126,6 +137,14 @@ impl RpcProxy {
     /// Changes what the node refuses from now on.
     pub fn set_refuse(&self, refuse: Option<Refuse>) {
         *lock(&self.shared.refuse) = refuse;
+    }
+
+    /// How many times the transaction [`Refuse::LoseFirstSend`] loses was
+    /// sent (and answered as taken).
+    pub fn lost_sends(&self) -> usize {
+        self.shared
+            .lost_sends
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every `eth_getLogs` asked so far, in order.
@@ -200,10 +219,58 @@ fn refusal(id: &Value, message: String) -> Result<Vec<u8>> {
     )?)
 }
 
+/// [`Refuse::LoseFirstSend`]: answers the lost transaction's sends itself
+/// and forwards the rest of the request.
+async fn lose_first_send(s: &RpcShared, req: Value) -> Result<Vec<u8>> {
+    let (calls, batch) = match req {
+        Value::Array(calls) => (calls, true),
+        one => (vec![one], false),
+    };
+    let mut answered = Vec::new();
+    let mut forwarded = Vec::new();
+    for c in calls {
+        let raw = (c["method"] == "eth_sendRawTransaction")
+            .then(|| c["params"][0].as_str().map(str::to_owned))
+            .flatten();
+        let lost = raw
+            .as_ref()
+            .is_some_and(|r| lock(&s.lost).get_or_insert_with(|| r.clone()) == r);
+        match raw {
+            Some(r) if lost => {
+                s.lost_sends
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let bytes = alloy::primitives::hex::decode(&r)?;
+                let hash = alloy::primitives::keccak256(bytes);
+                answered.push(json!({"jsonrpc": "2.0", "id": c["id"], "result": hash}));
+            }
+            _ => forwarded.push(c),
+        }
+    }
+    if !forwarded.is_empty() {
+        let body = if batch {
+            serde_json::to_vec(&forwarded)?
+        } else {
+            serde_json::to_vec(&forwarded[0])?
+        };
+        match serde_json::from_slice::<Value>(&forward(s, body).await?)? {
+            Value::Array(more) => answered.extend(more),
+            one => answered.push(one),
+        }
+    }
+    Ok(if batch {
+        serde_json::to_vec(&answered)?
+    } else {
+        serde_json::to_vec(&answered[0])?
+    })
+}
+
 /// The answer to one JSON-RPC request (or batch, forwarded as is).
 async fn answer(s: &RpcShared, body: Vec<u8>) -> Result<Vec<u8>> {
     let req: Value = serde_json::from_slice(&body)?;
     let refuse = *lock(&s.refuse);
+    if let Some(Refuse::LoseFirstSend) = refuse {
+        return lose_first_send(s, req).await;
+    }
     let sends = |calls: &[Value]| {
         calls
             .iter()

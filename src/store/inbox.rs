@@ -1,0 +1,146 @@
+//! The inbox: every request as received, with how it ended. A body seen
+//! before is a redelivery or a repeat; accepted topups skip the unique
+//! body-hash index (migration 0005) and are told apart by listen.
+
+use super::{Ctx, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, now_ms};
+use sqlx::{QueryBuilder, Sqlite};
+use std::collections::HashSet;
+
+/// How a request ended, as recorded in the inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Valid and applied.
+    Accepted,
+    /// Valid signature, refused (answered with status 0).
+    Refused,
+    /// Signature did not verify (answered with status 3).
+    BadSignature,
+    /// Could not be answered (no address or queue id to answer to).
+    Unaddressable,
+}
+
+impl Outcome {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Refused => "refused",
+            Outcome::BadSignature => "bad_signature",
+            Outcome::Unaddressable => "unaddressable",
+        }
+    }
+}
+
+/// The condition of the inbox's unique body-hash index: every request but an
+/// accepted topup (migration 0005). A query that looks a body up repeats it
+/// word for word, so that SQLite uses the index.
+const DEDUPED: &str = "(kind <> 'topup' OR outcome <> 'accepted')";
+
+/// A request to record in the inbox.
+#[derive(Debug, Clone, Copy)]
+pub struct InboxRow<'a> {
+    /// Request kind.
+    pub kind: &'a str,
+    /// sha256 of kind and body.
+    pub body_hash: &'a [u8; 32],
+    /// The body as received.
+    pub body: &'a [u8],
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why, when refused.
+    pub error: Option<&'a str>,
+}
+
+impl Store {
+    /// Body hashes of the last `limit` accepted topups, newest first: a
+    /// redelivery of one of them is a repeat (see [`DEDUPED`] for why they
+    /// are not looked up by body).
+    pub async fn recent_topups(&self, limit: u32) -> Result<Vec<[u8; 32]>, StoreError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT body_hash FROM inbox WHERE kind = 'topup' AND outcome = 'accepted'
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("read recent topups")?;
+        Ok(rows
+            .iter()
+            .filter_map(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
+            .collect())
+    }
+}
+
+impl StoreTx {
+    /// Records requests; returns the hashes that are new. A hash recorded
+    /// before (a redelivery), or earlier in the same call, is not returned,
+    /// except for accepted topups: they are not looked up (see [`DEDUPED`])
+    /// and are always new.
+    pub async fn record_requests(
+        &mut self,
+        rows: &[InboxRow<'_>],
+    ) -> Result<HashSet<[u8; 32]>, StoreError> {
+        let now = now_ms();
+        let mut new = HashSet::with_capacity(rows.len());
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO inbox (kind, body_hash, body, outcome, error, received_at) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.kind)
+                    .push_bind(r.body_hash.as_slice())
+                    .push_bind(r.body)
+                    .push_bind(r.outcome.as_str())
+                    .push_bind(r.error)
+                    .push_bind(now);
+            });
+            q.push(" ON CONFLICT (body_hash) WHERE ");
+            q.push(DEDUPED);
+            q.push(" DO NOTHING RETURNING body_hash");
+            let hashes: Vec<Vec<u8>> = q
+                .build_query_scalar()
+                .fetch_all(&mut *self.tx)
+                .await
+                .ctx("insert inbox")?;
+            for h in hashes {
+                if let Ok(h) = <[u8; 32]>::try_from(h.as_slice()) {
+                    new.insert(h);
+                }
+            }
+        }
+        Ok(new)
+    }
+
+    /// Records that the request with `body_hash`, accepted when it was
+    /// routed, was refused when applied (a remove of an address that was not
+    /// watched), so that a redelivery is answered alike.
+    pub async fn refuse_request(
+        &mut self,
+        body_hash: &[u8; 32],
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE inbox SET outcome = ?, error = ? WHERE body_hash = ? AND {DEDUPED}"
+        )))
+        .bind(Outcome::Refused.as_str())
+        .bind(error)
+        .bind(body_hash.as_slice())
+        .execute(&mut *self.tx)
+        .await
+        .ctx("record refusal")?;
+        Ok(())
+    }
+
+    /// The error of the request with `body_hash` if it was refused.
+    pub async fn refusal(&mut self, body_hash: &[u8; 32]) -> Result<Option<String>, StoreError> {
+        let error: Option<Option<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT error FROM inbox WHERE body_hash = ? AND outcome = ? AND {DEDUPED}"
+        )))
+        .bind(body_hash.as_slice())
+        .bind(Outcome::Refused.as_str())
+        .fetch_optional(&mut *self.tx)
+        .await
+        .ctx("read refusal")?;
+        Ok(error.flatten())
+    }
+}
