@@ -131,12 +131,12 @@ pub enum ChainError {
         chain: String,
     },
     /// The lookback task panicked.
-    #[error("{chain}: lookback: {message}")]
+    #[error("{chain}: lookback panicked: {source}")]
     Lookback {
         /// Chain name.
         chain: String,
         /// The panic.
-        message: String,
+        source: tokio::task::JoinError,
     },
     /// The payout sender failed.
     #[error("{chain}: payouts: {source}")]

@@ -220,15 +220,15 @@ impl EthChain {
                     chain: self.name.to_string(),
                     source: match done {
                         Ok(Err(e)) => e,
-                        Ok(Ok(())) => SenderError::Actor { wallet: "-".into(), message: "the payout sender stopped".into() },
-                        Err(e) => SenderError::Actor { wallet: "-".into(), message: format!("the payout sender panicked: {e}") },
+                        Ok(Ok(())) => SenderError::Stopped,
+                        Err(e) => SenderError::Panicked(e),
                     },
                 }),
                 done = &mut lookbacks => break match done {
                     Ok(Ok(())) if shutdown.is_cancelled() => Ok(()),
                     Ok(Ok(())) => Err(ChainError::Closed { chain: self.name.to_string() }),
                     Ok(Err(e)) => Err(e),
-                    Err(e) => Err(ChainError::Lookback { chain: self.name.to_string(), message: e.to_string() }),
+                    Err(e) => Err(ChainError::Lookback { chain: self.name.to_string(), source: e }),
                 },
             }
         };

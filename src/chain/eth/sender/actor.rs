@@ -50,12 +50,12 @@ pub(in crate::chain) enum ActorError {
     /// The message store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A batch's broadcast task panicked.
-    #[error("broadcast task: {message}")]
-    Broadcast {
-        /// The panic.
-        message: String,
-    },
+    /// The wallet's broadcaster ended before its actor.
+    #[error("the broadcaster stopped")]
+    BroadcasterStopped,
+    /// The wallet's broadcaster panicked.
+    #[error("the broadcaster panicked: {0}")]
+    BroadcasterPanicked(tokio::task::JoinError),
 }
 
 pub(super) struct Actor {
@@ -581,12 +581,8 @@ impl Actor {
 fn broadcaster_ended(done: Result<Result<(), StoreError>, tokio::task::JoinError>) -> ActorError {
     match done {
         Ok(Err(e)) => ActorError::Store(e),
-        Ok(Ok(())) => ActorError::Broadcast {
-            message: "the broadcaster stopped".into(),
-        },
-        Err(e) => ActorError::Broadcast {
-            message: e.to_string(),
-        },
+        Ok(Ok(())) => ActorError::BroadcasterStopped,
+        Err(e) => ActorError::BroadcasterPanicked(e),
     }
 }
 

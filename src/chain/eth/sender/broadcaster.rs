@@ -47,7 +47,7 @@ pub(super) fn spawn(
 async fn send(
     endpoints: Endpoints,
     chunk: Vec<SignedTx>,
-) -> (Vec<SignedTx>, Vec<Result<(), String>>) {
+) -> (Vec<SignedTx>, Vec<Result<(), sign::SendError>>) {
     let refs: Vec<&SignedTx> = chunk.iter().collect();
     let results = sign::broadcast_one_batch(&endpoints, &refs).await;
     (chunk, results)

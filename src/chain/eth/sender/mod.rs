@@ -117,14 +117,29 @@ pub enum SenderError {
     /// The message store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A nonce actor stopped with an error, or panicked.
-    #[error("nonce actor of {wallet}: {message}")]
+    /// A wallet's nonce actor failed.
+    #[error("nonce actor of {wallet}: {source}")]
     Actor {
         /// The wallet.
         wallet: String,
-        /// What happened.
-        message: String,
+        /// Its error.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A wallet's nonce actor ended while the sender was running.
+    #[error("nonce actor of {wallet} stopped")]
+    ActorStopped {
+        /// The wallet.
+        wallet: String,
+    },
+    /// A nonce actor panicked.
+    #[error("a nonce actor panicked: {0}")]
+    ActorPanicked(tokio::task::JoinError),
+    /// The payout sender ended while its chain was running.
+    #[error("the payout sender stopped")]
+    Stopped,
+    /// The payout sender panicked.
+    #[error("the payout sender panicked: {0}")]
+    Panicked(tokio::task::JoinError),
 }
 
 /// What the node said to one broadcast transaction.
@@ -132,7 +147,7 @@ pub(super) struct Broadcast<'a> {
     /// The transaction.
     pub tx: &'a SignedTx,
     /// Taken, or refused with the node's words.
-    pub result: Result<(), String>,
+    pub result: Result<(), sign::SendError>,
 }
 
 /// Records what the node said to broadcast transactions, in one store
@@ -149,7 +164,7 @@ async fn record_broadcast(deps: &SenderDeps, outcomes: &[Broadcast<'_>]) -> Resu
     for o in outcomes {
         let id = o.tx.payout_id;
         match &o.result {
-            Err(reason) => refused.push((id, reason.clone())),
+            Err(reason) => refused.push((id, reason.to_string())),
             Ok(()) => {
                 accepted.push(id);
                 if !o.tx.cancels {
@@ -278,9 +293,9 @@ impl Sender {
                         break Ok(());
                     }
                     break Err(match done {
-                        Ok((wallet, Err(e))) => SenderError::Actor { wallet: format!("{wallet:#x}"), message: e.to_string() },
-                        Ok((wallet, Ok(()))) => SenderError::Actor { wallet: format!("{wallet:#x}"), message: "stopped".into() },
-                        Err(e) => SenderError::Actor { wallet: "?".into(), message: e.to_string() },
+                        Ok((wallet, Err(e))) => SenderError::Actor { wallet: addr_hex(&wallet), source: Box::new(e) },
+                        Ok((wallet, Ok(()))) => SenderError::ActorStopped { wallet: addr_hex(&wallet) },
+                        Err(e) => SenderError::ActorPanicked(e),
                     });
                 }
             }
@@ -399,7 +414,7 @@ impl Sender {
                                    refused_secs = since / 1000,
                                    "the node keeps refusing a signed payout; later payouts of this wallet wait behind it");
                         }
-                        refused_long.push(refused_for_long(p, since, reason));
+                        refused_long.push(refused_for_long(p, since, &reason.to_string()));
                     }
                 }
                 Ok(()) => {

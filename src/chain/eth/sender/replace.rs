@@ -117,7 +117,7 @@ impl Actor {
         let result = sign::broadcast(&self.endpoints, &[&new])
             .await
             .pop()
-            .unwrap_or_else(|| Err("no answer".to_owned()));
+            .unwrap_or_else(|| Err(sign::SendError::Unreached("no answer".to_owned())));
         super::record_broadcast(&self.deps, &[super::Broadcast { tx: &new, result }]).await?;
         Ok(())
     }

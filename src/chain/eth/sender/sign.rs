@@ -239,6 +239,46 @@ pub(super) fn sign(
 /// the transaction (geth, erigon, reth: "already known"; nethermind:
 /// "AlreadyKnown"; besu: "known transaction"; anvil: "transaction already
 /// imported").
+/// Why the node did not take a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(in crate::chain) enum SendError {
+    /// The node answered with a JSON-RPC error: it refused the transaction.
+    #[error("error code {code}: {message}")]
+    Refused {
+        /// The JSON-RPC error code (most nodes say -32000 for every refusal).
+        code: i64,
+        /// The node's words.
+        message: String,
+    },
+    /// The request did not reach the node, or its answer could not be read.
+    #[error("{0}")]
+    Unreached(String),
+}
+
+impl SendError {
+    /// From the error of one `eth_sendRawTransaction`.
+    fn of(e: RpcError<alloy::transports::TransportErrorKind>) -> Self {
+        match e {
+            RpcError::ErrorResp(payload) => SendError::Refused {
+                code: payload.code,
+                message: payload.message.to_string(),
+            },
+            other => SendError::Unreached(other.to_string()),
+        }
+    }
+
+    /// The request, or its answer, went wrong on the way.
+    fn unreached(e: &impl std::fmt::Display) -> Self {
+        SendError::Unreached(e.to_string())
+    }
+
+    /// The node already holds this transaction: for a rebroadcast, that is
+    /// being taken. Nodes word it differently and give it no code of its own.
+    pub(super) fn already_known(&self) -> bool {
+        matches!(self, SendError::Refused { message, .. } if is_already_known(message))
+    }
+}
+
 pub(super) fn is_already_known(error: &str) -> bool {
     let lower = error.to_ascii_lowercase();
     [
@@ -256,13 +296,16 @@ pub(super) fn is_already_known(error: &str) -> bool {
 /// `eth_config.broadcasts_in_flight` of them at once; for each, whether the node has it now (a refusal
 /// counts as accepted when the node says it already has it, or can find it by
 /// hash: "nonce too low" for ours, mined meanwhile).
-pub(super) async fn broadcast(endpoints: &Endpoints, txs: &[&SignedTx]) -> Vec<Result<(), String>> {
+pub(super) async fn broadcast(
+    endpoints: &Endpoints,
+    txs: &[&SignedTx],
+) -> Vec<Result<(), SendError>> {
     if txs.is_empty() {
         return Vec::new();
     }
     let rpc = match endpoints.get().await {
         Ok((_, rpc)) => rpc,
-        Err(e) => return txs.iter().map(|_| Err(e.to_string())).collect(),
+        Err(e) => return txs.iter().map(|_| Err(SendError::unreached(&e))).collect(),
     };
     let size = broadcast_chunk(endpoints.max_batch(), endpoints.in_flight());
     let mut chunks = txs.chunks(size);
@@ -299,10 +342,10 @@ pub(super) fn broadcast_chunk(max_batch: usize, in_flight: usize) -> usize {
 pub(super) async fn broadcast_one_batch(
     endpoints: &Endpoints,
     txs: &[&SignedTx],
-) -> Vec<Result<(), String>> {
+) -> Vec<Result<(), SendError>> {
     match endpoints.get().await {
         Ok((_, rpc)) => broadcast_batch(&rpc, txs).await,
-        Err(e) => txs.iter().map(|_| Err(e.to_string())).collect(),
+        Err(e) => txs.iter().map(|_| Err(SendError::unreached(&e))).collect(),
     }
 }
 
@@ -310,7 +353,7 @@ pub(super) async fn broadcast_one_batch(
 async fn broadcast_batch(
     rpc: &RootProvider<Ethereum>,
     txs: &[&SignedTx],
-) -> Vec<Result<(), String>> {
+) -> Vec<Result<(), SendError>> {
     let mut batch = alloy::rpc::client::BatchRequest::new(rpc.client());
     let mut waiters = Vec::with_capacity(txs.len());
     for tx in txs {
@@ -320,18 +363,18 @@ async fn broadcast_batch(
     if let Err(e) = batch.send().await {
         return txs
             .iter()
-            .map(|_| Err(format!("batch send failed: {e}")))
+            .map(|_| Err(SendError::unreached(&format!("batch send failed: {e}"))))
             .collect();
     }
     let mut out = Vec::with_capacity(txs.len());
     for (tx, waiter) in txs.iter().zip(waiters) {
         let result = match waiter {
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(SendError::unreached(&e)),
             Ok(w) => match w.await {
                 Ok(_) => Ok(()),
                 Err(e) => {
-                    let text = e.to_string();
-                    if is_already_known(&text) {
+                    let e = SendError::of(e);
+                    if e.already_known() {
                         Ok(())
                     } else {
                         // "nonce too low" for ours mined meanwhile, or a
@@ -339,7 +382,7 @@ async fn broadcast_batch(
                         // node has it if it can find it.
                         match rpc.get_transaction_by_hash(tx.tx_hash).await {
                             Ok(Some(_)) => Ok(()),
-                            _ => Err(text),
+                            _ => Err(e),
                         }
                     }
                 }
@@ -417,5 +460,35 @@ mod tests {
         ] {
             assert!(!is_already_known(text), "{text}");
         }
+    }
+
+    #[test]
+    fn a_refusal_keeps_the_nodes_code_and_words() {
+        let payload = serde_json::from_str(
+            r#"{"code": -32000, "message": "insufficient funds for gas * price + value"}"#,
+        )
+        .expect("an error payload");
+        let e = SendError::of(RpcError::ErrorResp(payload));
+        assert_eq!(
+            e,
+            SendError::Refused {
+                code: -32000,
+                message: "insufficient funds for gas * price + value".into()
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "error code -32000: insufficient funds for gas * price + value"
+        );
+        assert!(!e.already_known());
+        let known = SendError::Refused {
+            code: -32000,
+            message: "already known".into(),
+        };
+        assert!(known.already_known());
+        assert!(
+            !SendError::Unreached("already known".into()).already_known(),
+            "only the node's own answer says it holds the transaction"
+        );
     }
 }
