@@ -511,3 +511,6 @@ impl Listen {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
