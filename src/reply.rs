@@ -5,6 +5,7 @@ use crate::msg::{
     Decimal, Kind, PayoutResponse, RemoveResponse, Status, TopupResponse, addr_hex, hash_hex,
 };
 use crate::store::{NewPayout, Payout};
+use crate::txlog::{Line, go_amount};
 use alloy::primitives::{Address, B256, U256};
 
 /// A response body, ready for the outbox.
@@ -14,6 +15,9 @@ pub struct Reply {
     pub kind: &'static str,
     /// JSON body.
     pub body: Vec<u8>,
+    /// The transaction-log line it writes once the broker has it; `None`
+    /// when it names no plain address to file it under.
+    pub line: Option<Line>,
 }
 
 /// The response kind (config key) that answers `kind`.
@@ -26,9 +30,91 @@ pub fn resp_kind(kind: Kind) -> &'static str {
     }
 }
 
-fn encode<T: serde::Serialize>(kind: Kind, body: &T) -> Reply {
+/// What a response says, for its log line (the Go version's `…Resp` lines).
+trait Logged {
+    fn line(&self, kind: Kind) -> Option<Line>;
+}
+
+/// A line filed under `file`, if that is plainly an address.
+fn line_in(
+    file: &str,
+    name: &str,
+    from: &str,
+    to: &str,
+    chain: &str,
+    symbol: &str,
+    amount: String,
+) -> Option<Line> {
+    let file = file.to_ascii_lowercase();
+    let plain = file.len() == 42
+        && file.starts_with("0x")
+        && file[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    plain.then(|| Line {
+        file,
+        kind: name.to_owned(),
+        from: from.to_owned(),
+        to: to.to_owned(),
+        chain: chain.to_owned(),
+        symbol: symbol.to_owned(),
+        amount,
+    })
+}
+
+impl Logged for TopupResponse {
+    fn line(&self, _: Kind) -> Option<Line> {
+        let from = self.from_address.as_deref().unwrap_or_default();
+        line_in(
+            &self.address,
+            "TopupResp",
+            from,
+            &self.address,
+            &self.chain,
+            &self.symbol,
+            go_amount(self.amount.as_str()),
+        )
+    }
+}
+
+impl Logged for RemoveResponse {
+    fn line(&self, _: Kind) -> Option<Line> {
+        // A remove answer carries no amount: its line says 0, as Go wrote it.
+        line_in(
+            &self.address,
+            "RemoveResp",
+            "",
+            &self.address,
+            &self.chain,
+            &self.symbol,
+            "0".to_owned(),
+        )
+    }
+}
+
+impl Logged for PayoutResponse {
+    fn line(&self, kind: Kind) -> Option<Line> {
+        let name = if kind == Kind::Pay {
+            "PayResp"
+        } else {
+            "WithdrawResp"
+        };
+        let from = self.from_address.as_deref().unwrap_or_default();
+        let to = self.to_address.as_deref().unwrap_or_default();
+        line_in(
+            from,
+            name,
+            from,
+            to,
+            &self.chain,
+            &self.symbol,
+            go_amount(self.amount.as_str()),
+        )
+    }
+}
+
+fn encode<T: serde::Serialize + Logged>(kind: Kind, body: &T) -> Reply {
     Reply {
         kind: resp_kind(kind),
+        line: body.line(kind),
         // Serializing these structs (strings, numbers, raw decimal text that
         // was built from digits) cannot fail.
         body: serde_json::to_vec(body).unwrap_or_else(|e| {
@@ -189,5 +275,85 @@ pub fn watch_refusal(
                 error: Some(error),
             },
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every response's line, made from what decided it, is the line the
+    /// published body itself gives (`txlog::response_line`, which rows from
+    /// before migration 0008 still use).
+    #[test]
+    fn a_replys_line_is_the_line_its_body_gives() {
+        let facts = DepositFacts {
+            chain: "ETH",
+            symbol: "USDT",
+            decimals: 6,
+            address: Address::repeat_byte(0xab),
+            from: Address::repeat_byte(1),
+            amount: U256::from(1_500_000u64),
+            tx_hash: B256::repeat_byte(2),
+            block: 7,
+        };
+        let mut withdrawal = Payout::sample(Address::repeat_byte(0xcd));
+        withdrawal.amount = U256::from(123_456_789u64);
+        let mut pay = withdrawal.clone();
+        pay.kind = Kind::Pay;
+        pay.order_id = "o-1".into();
+        let echo = |from: &str| PayoutResponse {
+            queue_id: "q".into(),
+            status: Status::Failed,
+            amount: Decimal::echo(Some("1e3")),
+            chain: "ETH".into(),
+            symbol: "USDT".into(),
+            order_id: None,
+            tx_hash: String::new(),
+            from_address: Some(from.into()),
+            to_address: Some("0xnot-an-address".into()),
+            error: Some("bad".into()),
+        };
+        let replies = [
+            deposit(&facts, Status::Pending, None),
+            deposit(&facts, Status::Success, None),
+            remove(&facts.address, "ETH", "USDT", None, Status::Success, None),
+            payout(&withdrawal, Status::Pending, None, 6),
+            payout(&pay, Status::Success, None, 6),
+            payout_refusal(
+                Kind::Withdraw,
+                echo("0xABCDEFabcdef0123456789abcdef0123456789AB"),
+            ),
+            payout_refusal(Kind::Pay, echo("not an address")),
+            watch_refusal(
+                Kind::Topup,
+                "0x00000000000000000000000000000000000000Ff".into(),
+                "ETH".into(),
+                "DOGE".into(),
+                None,
+                Status::Failed,
+                "unknown symbol".into(),
+            ),
+            watch_refusal(
+                Kind::Remove,
+                "nope".into(),
+                "ETH".into(),
+                "USDT".into(),
+                Some("r".into()),
+                Status::Failed,
+                "bad".into(),
+            ),
+        ];
+        let mut lines = 0;
+        for r in &replies {
+            assert_eq!(
+                r.line,
+                crate::txlog::response_line(r.kind, &r.body),
+                "{}",
+                String::from_utf8_lossy(&r.body)
+            );
+            lines += usize::from(r.line.is_some());
+        }
+        assert_eq!(lines, 7, "the two without a plain address write none");
     }
 }

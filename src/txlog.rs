@@ -79,6 +79,37 @@ pub struct Line {
 }
 
 impl Line {
+    /// The line as the outbox keeps it: its fields joined by tabs (none of
+    /// them holds a tab: addresses, names and number text).
+    pub fn to_stored(&self) -> String {
+        [
+            &self.file,
+            &self.kind,
+            &self.from,
+            &self.to,
+            &self.chain,
+            &self.symbol,
+            &self.amount,
+        ]
+        .map(String::as_str)
+        .join("\t")
+    }
+
+    /// A line read back from [`Line::to_stored`]; `None` if it is not one.
+    pub fn from_stored(text: &str) -> Option<Self> {
+        let mut f = text.split('\t').map(str::to_owned);
+        let line = Line {
+            file: f.next()?,
+            kind: f.next()?,
+            from: f.next()?,
+            to: f.next()?,
+            chain: f.next()?,
+            symbol: f.next()?,
+            amount: f.next()?,
+        };
+        f.next().is_none().then_some(line)
+    }
+
     fn render(&self, now: SystemTime) -> String {
         let (time, _) = timestamps(now);
         format!(

@@ -107,10 +107,10 @@ impl Effects {
         if self.outbox.is_empty() {
             return Ok(());
         }
-        let rows: Vec<(&str, &[u8])> = self
+        let rows: Vec<(&str, &[u8], Option<&Line>)> = self
             .outbox
             .iter()
-            .map(|r| (r.kind, r.body.as_slice()))
+            .map(|r| (r.kind, r.body.as_slice(), r.line.as_ref()))
             .collect();
         tx.push_outbox_many(&rows).await?;
         self.outbox.clear();

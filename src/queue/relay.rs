@@ -328,7 +328,13 @@ impl Relay<'_> {
             .fetch_add(sent.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let confirmed: HashSet<i64> = sent.iter().copied().collect();
         for row in rows.iter().filter(|r| confirmed.contains(&r.id)) {
-            if let Some(line) = crate::txlog::response_line(&row.kind, &row.body) {
+            // The line made with the answer; rows written before there
+            // were such lines are read for one, as they used to be.
+            let line = row
+                .line
+                .clone()
+                .or_else(|| crate::txlog::response_line(&row.kind, &row.body));
+            if let Some(line) = line {
                 self.broker.txlog.write(line).await;
             }
         }

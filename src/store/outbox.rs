@@ -3,6 +3,7 @@
 //! in id order and marks them sent after the broker's confirm.
 
 use super::{Ctx, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, now_ms};
+use crate::txlog::Line;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 /// An outbox row waiting for the broker.
@@ -16,6 +17,9 @@ pub struct OutboxRow {
     pub body: Vec<u8>,
     /// Why a dead letter could not be answered.
     pub reason: Option<String>,
+    /// The transaction-log line to write once it is published, as decided
+    /// with the answer; `None` for rows older than migration 0008 too.
+    pub line: Option<Line>,
 }
 
 /// Outbox kind of a dead letter of request kind `kind`.
@@ -30,7 +34,7 @@ impl Store {
     /// Unsent outbox rows with id above `after`, oldest first.
     pub async fn unsent(&self, after: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, kind, body, reason FROM outbox WHERE sent_at IS NULL AND id > ? ORDER BY id LIMIT ?",
+            "SELECT id, kind, body, reason, line FROM outbox WHERE sent_at IS NULL AND id > ? ORDER BY id LIMIT ?",
         )
         .bind(after)
         .bind(limit)
@@ -44,6 +48,7 @@ impl Store {
                 kind: r.get(1),
                 body: r.get(2),
                 reason: r.get(3),
+                line: r.get::<Option<&str>, _>(4).and_then(Line::from_stored),
             })
             .collect())
     }
@@ -97,13 +102,17 @@ impl StoreTx {
     /// Queues responses for the relay, in order.
     pub async fn push_outbox_many<'a>(
         &mut self,
-        rows: &[(&'a str, &'a [u8])],
+        rows: &[(&'a str, &'a [u8], Option<&'a Line>)],
     ) -> Result<(), StoreError> {
         let now = now_ms();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO outbox (kind, body, created_at) ");
-            q.push_values(chunk, |mut b, (kind, body)| {
-                b.push_bind(*kind).push_bind(*body).push_bind(now);
+            let mut q =
+                QueryBuilder::<Sqlite>::new("INSERT INTO outbox (kind, body, created_at, line) ");
+            q.push_values(chunk, |mut b, (kind, body, line)| {
+                b.push_bind(*kind)
+                    .push_bind(*body)
+                    .push_bind(now)
+                    .push_bind(line.map(Line::to_stored));
             });
             q.build()
                 .execute(&mut *self.tx)
@@ -114,15 +123,13 @@ impl StoreTx {
     }
 
     /// Queues a response for the relay.
-    pub async fn push_outbox(&mut self, kind: &str, body: &[u8]) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO outbox (kind, body, created_at) VALUES (?, ?, ?)")
-            .bind(kind)
-            .bind(body)
-            .bind(now_ms())
-            .execute(&mut *self.tx)
-            .await
-            .ctx("insert outbox")?;
-        Ok(())
+    pub async fn push_outbox(
+        &mut self,
+        kind: &str,
+        body: &[u8],
+        line: Option<&Line>,
+    ) -> Result<(), StoreError> {
+        self.push_outbox_many(&[(kind, body, line)]).await
     }
 
     /// Queues a request that cannot be answered for the dead-letter exchange.

@@ -393,10 +393,10 @@ async fn blocks_window_and_outbox() {
         };
         tx.push_block("ETH", &b, 4).await.expect("push");
     }
-    tx.push_outbox("topup_resp", b"{\"a\":1}")
+    tx.push_outbox("topup_resp", b"{\"a\":1}", None)
         .await
         .expect("outbox");
-    tx.push_outbox("topup_resp", b"{\"a\":2}")
+    tx.push_outbox("topup_resp", b"{\"a\":2}", None)
         .await
         .expect("outbox");
     tx.commit().await.expect("commit");
@@ -702,7 +702,9 @@ async fn prune_deletes_old_requests_and_sent_responses_only() {
         .await
         .expect("insert");
     for body in [&b"sent"[..], b"unsent", b"sent later"] {
-        tx.push_outbox("topup_resp", body).await.expect("outbox");
+        tx.push_outbox("topup_resp", body, None)
+            .await
+            .expect("outbox");
     }
     tx.commit().await.expect("commit");
     let rows = s.unsent(0, 10).await.expect("unsent");
@@ -736,7 +738,9 @@ async fn prune_deletes_old_requests_and_sent_responses_only() {
         .expect("sent");
     assert_eq!(s.prune(later).await.expect("prune"), (0, 1));
     let mut tx = s.begin().await.expect("begin");
-    tx.push_outbox("topup_resp", b"next").await.expect("outbox");
+    tx.push_outbox("topup_resp", b"next", None)
+        .await
+        .expect("outbox");
     tx.commit().await.expect("commit");
     let next = s.unsent(ids[2], 10).await.expect("unsent");
     assert_eq!(next.len(), 1, "a new row comes after every id handed out");
@@ -810,7 +814,9 @@ async fn prune_looks_past_unsent_responses() {
     let (_d, s) = store().await;
     let mut tx = s.begin().await.expect("begin");
     for body in [&b"stuck"[..], b"sent 1", b"sent 2", b"newest"] {
-        tx.push_outbox("topup_resp", body).await.expect("outbox");
+        tx.push_outbox("topup_resp", body, None)
+            .await
+            .expect("outbox");
     }
     tx.commit().await.expect("commit");
     let ids: Vec<i64> = s

@@ -241,3 +241,23 @@ async fn open_files_are_bounded() {
         );
     }
 }
+
+#[test]
+fn a_line_kept_in_the_outbox_reads_back_the_same() {
+    let l = Line {
+        file: "0x4e5b2e1dc63f6b91cb6cd759936495434c7e972f".into(),
+        kind: "RemoveResp".into(),
+        from: String::new(),
+        to: "0x4e5b2e1dc63f6b91cb6cd759936495434c7e972f".into(),
+        chain: "ETH".into(),
+        symbol: "USDT".into(),
+        amount: "0".into(),
+    };
+    assert_eq!(Line::from_stored(&l.to_stored()), Some(l));
+    assert_eq!(Line::from_stored("too\tfew"), None);
+    assert_eq!(
+        Line::from_stored("a\tb\tc\td\te\tf\tg\th"),
+        None,
+        "too many"
+    );
+}

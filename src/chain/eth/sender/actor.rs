@@ -572,7 +572,8 @@ impl Actor {
             Some(error.to_owned()),
             self.deps.decimals(p),
         );
-        tx.push_outbox(reply.kind, &reply.body).await?;
+        tx.push_outbox(reply.kind, &reply.body, reply.line.as_ref())
+            .await?;
         Ok(1)
     }
 }

@@ -189,9 +189,9 @@ async fn record_broadcast(deps: &SenderDeps, outcomes: &[Broadcast<'_>]) -> Resu
             reply::payout(p, Status::Pending, None, deps.decimals(p))
         })
         .collect();
-    let rows: Vec<(&str, &[u8])> = replies
+    let rows: Vec<(&str, &[u8], Option<&crate::txlog::Line>)> = replies
         .iter()
-        .map(|r| (r.kind, r.body.as_slice()))
+        .map(|r| (r.kind, r.body.as_slice(), r.line.as_ref()))
         .collect();
     tx.push_outbox_many(&rows).await?;
     let replies = replies.len();
