@@ -130,26 +130,38 @@ pub struct Store {
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
+/// A pool of at most `connections` to the SQLite file at `path`, with the
+/// options `configure` sets and a 30 s busy timeout.
+async fn pool(
+    path: &Path,
+    connections: u32,
+    configure: impl FnOnce(SqliteConnectOptions) -> SqliteConnectOptions,
+) -> Result<SqlitePool, StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let opts = SqliteConnectOptions::from_str("sqlite://")
+        .map_err(open_err)?
+        .filename(path)
+        .busy_timeout(Duration::from_secs(30));
+    SqlitePoolOptions::new()
+        .max_connections(connections)
+        .connect_with(configure(opts))
+        .await
+        .map_err(open_err)
+}
+
 impl Store {
     /// Opens (creating if needed) and migrates the store at `path`.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let opts = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(open_err)?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await
-            .map_err(open_err)?;
+        let pool = pool(path, 4, |o| {
+            o.create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+        })
+        .await?;
         // SQLite has no migration lock: when another process (a tool, a test)
         // migrates the same file at the same moment, one of the two fails
         // half-way; running again finds the migration applied.

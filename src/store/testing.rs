@@ -3,29 +3,13 @@
 //! them.
 
 use super::{Ctx, Store, StoreError};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
 
 impl Store {
     /// Opens an existing store read-only, without migrating: for tools and
     /// tests that look while the daemon runs.
     pub async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let opts = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(open_err)?
-            .filename(path)
-            .read_only(true)
-            .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts)
-            .await
-            .map_err(open_err)?;
+        let pool = super::pool(path, 1, |o| o.read_only(true)).await?;
         Ok(Self {
             pool,
             writer: Default::default(),

@@ -455,10 +455,9 @@ async fn kept(s: &Store) -> (Vec<(String, i64)>, Vec<(String, i64)>) {
     (p, d)
 }
 
-#[tokio::test]
-async fn state_counts_match_the_tables_without_counting_them() {
-    let (_d, s) = store().await;
-    let payout = |q: &str| NewPayout {
+/// A withdrawal of 5 base units of USDT with queue id `q`.
+fn new_payout(q: &str) -> NewPayout {
+    NewPayout {
         chain: "ETH".into(),
         kind: crate::msg::Kind::Withdraw,
         queue_id: q.into(),
@@ -470,7 +469,13 @@ async fn state_counts_match_the_tables_without_counting_them() {
         amount: U256::from(5u64),
         decimals: 6,
         contract: Some(Address::repeat_byte(9)),
-    };
+    }
+}
+
+#[tokio::test]
+async fn state_counts_match_the_tables_without_counting_them() {
+    let (_d, s) = store().await;
+    let payout = new_payout;
     let mut tx = s.begin().await.expect("begin");
     let a = tx.insert_payout(&payout("a")).await.expect("insert");
     let b = tx.insert_payout(&payout("b")).await.expect("insert");
@@ -845,22 +850,7 @@ async fn a_rebroadcast_the_node_already_holds_keeps_the_time_it_was_first_taken(
     // old enough to be replaced.
     let (_d, s) = store().await;
     let mut tx = s.begin().await.expect("begin");
-    let id = tx
-        .insert_payout(&NewPayout {
-            chain: "ETH".into(),
-            kind: crate::msg::Kind::Withdraw,
-            queue_id: "rb".into(),
-            order_id: String::new(),
-            content_hash: [1; 32],
-            symbol: "USDT".into(),
-            from: Address::repeat_byte(1),
-            to: Address::repeat_byte(2),
-            amount: U256::from(5u64),
-            decimals: 6,
-            contract: Some(Address::repeat_byte(9)),
-        })
-        .await
-        .expect("insert");
+    let id = tx.insert_payout(&new_payout("rb")).await.expect("insert");
     let signed = SignedTx {
         payout_id: id,
         tx_hash: B256::repeat_byte(7),
