@@ -8,7 +8,7 @@ use crate::msg::sign::sign_message;
 use crate::secret::Secret;
 use crate::server::Router;
 use crate::store::PayoutState;
-use alloy::primitives::U256;
+use alloy::primitives::{B256, U256};
 use serde_json::{Value, json};
 
 const CONFIG: &[u8] = include_bytes!("../../tests/fixtures/compat/config.go-v2.json");
@@ -198,4 +198,117 @@ async fn bad_requests_are_answered_and_move_nothing() {
     assert_eq!(status("w-3"), Some(json!(3)), "bad signature: {answers:?}");
     assert_eq!(status("w-4"), Some(json!(0)), "zero amount");
     assert_eq!(status("w-5"), Some(json!(0)), "more decimals than USDT has");
+}
+
+/// A chain of blocks the test makes up: number `n` has hash `[n; 32]` on the
+/// first branch and `[n + 100; 32]` on the second.
+fn block(n: u64, branch: u8) -> crate::store::BlockRef {
+    let hash = |n: u64, b: u8| {
+        if n == 0 {
+            B256::ZERO
+        } else {
+            B256::repeat_byte(n as u8 + b)
+        }
+    };
+    crate::store::BlockRef {
+        number: n,
+        hash: hash(n, branch),
+        parent_hash: hash(n - 1, if n == 1 { 0 } else { branch }),
+    }
+}
+
+fn usdt_to_user(tx: u8) -> crate::chain::Transfer {
+    crate::chain::Transfer {
+        symbol: "USDT".into(),
+        tx_hash: B256::repeat_byte(tx),
+        log_index: 0,
+        from: alloy::primitives::Address::repeat_byte(9),
+        to: USER.parse().expect("address"),
+        value: U256::from(2_000_000u64),
+    }
+}
+
+impl Harness {
+    async fn chain(&mut self, mut events: Vec<ChainEvent>) {
+        self.listen.apply_chain(&mut events).await.expect("applied");
+    }
+
+    async fn blocks(&mut self, numbers: std::ops::RangeInclusive<u64>, branch: u8) {
+        let events = numbers
+            .map(|n| ChainEvent::Block {
+                chain: "ETH".into(),
+                block: block(n, branch),
+                transfers: Vec::new(),
+                own: Vec::new(),
+            })
+            .collect();
+        self.chain(events).await;
+    }
+
+    async fn deposit_answers(&self) -> Vec<i64> {
+        self.answers("topup_resp")
+            .await
+            .iter()
+            .filter(|a| a["tx_hash"].as_str().is_some_and(|h| !h.is_empty()))
+            .filter_map(|a| a["status"].as_i64())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_deposit_is_final_exactly_at_its_confirmation_height() {
+    let mut h = harness().await;
+    let topup = signed(json!({"chain": "ETH", "symbol": "USDT", "address": USER, "timestamp": 1}));
+    h.apply(vec![(Kind::Topup, topup)]).await;
+    h.chain(vec![ChainEvent::Block {
+        chain: "ETH".into(),
+        block: block(1, 0),
+        transfers: vec![usdt_to_user(1)],
+        own: Vec::new(),
+    }])
+    .await;
+    assert_eq!(h.deposit_answers().await, [2], "seen");
+    // confirm_height 20 (the Go config): final once the head is at the
+    // deposit's block + 20 (README, "topup").
+    h.blocks(2..=20, 0).await;
+    assert_eq!(h.deposit_answers().await, [2], "not yet deep enough");
+    h.blocks(21..=21, 0).await;
+    assert_eq!(h.deposit_answers().await, [2, 1], "final at block 1 + 20");
+}
+
+#[tokio::test]
+async fn a_deposit_whose_block_leaves_the_chain_fails() {
+    let mut h = harness().await;
+    let topup = signed(json!({"chain": "ETH", "symbol": "USDT", "address": USER, "timestamp": 1}));
+    h.apply(vec![(Kind::Topup, topup)]).await;
+    h.blocks(1..=1, 0).await;
+    h.chain(vec![ChainEvent::Block {
+        chain: "ETH".into(),
+        block: block(2, 0),
+        transfers: vec![usdt_to_user(7)],
+        own: Vec::new(),
+    }])
+    .await;
+    assert_eq!(h.deposit_answers().await, [2]);
+    // Block 2 is replaced by another branch without the transfer.
+    h.chain(vec![ChainEvent::Reorg {
+        chain: "ETH".into(),
+        fork: block(1, 0),
+    }])
+    .await;
+    let mut other = block(2, 100);
+    other.parent_hash = block(1, 0).hash;
+    h.chain(vec![ChainEvent::Block {
+        chain: "ETH".into(),
+        block: other,
+        transfers: Vec::new(),
+        own: Vec::new(),
+    }])
+    .await;
+    h.blocks(3..=25, 100).await;
+    assert_eq!(
+        h.deposit_answers().await,
+        [2, 0],
+        "answered 0 once deep enough, never 1"
+    );
 }
