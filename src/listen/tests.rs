@@ -217,6 +217,16 @@ fn block(n: u64, branch: u8) -> crate::store::BlockRef {
     }
 }
 
+/// `block` applied with `transfers` in it.
+fn applied(block: crate::store::BlockRef, transfers: Vec<crate::chain::Transfer>) -> ChainEvent {
+    ChainEvent::Block {
+        chain: "ETH".into(),
+        block,
+        transfers,
+        own: Vec::new(),
+    }
+}
+
 fn usdt_to_user(tx: u8) -> crate::chain::Transfer {
     crate::chain::Transfer {
         symbol: "USDT".into(),
@@ -235,12 +245,7 @@ impl Harness {
 
     async fn blocks(&mut self, numbers: std::ops::RangeInclusive<u64>, branch: u8) {
         let events = numbers
-            .map(|n| ChainEvent::Block {
-                chain: "ETH".into(),
-                block: block(n, branch),
-                transfers: Vec::new(),
-                own: Vec::new(),
-            })
+            .map(|n| applied(block(n, branch), Vec::new()))
             .collect();
         self.chain(events).await;
     }
@@ -260,13 +265,8 @@ async fn a_deposit_is_final_exactly_at_its_confirmation_height() {
     let mut h = harness().await;
     let topup = signed(json!({"chain": "ETH", "symbol": "USDT", "address": USER, "timestamp": 1}));
     h.apply(vec![(Kind::Topup, topup)]).await;
-    h.chain(vec![ChainEvent::Block {
-        chain: "ETH".into(),
-        block: block(1, 0),
-        transfers: vec![usdt_to_user(1)],
-        own: Vec::new(),
-    }])
-    .await;
+    h.chain(vec![applied(block(1, 0), vec![usdt_to_user(1)])])
+        .await;
     assert_eq!(h.deposit_answers().await, [2], "seen");
     // confirm_height 20 (the Go config): final once the head is at the
     // deposit's block + 20 (README, "topup").
@@ -282,13 +282,8 @@ async fn a_deposit_whose_block_leaves_the_chain_fails() {
     let topup = signed(json!({"chain": "ETH", "symbol": "USDT", "address": USER, "timestamp": 1}));
     h.apply(vec![(Kind::Topup, topup)]).await;
     h.blocks(1..=1, 0).await;
-    h.chain(vec![ChainEvent::Block {
-        chain: "ETH".into(),
-        block: block(2, 0),
-        transfers: vec![usdt_to_user(7)],
-        own: Vec::new(),
-    }])
-    .await;
+    h.chain(vec![applied(block(2, 0), vec![usdt_to_user(7)])])
+        .await;
     assert_eq!(h.deposit_answers().await, [2]);
     // Block 2 is replaced by another branch without the transfer.
     h.chain(vec![ChainEvent::Reorg {
@@ -298,13 +293,7 @@ async fn a_deposit_whose_block_leaves_the_chain_fails() {
     .await;
     let mut other = block(2, 100);
     other.parent_hash = block(1, 0).hash;
-    h.chain(vec![ChainEvent::Block {
-        chain: "ETH".into(),
-        block: other,
-        transfers: Vec::new(),
-        own: Vec::new(),
-    }])
-    .await;
+    h.chain(vec![applied(other, Vec::new())]).await;
     h.blocks(3..=25, 100).await;
     assert_eq!(
         h.deposit_answers().await,

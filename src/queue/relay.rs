@@ -174,7 +174,7 @@ impl Relay<'_> {
                 continue;
             }
             let round = self.publish(&rows).await?;
-            self.record(&rows, &round.sent).await?;
+            self.record(rows, &round.sent).await?;
             if round.lost || (round.failed && round.broken.is_empty()) {
                 // The channel was lost mid-round: rows after the loss were
                 // not even published. Start the sweep over.
@@ -320,19 +320,18 @@ impl Relay<'_> {
     }
 
     /// Marks the confirmed rows sent, counts them and writes their log lines.
-    async fn record(&self, rows: &[OutboxRow], sent: &[i64]) -> Result<(), QueueError> {
+    async fn record(&self, rows: Vec<OutboxRow>, sent: &[i64]) -> Result<(), QueueError> {
         self.broker.store.mark_sent(sent).await?;
         self.broker
             .metrics
             .published
             .fetch_add(sent.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let confirmed: HashSet<i64> = sent.iter().copied().collect();
-        for row in rows.iter().filter(|r| confirmed.contains(&r.id)) {
+        for row in rows.into_iter().filter(|r| confirmed.contains(&r.id)) {
             // The line made with the answer; rows written before there
             // were such lines are read for one, as they used to be.
             let line = row
                 .line
-                .clone()
                 .or_else(|| crate::txlog::response_line(&row.kind, &row.body));
             if let Some(line) = line {
                 self.broker.txlog.write(line).await;

@@ -36,7 +36,7 @@ use alloy::primitives::{Address, B256};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{QueryBuilder, Sqlite, Transaction};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -128,6 +128,16 @@ pub struct Store {
     /// task, the payout actors and the relays waiting far longer than the
     /// transactions they waited for.
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Binds `ids` as the list of an `IN (` the query has just opened, and
+/// closes it.
+fn push_ids(q: &mut QueryBuilder<Sqlite>, ids: &[i64]) {
+    let mut list = q.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    q.push(")");
 }
 
 /// A pool of at most `connections` to the SQLite file at `path`, with the

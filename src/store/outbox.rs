@@ -2,7 +2,7 @@
 //! transaction of the change that causes it; the relay publishes unsent rows
 //! in id order and marks them sent after the broker's confirm.
 
-use super::{Ctx, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, now_ms};
+use super::{Ctx, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, now_ms, push_ids};
 use crate::txlog::Line;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
@@ -63,11 +63,7 @@ impl Store {
         for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
             let mut q = QueryBuilder::<Sqlite>::new("UPDATE outbox SET sent_at = ");
             q.push_bind(now).push(" WHERE id IN (");
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            q.push(")");
+            push_ids(&mut q, chunk);
             q.build()
                 .execute(&mut *tx.tx)
                 .await

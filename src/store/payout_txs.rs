@@ -5,7 +5,7 @@
 //! `0007_money_safety.sql`.
 
 use super::payouts::{COLUMNS, payout};
-use super::{Ctx, Payout, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, b256, now_ms};
+use super::{Ctx, Payout, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, b256, now_ms, push_ids};
 use alloy::primitives::{Address, B256};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
@@ -44,21 +44,12 @@ impl StoreTx {
         let now = now_ms();
         let mut taken = std::collections::HashSet::with_capacity(signed.len());
         for chunk in signed.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new("WITH v(id, nonce, hash) AS (VALUES ");
-            let mut first = true;
-            for (nonce, tx) in chunk {
-                if !first {
-                    q.push(", ");
-                }
-                first = false;
-                q.push("(")
-                    .push_bind(tx.payout_id)
-                    .push(", ")
+            let mut q = QueryBuilder::<Sqlite>::new("WITH v(id, nonce, hash) AS (");
+            q.push_values(chunk, |mut b, (nonce, tx)| {
+                b.push_bind(tx.payout_id)
                     .push_bind(*nonce as i64)
-                    .push(", ")
-                    .push_bind(tx.tx_hash.as_slice())
-                    .push(")");
-            }
+                    .push_bind(tx.tx_hash.as_slice());
+            });
             q.push(") UPDATE payouts SET state = 'signed', payer = ")
                 .push_bind(payer.as_slice())
                 .push(", nonce = v.nonce, tx_hash = v.hash, updated_at = ")
@@ -191,11 +182,7 @@ impl StoreTx {
             // often it is rebroadcast.
             q.push_bind(now)
                 .push(" ELSE updated_at END WHERE state IN ('signed', 'sent') AND id IN (");
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            q.push(")");
+            push_ids(&mut q, chunk);
             q.build()
                 .execute(&mut *self.tx)
                 .await
@@ -212,12 +199,8 @@ impl StoreTx {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "UPDATE payouts SET announced = 1, announced_tx = tx_hash WHERE announced = 0 AND id IN (",
             );
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            q.push(") RETURNING ");
-            q.push(COLUMNS);
+            push_ids(&mut q, chunk);
+            q.push(" RETURNING ").push(COLUMNS);
             let rows = q
                 .build()
                 .fetch_all(&mut *self.tx)

@@ -14,10 +14,11 @@
 //! nobody can pay, or whose payer lacks gas, is refused with a plain-words
 //! error.
 
-use super::sign::{self, Draft, NodeError, View};
+use super::sign::{self, Draft, View};
 use super::{ActorMsg, Job, SenderDeps, broadcaster, failpoint};
 use crate::backoff::{Backoff, sleep_or_shutdown};
 use crate::chain::eth::endpoints::Endpoints;
+use crate::chain::eth::node::NodeError;
 use crate::msg::{Status, addr_hex, amount::format_units};
 use crate::reply;
 use crate::store::{Payout, PayoutState, SignedTx, StoreError};

@@ -16,8 +16,7 @@ use futures::StreamExt;
 use std::collections::HashMap;
 use zeroize::Zeroize;
 
-pub(super) use crate::chain::eth::node::NodeError;
-use crate::chain::eth::node::{erc20, node};
+use crate::chain::eth::node::{NodeError, erc20, node};
 
 /// A wallet's balances and confirmed nonce, all read at one block.
 #[derive(Debug, Clone)]
