@@ -234,7 +234,10 @@ async fn wallet_command(cli: &Cli, cmd: &WalletCommand) -> Result<()> {
             println!("{a:#x}");
         }
         WalletCommand::List { chain } => {
-            let decimals: HashMap<String, u8> = config.eth.symbols().collect();
+            let decimals: HashMap<String, u8> = config
+                .network(&chain.to_ascii_uppercase())
+                .map(|n| n.evm.symbols().collect())
+                .unwrap_or_default();
             print!("{}", wallet::cli::list(&store, chain, &decimals).await?);
         }
     }
@@ -253,8 +256,11 @@ const DEFAULT_LOG_FILTER: &str = "info,alloy_transport_ws=off,alloy_pubsub=off";
 /// Every URL of `config` whose credentials must not reach a log: the node
 /// endpoints and the broker.
 pub(crate) fn scrubber(config: &Config) -> Scrubber {
-    let mut urls = config.eth.rpc_urls();
-    urls.extend(config.eth.ws_urls());
+    let mut urls: Vec<String> = Vec::new();
+    for n in &config.networks {
+        urls.extend(n.evm.rpc_urls());
+        urls.extend(n.evm.ws_urls());
+    }
     urls.push(config.rmq.url.expose().clone());
     Scrubber::new(urls.iter().map(String::as_str))
 }
@@ -318,16 +324,35 @@ fn describe(c: &Config) -> String {
         }
         WalletStoreConfig::Sqlite(p) => format!("SQLite {}", p.display()),
     };
-    let tokens: Vec<String> = c
-        .eth
-        .tokens
+    let nets: Vec<String> = c
+        .networks
         .iter()
-        .map(|t| format!("{} {:#x} ({} decimals)", t.symbol, t.contract, t.decimals))
+        .map(|n| {
+            let e = &n.evm;
+            let tokens: Vec<String> = e
+                .tokens
+                .iter()
+                .map(|t| format!("{} {:#x} ({} decimals)", t.symbol, t.contract, t.decimals))
+                .collect();
+            format!(
+                "\n  {}: node: rpc {}, ws {}, chain id {}\n  {}: confirm_height: {}\n  {}: tokens: {}",
+                n.name,
+                redact_url(&e.rpc_url),
+                e.ws_url
+                    .as_deref()
+                    .map_or("(none: polling)".to_owned(), redact_url),
+                e.chain_id
+                    .map_or("from the node".to_owned(), |id| id.to_string()),
+                n.name,
+                e.confirm_height,
+                n.name,
+                tokens.join(", "),
+            )
+        })
         .collect();
     format!(
-        "config OK\n  nets: {}\n  broker: {rmq}, {} queues{}\n  message store: {}\n  wallet store: {wallet}\n  \
-         node: rpc {}, ws {}, chain id {}\n  confirm_height: {}\n  tokens: {}",
-        c.nets.join(", "),
+        "config OK\n  nets: {}\n  broker: {rmq}, {} queues{}\n  message store: {}\n  wallet store: {wallet}{}",
+        c.net_names().join(", "),
         c.rmq.entries().len(),
         if c.rmq.remove.is_none() {
             " (no remove queues: older layout)"
@@ -335,16 +360,7 @@ fn describe(c: &Config) -> String {
             ""
         },
         c.msg_store.display(),
-        redact_url(&c.eth.rpc_url),
-        c.eth
-            .ws_url
-            .as_deref()
-            .map_or("(none: polling)".to_owned(), redact_url),
-        c.eth
-            .chain_id
-            .map_or("from the node".to_owned(), |id| id.to_string()),
-        c.eth.confirm_height,
-        tokens.join(", "),
+        nets.concat(),
     )
 }
 

@@ -174,8 +174,8 @@ pub async fn run(
         warn!(target: "m2pool::daemon",
               "no wallet key configured: wallet keys are encrypted with a key derived from the communication key");
     }
-    info!(target: "m2pool::daemon", store = %config.msg_store.display(), nets = ?config.nets,
-          confirm_height = config.eth.confirm_height, "starting");
+    info!(target: "m2pool::daemon", store = %config.msg_store.display(), nets = ?config.net_names(),
+          "starting");
     let health = Health::default();
     let tracker = TaskTracker::new();
     let failure: Failure = Arc::new(Mutex::new(None));
@@ -183,14 +183,14 @@ pub async fn run(
         outbox: Arc::new(Notify::new()),
         ledger: Arc::new(Notify::new()),
         payouts: config
-            .nets
-            .iter()
-            .map(|n| (n.clone(), Arc::new(Notify::new())))
+            .net_names()
+            .into_iter()
+            .map(|n| (n, Arc::new(Notify::new())))
             .collect(),
         lookback: config
-            .nets
-            .iter()
-            .map(|n| (n.clone(), Arc::new(Notify::new())))
+            .net_names()
+            .into_iter()
+            .map(|n| (n, Arc::new(Notify::new())))
             .collect(),
     };
     let (req_tx, req_rx) = mpsc::channel::<Inbound>(REQUEST_CHANNEL);
@@ -223,6 +223,7 @@ pub async fn run(
     let drained = CancellationToken::new();
     let listen_done = drained.clone();
     let stop = shutdown.clone();
+    let facts: Arc<dyn chain::PayoutFacts> = Arc::new(listen.recorder());
     spawn_critical(&tracker, &shutdown, &failure, "listen".into(), async move {
         let r = listen.run(req_rx, chain_rx, caught_up_rx, stop).await;
         listen_done.cancel();
@@ -230,18 +231,19 @@ pub async fn run(
     });
 
     let kek = secrets.kek();
-    for net in &config.nets {
+    for network in &config.networks {
+        let net = &network.name;
         let ctx = ChainContext {
             store: store.clone(),
             wallets: wallets.clone(),
             kek: kek.clone(),
             payout_wake: wakers.payouts.get(net).cloned().unwrap_or_default(),
             lookback_wake: wakers.lookback.get(net).cloned().unwrap_or_default(),
-            outbox_wake: wakers.outbox.clone(),
+            facts: facts.clone(),
             health: health.clone(),
             metrics: metrics.clone(),
         };
-        let c = chain::build(net, &config, ctx).await?;
+        let c = chain::build(network, ctx).await?;
         let name = format!("chain-{}", c.name());
         spawn_critical(
             &tracker,
@@ -296,11 +298,15 @@ pub async fn run(
             requests: broker.requests.downgrade(),
             chain: chain_tx_weak.clone(),
             limits: crate::health::Limits {
-                head_stall: config.eth.head_stall,
+                head_stall: config
+                    .networks
+                    .iter()
+                    .map(|n| (n.name.clone(), n.evm.head_stall))
+                    .collect(),
                 max_cursor_lag: config.health.max_cursor_lag,
                 max_outbox_age: config.health.max_outbox_age,
             },
-            nets: config.nets.clone(),
+            nets: config.net_names(),
         };
         spawn_critical(
             &tracker,

@@ -65,14 +65,26 @@ impl ChainHealth {
 }
 
 /// What degrades health besides lost connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// A head unchanged for longer has stalled (`eth_config.head_stall_secs`).
-    pub head_stall: Duration,
+    /// Per network, a head unchanged for longer has stalled (its section's
+    /// `head_stall_secs`).
+    pub head_stall: std::collections::BTreeMap<String, Duration>,
     /// Most blocks the cursor may trail the head (`None`: not checked).
     pub max_cursor_lag: Option<u64>,
     /// Oldest age of a response not yet confirmed by the broker (`None`: not checked).
     pub max_outbox_age: Option<Duration>,
+}
+
+impl Limits {
+    /// How long the head of network `chain` may stand still (120 s for a
+    /// network without a limit of its own).
+    pub fn stall_limit(&self, chain: &str) -> Duration {
+        self.head_stall
+            .get(chain)
+            .copied()
+            .unwrap_or(Duration::from_secs(120))
+    }
 }
 
 /// The outbox as the message store reports it.
@@ -107,10 +119,10 @@ pub fn problems(
         }
         match c.since_head() {
             None => out.push(format!("{name}: no head seen yet")),
-            Some(d) if c.stalled_after(limits.head_stall) => out.push(format!(
+            Some(d) if c.stalled_after(limits.stall_limit(name)) => out.push(format!(
                 "{name}: the head has not advanced for {}s (limit {}s)",
                 d.as_secs(),
-                limits.head_stall.as_secs()
+                limits.stall_limit(name).as_secs()
             )),
             Some(_) => {}
         }
@@ -253,11 +265,13 @@ mod tests {
         assert_eq!(h.snapshot().chains["ETH"].lag(), 3);
     }
 
-    const LIMITS: Limits = Limits {
-        head_stall: Duration::from_secs(60),
-        max_cursor_lag: Some(5),
-        max_outbox_age: Some(Duration::from_secs(30)),
-    };
+    fn limits() -> Limits {
+        Limits {
+            head_stall: [("ETH".to_owned(), Duration::from_secs(60))].into(),
+            max_cursor_lag: Some(5),
+            max_outbox_age: Some(Duration::from_secs(30)),
+        }
+    }
 
     fn outbox(backlog: i64, oldest_secs: Option<u64>) -> Result<OutboxState, String> {
         Ok(OutboxState {
@@ -277,16 +291,16 @@ mod tests {
     #[test]
     fn healthy_has_no_problems() {
         let h = healthy();
-        assert!(problems(&h.snapshot(), &outbox(0, None), &LIMITS).is_empty());
+        assert!(problems(&h.snapshot(), &outbox(0, None), &limits()).is_empty());
         // A young backlog and a small lag are normal.
         h.chain("ETH", |c| c.cursor = Some(95));
-        assert!(problems(&h.snapshot(), &outbox(5000, Some(29)), &LIMITS).is_empty());
+        assert!(problems(&h.snapshot(), &outbox(5000, Some(29)), &limits()).is_empty());
     }
 
     #[test]
     fn each_condition_degrades_and_says_why() {
         let one = |h: &Health, o: Result<OutboxState, String>, want: &str| {
-            let p = problems(&h.snapshot(), &o, &LIMITS);
+            let p = problems(&h.snapshot(), &o, &limits());
             assert!(p.len() == 1 && p[0].contains(want), "{want}: {p:?}");
         };
         let starting = Health::default();
@@ -336,7 +350,7 @@ mod tests {
                 .unwrap_or_else(Instant::now)
         });
         assert!(
-            problems(&h.snapshot(), &outbox(0, None), &LIMITS).is_empty(),
+            problems(&h.snapshot(), &outbox(0, None), &limits()).is_empty(),
             "shown for a day"
         );
 
@@ -359,7 +373,7 @@ mod tests {
         let off = Limits {
             max_cursor_lag: None,
             max_outbox_age: None,
-            ..LIMITS
+            ..limits()
         };
         assert!(problems(&h.snapshot(), &outbox(9, Some(3600)), &off).is_empty());
     }

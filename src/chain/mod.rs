@@ -10,8 +10,11 @@
 //! run; `ETH` ([`eth`]) is the one implementation today.
 
 pub mod eth;
+mod facts;
 
-use crate::config::Config;
+pub use facts::{Broadcast, PayoutFacts, Refusal};
+
+use crate::config::Network;
 use crate::store::{BlockRef, Store, StoreError};
 use crate::wallet::{Kek, WalletStore};
 use alloy::primitives::{Address, B256, U256};
@@ -162,14 +165,10 @@ pub trait Chain: Send {
     ) -> BoxFuture<'static, Result<(), ChainError>>;
 }
 
-/// Builds the chain named `net` (one of [`crate::config::SUPPORTED_NETS`]).
-pub async fn build(
-    net: &str,
-    config: &Config,
-    ctx: ChainContext,
-) -> Result<Box<dyn Chain>, ChainError> {
-    // Config validation admits only supported names, and ETH is the only one.
-    Ok(Box::new(eth::EthChain::new(net, &config.eth, ctx).await?))
+/// Builds the chain that serves `network`: every network in the config is
+/// EVM today, served by [`eth`].
+pub async fn build(network: &Network, ctx: ChainContext) -> Result<Box<dyn Chain>, ChainError> {
+    Ok(Box::new(eth::EthChain::new(network, ctx).await?))
 }
 
 /// What a chain shares with the rest of the daemon.
@@ -185,8 +184,9 @@ pub struct ChainContext {
     pub payout_wake: Arc<Notify>,
     /// Woken by listen when addresses of this chain start being watched.
     pub lookback_wake: Arc<Notify>,
-    /// Wakes the outbox relay.
-    pub outbox_wake: Arc<Notify>,
+    /// Where the payout sender reports what it signed, sent and could not
+    /// pay: listen's recorder turns each report into state and answers.
+    pub facts: Arc<dyn PayoutFacts>,
     /// Where the chain reports its condition.
     pub health: crate::health::Health,
     /// Payout latencies.

@@ -71,8 +71,9 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Chains to run, from `net` (default `["ETH"]`).
-    pub nets: Vec<String>,
+    /// Networks to run, in the order `net` names them (default `["ETH"]`),
+    /// each with its own section.
+    pub networks: Vec<Network>,
     /// RabbitMQ connection and topology.
     pub rmq: RmqConfig,
     /// SQLite file of the message store (inbox, outbox, watches, deposits,
@@ -83,8 +84,6 @@ pub struct Config {
     pub keep: Option<Duration>,
     /// Where the wallets and their ledger live.
     pub wallet_store: WalletStore,
-    /// Ethereum node and tokens.
-    pub eth: EthConfig,
     /// Logs.
     pub log: LogConfig,
     /// Health and metrics endpoint (`http_config.listen`, e.g.
@@ -356,6 +355,28 @@ impl EthConfig {
     }
 }
 
+/// One network the daemon runs: a value built from the config, from which
+/// the chain layer starts its scanner, sender, watch set and cursor.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// Its name in requests, the `net` list and every stored row (`ETH`).
+    pub name: String,
+    /// Its EVM settings: node, tokens, confirmations, fees.
+    pub evm: EthConfig,
+}
+
+impl Config {
+    /// The network named `name` (upper case), if it runs.
+    pub fn network(&self, name: &str) -> Option<&Network> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+
+    /// The names of the networks that run, in `net` order.
+    pub fn net_names(&self) -> Vec<String> {
+        self.networks.iter().map(|n| n.name.clone()).collect()
+    }
+}
+
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -506,13 +527,21 @@ impl Config {
                 )
             })?),
         };
+        // Each network named in `net` with its section; `ETH` reads
+        // `eth_config`, the only section this build knows.
+        let networks = nets
+            .into_iter()
+            .map(|name| Network {
+                name,
+                evm: eth.clone(),
+            })
+            .collect();
         Ok(Self {
-            nets,
+            networks,
             rmq,
             msg_store,
             keep,
             wallet_store,
-            eth,
             log,
             http_listen,
             health,

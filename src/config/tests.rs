@@ -1,12 +1,17 @@
 use super::*;
 
+/// The `ETH` network's section.
+fn eth(c: &Config) -> &EthConfig {
+    &c.network("ETH").expect("ETH runs").evm
+}
+
 const V1: &[u8] = include_bytes!("../../tests/fixtures/compat/config.go-v1.json");
 const V2: &[u8] = include_bytes!("../../tests/fixtures/compat/config.go-v2.json");
 
 #[test]
 fn go_v2_config_loads_unchanged() {
     let c = Config::from_json(V2).expect("v2 config loads");
-    assert_eq!(c.nets, vec!["ETH"]);
+    assert_eq!(c.net_names(), vec!["ETH"]);
     assert_eq!(c.rmq.url.expose(), "amqp://m2pool:m2pool@localhost:5672");
     assert_eq!(c.rmq.topup.queue, "pay.recharge.queue");
     assert_eq!(c.rmq.topup.exchange, "pay.exchange");
@@ -16,15 +21,15 @@ fn go_v2_config_loads_unchanged() {
         Some("pay.remove.return.routing.key")
     );
     assert_eq!(c.msg_store, PathBuf::from("./msg.db"));
-    assert_eq!(c.eth.rpc_url, "http://localhost:8545");
-    assert_eq!(c.eth.ws_url.as_deref(), Some("ws://localhost:8546"));
-    assert_eq!(c.eth.confirm_height, 20);
-    assert_eq!(c.eth.rpc_timeout, std::time::Duration::from_secs(30));
-    assert_eq!(c.eth.max_rpc_batch, 100);
+    assert_eq!(eth(&c).rpc_url, "http://localhost:8545");
+    assert_eq!(eth(&c).ws_url.as_deref(), Some("ws://localhost:8546"));
+    assert_eq!(eth(&c).confirm_height, 20);
+    assert_eq!(eth(&c).rpc_timeout, std::time::Duration::from_secs(30));
+    assert_eq!(eth(&c).max_rpc_batch, 100);
     assert_eq!(c.keep, None, "everything kept unless asked");
-    assert_eq!(c.eth.tokens.len(), 1);
-    assert_eq!(c.eth.tokens[0].symbol, "USDT");
-    assert_eq!(c.eth.tokens[0].decimals, 6);
+    assert_eq!(eth(&c).tokens.len(), 1);
+    assert_eq!(eth(&c).tokens[0].symbol, "USDT");
+    assert_eq!(eth(&c).tokens[0].decimals, 6);
     match &c.wallet_store {
         WalletStore::Mysql(m) => {
             assert_eq!(m.user, "root");
@@ -42,12 +47,12 @@ fn go_v2_config_loads_unchanged() {
 #[test]
 fn go_v1_config_loads_unchanged() {
     let c = Config::from_json(V1).expect("v1 config loads");
-    assert_eq!(c.nets, vec!["ETH"]);
+    assert_eq!(c.net_names(), vec!["ETH"]);
     assert!(c.rmq.remove.is_none() && c.rmq.remove_resp.is_none());
     assert_eq!(c.rmq.entries().len(), 6);
-    assert_eq!(c.eth.rpc_url, "http://localhost:8545");
-    assert_eq!(c.eth.ws_url.as_deref(), Some("ws://localhost:8546"));
-    assert_eq!(c.eth.confirm_height, 20);
+    assert_eq!(eth(&c).rpc_url, "http://localhost:8545");
+    assert_eq!(eth(&c).ws_url.as_deref(), Some("ws://localhost:8546"));
+    assert_eq!(eth(&c).confirm_height, 20);
     assert_eq!(c.msg_store, PathBuf::from("./msg.db"));
     match &c.wallet_store {
         WalletStore::Mysql(m) => {
@@ -104,10 +109,10 @@ fn new_settings_are_read() {
         v["rmq_config"]["topup"]["arguments"] = serde_json::json!({"x-queue-type": "quorum"});
     })
     .expect("loads");
-    assert_eq!(c.eth.chain_id, Some(31337));
-    assert_eq!(c.eth.tokens[0].symbol, "USDT");
-    assert_eq!(c.eth.token("usdc").map(|t| t.decimals), Some(6));
-    assert!(c.eth.token("DAI").is_none());
+    assert_eq!(eth(&c).chain_id, Some(31337));
+    assert_eq!(eth(&c).tokens[0].symbol, "USDT");
+    assert_eq!(eth(&c).token("usdc").map(|t| t.decimals), Some(6));
+    assert!(eth(&c).token("DAI").is_none());
     assert_eq!(c.rmq.topup.arguments["x-queue-type"], "quorum");
 }
 
@@ -231,9 +236,9 @@ fn health_limits_default_and_zero_turns_them_off() {
 #[test]
 fn lookback_defaults_to_256_blocks_and_widens_the_block_window() {
     let c = Config::from_json(V2).expect("loads");
-    assert_eq!(c.eth.lookback_blocks, DEFAULT_LOOKBACK);
+    assert_eq!(eth(&c).lookback_blocks, DEFAULT_LOOKBACK);
     assert_eq!(
-        c.eth.block_window(),
+        eth(&c).block_window(),
         256,
         "twice 20 is less than the lookback"
     );
@@ -242,8 +247,8 @@ fn lookback_defaults_to_256_blocks_and_widens_the_block_window() {
         v["eth_config"]["confirm_height"] = 100.into();
     })
     .expect("loads");
-    assert_eq!(c.eth.lookback_blocks, 0, "0 turns it off");
-    assert_eq!(c.eth.block_window(), 200);
+    assert_eq!(eth(&c).lookback_blocks, 0, "0 turns it off");
+    assert_eq!(eth(&c).block_window(), 200);
     let err = v2_with(|v| v["eth_config"]["lookback_blocks"] = (MAX_LOOKBACK + 1).into())
         .expect_err("too many");
     assert_eq!(key_of(err), "eth_config.lookback_blocks");

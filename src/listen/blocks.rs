@@ -84,7 +84,8 @@ impl Listen {
                 transfers,
                 own,
             } => {
-                tx.push_block(&chain, &block, self.keep).await?;
+                tx.push_block(&chain, &block, self.rules(&chain).keep)
+                    .await?;
                 let seen: Vec<(u64, B256, &Transfer)> = transfers
                     .iter()
                     .map(|t| (block.number, block.hash, t))
@@ -195,8 +196,8 @@ impl Listen {
                 amount: t.value,
                 block_number: number,
                 block_hash: hash,
-                due: number + self.confirm_height,
-                decimals: self.decimals(&t.symbol),
+                due: number + self.rules(chain).confirm_height,
+                decimals: self.tokens.decimals(chain, &t.symbol),
                 known_only,
             })
             .collect();
@@ -215,7 +216,7 @@ impl Listen {
                 let facts = DepositFacts {
                     chain,
                     symbol: d.symbol,
-                    decimals: self.decimals(d.symbol),
+                    decimals: self.tokens.decimals(chain, d.symbol),
                     address: d.address,
                     from: d.from,
                     amount: d.amount,
@@ -268,7 +269,9 @@ impl Listen {
         let facts = DepositFacts {
             chain,
             symbol: &d.symbol,
-            decimals: d.decimals.unwrap_or_else(|| self.decimals(&d.symbol)),
+            decimals: d
+                .decimals
+                .unwrap_or_else(|| self.tokens.decimals(chain, &d.symbol)),
             address: d.address,
             from: d.from,
             amount: d.amount,
@@ -307,13 +310,13 @@ impl Listen {
         } else {
             let contract = p
                 .contract
-                .or_else(|| self.contracts.get(&p.symbol).copied());
+                .or_else(|| self.tokens.contract(&p.chain, &p.symbol));
             paid(&p, contract, o)
         };
         let m = Mined {
             tx_hash: o.tx_hash,
             block: (block.number, block.hash),
-            due: block.number + self.confirm_height,
+            due: block.number + self.rules(&p.chain).confirm_height,
             success: o.success && judged.is_ok(),
             fee: o.fee,
             displaced,
@@ -351,7 +354,7 @@ impl Listen {
             fx.payout_chains.push(chain.to_owned());
             return Ok(());
         }
-        let decimals = self.payout_decimals(&p);
+        let decimals = self.tokens.of_payout(&p);
         // A payout mined before its broadcast was recorded still answers 2
         // first (not one cancelled by another transfer: it was never sent).
         if !p.cancel_mined
@@ -452,7 +455,7 @@ impl Listen {
         fx: &mut Effects,
     ) -> Result<(), ListenError> {
         tx.drop_blocks_above(chain, fork.number).await?;
-        tx.push_block(chain, fork, self.keep).await?;
+        tx.push_block(chain, fork, self.rules(chain).keep).await?;
         let orphaned = tx.orphan_deposits_above(chain, fork.number).await?;
         if orphaned > 0 {
             let txs = tx.orphaned_deposit_txs(chain).await?;

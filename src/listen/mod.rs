@@ -9,13 +9,19 @@
 //! no missed deposit). Batching is what makes it fast: one fsync covers a batch.
 //!
 //! [`requests`] handles what business systems ask; [`blocks`] what the chains
-//! report.
+//! report; [`facts`] (the [`Recorder`]) what the payout senders report, in
+//! their own tasks. Together they are the only writer of payout state and
+//! answers.
 
 mod blocks;
+mod facts;
 mod recent;
 mod requests;
+mod tokens;
 mod watchset;
 
+pub use facts::Recorder;
+pub use tokens::Tokens;
 pub use watchset::WatchSet;
 
 use crate::chain::ChainEvent;
@@ -143,19 +149,37 @@ async fn confirm_height_changes(
     Ok(())
 }
 
-/// The listen task's state.
-pub struct Listen {
-    store: Store,
-    watches: HashMap<String, WatchSet>,
-    decimals: HashMap<String, u8>,
-    /// Token contracts by symbol, to check payouts recorded before their
-    /// contract was stored with them.
-    contracts: HashMap<String, alloy::primitives::Address>,
+/// What listen decides by on one network, from its section of the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rules {
+    /// Blocks above a transaction's before it is final.
     confirm_height: u64,
     /// `stuck_payout_secs`: a payout the node refuses this long can be
     /// cancelled by giving its nonce to another transfer.
     stuck_after_ms: i64,
+    /// Blocks kept to find a fork point (`block_window`).
     keep: u64,
+}
+
+impl Rules {
+    fn of(evm: &crate::config::EthConfig) -> Self {
+        Self {
+            confirm_height: evm.confirm_height,
+            stuck_after_ms: i64::try_from(evm.payout.stuck_after.as_millis()).unwrap_or(i64::MAX),
+            keep: evm.block_window(),
+        }
+    }
+}
+
+/// The listen task's state.
+pub struct Listen {
+    store: Store,
+    watches: HashMap<String, WatchSet>,
+    /// Each network's decimals and token contracts (the contracts check
+    /// payouts recorded before their contract was stored with them).
+    tokens: Arc<Tokens>,
+    /// Each network's confirmation depth, block window and patience.
+    rules: HashMap<String, Rules>,
     wakers: Wakers,
     txlog: TxLog,
     metrics: SharedMetrics,
@@ -186,13 +210,13 @@ impl Listen {
         metrics: SharedMetrics,
         health: Health,
     ) -> Result<Self, ListenError> {
-        let symbols: Vec<String> = std::iter::once("ETH".to_owned())
-            .chain(config.eth.tokens.iter().map(|t| t.symbol.clone()))
-            .collect();
         let mut watches: HashMap<String, WatchSet> = config
-            .nets
+            .networks
             .iter()
-            .map(|n| (n.clone(), WatchSet::new(symbols.clone())))
+            .map(|n| {
+                let symbols = n.evm.symbols().map(|(s, _)| s).collect();
+                (n.name.clone(), WatchSet::new(symbols))
+            })
             .collect();
         store
             .each_watch(|w, watched| {
@@ -217,21 +241,24 @@ impl Listen {
         if compacted > 0 {
             info!(target: "m2pool::listen", removed = compacted, "watch log compacted");
         }
-        let decimals = config.eth.symbols().collect();
         let mut orphaned = HashMap::new();
         let mut tx = store.begin().await?;
-        for chain in &config.nets {
-            let txs: HashSet<B256> = tx.orphaned_deposit_txs(chain).await?.into_iter().collect();
-            orphaned.insert(chain.clone(), txs);
-            confirm_height_changes(&mut tx, chain, config.eth.confirm_height).await?;
+        for n in &config.networks {
+            let txs: HashSet<B256> = tx
+                .orphaned_deposit_txs(&n.name)
+                .await?
+                .into_iter()
+                .collect();
+            orphaned.insert(n.name.clone(), txs);
+            confirm_height_changes(&mut tx, &n.name, n.evm.confirm_height).await?;
         }
         tx.commit().await?;
         // The committed cursor is what `/healthz` shows, from the start on.
         let mut cursors = HashMap::new();
-        for chain in &config.nets {
-            if let Some(cursor) = store.recent_blocks(chain, 1).await?.first() {
-                health.chain(chain, |h| h.cursor = Some(cursor.number));
-                cursors.insert(chain.clone(), cursor.number);
+        for chain in config.net_names() {
+            if let Some(cursor) = store.recent_blocks(&chain, 1).await?.first() {
+                health.chain(&chain, |h| h.cursor = Some(cursor.number));
+                cursors.insert(chain, cursor.number);
             }
         }
         // What the broker can redeliver is at most `prefetch` per consumer;
@@ -247,17 +274,12 @@ impl Listen {
         let listen = Self {
             store,
             watches,
-            decimals,
-            contracts: config
-                .eth
-                .tokens
+            tokens: Arc::new(Tokens::new(config)),
+            rules: config
+                .networks
                 .iter()
-                .map(|t| (t.symbol.clone(), t.contract))
+                .map(|n| (n.name.clone(), Rules::of(&n.evm)))
                 .collect(),
-            confirm_height: config.eth.confirm_height,
-            stuck_after_ms: i64::try_from(config.eth.payout.stuck_after.as_millis())
-                .unwrap_or(i64::MAX),
-            keep: config.eth.block_window(),
             wakers,
             txlog,
             metrics,
@@ -271,16 +293,27 @@ impl Listen {
         Ok(listen)
     }
 
-    /// Decimals of payout `p`: as recorded, else (an older row) the config's.
-    fn payout_decimals(&self, p: &crate::store::Payout) -> u8 {
-        p.decimals.unwrap_or_else(|| self.decimals(&p.symbol))
+    /// The recorder the payout senders report to: with listen, the only
+    /// writer of payout state and answers.
+    pub fn recorder(&self) -> Recorder {
+        Recorder::new(
+            self.store.clone(),
+            self.tokens.clone(),
+            self.wakers.outbox.clone(),
+            self.metrics.clone(),
+        )
     }
 
-    /// Decimals of `symbol` (18 for one the config no longer knows, with a log).
-    fn decimals(&self, symbol: &str) -> u8 {
-        self.decimals.get(symbol).copied().unwrap_or_else(|| {
-            warn!(target: "m2pool::listen", symbol, "no decimals known for symbol; assuming 18");
-            18
+    /// The rules of network `chain` (one the config does not run has none:
+    /// the Go defaults then, and a log).
+    fn rules(&self, chain: &str) -> Rules {
+        self.rules.get(chain).copied().unwrap_or_else(|| {
+            warn!(target: "m2pool::listen", chain, "no settings for this network; using the defaults");
+            Rules {
+                confirm_height: 20,
+                stuck_after_ms: 180_000,
+                keep: 128,
+            }
         })
     }
 

@@ -132,7 +132,7 @@ impl Listen {
                 Some(p) if p.content_hash == item.content_hash => {
                     info!(target: "m2pool::listen", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id,
                           state = p.state.as_str(), "repeated payout request; republishing its state");
-                    if let Some(reply) = current_state(&p, self.payout_decimals(&p)) {
+                    if let Some(reply) = current_state(&p, self.tokens.of_payout(&p)) {
                         fx.push(reply);
                     }
                 }
@@ -205,7 +205,7 @@ impl Listen {
                     p,
                     Status::Failed,
                     Some(CANCELLED.to_owned()),
-                    self.payout_decimals(p),
+                    self.tokens.of_payout(p),
                 );
                 fx.push(reply);
                 info!(target: "m2pool::listen", id = p.id, queue_id, order_id = %p.order_id,
@@ -219,7 +219,7 @@ impl Listen {
             };
             let refused_long = p
                 .refused_at
-                .is_some_and(|at| now - at >= self.stuck_after_ms);
+                .is_some_and(|at| now - at >= self.rules(&p.chain).stuck_after_ms);
             if matches!(p.state, PayoutState::Signed | PayoutState::Sent)
                 && (p.cancel_requested || (refused_long && !repeat))
             {

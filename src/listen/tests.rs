@@ -301,3 +301,179 @@ async fn a_deposit_whose_block_leaves_the_chain_fails() {
         "answered 0 once deep enough, never 1"
     );
 }
+
+// The recorder: what the payout senders report becomes state and answers.
+
+use crate::chain::PayoutFacts;
+
+/// A signed transaction of payout `id` (bytes the store keeps, never sent here).
+fn signed_tx(id: i64, hash: u8) -> crate::store::SignedTx {
+    crate::store::SignedTx {
+        payout_id: id,
+        tx_hash: B256::repeat_byte(hash),
+        raw: vec![hash; 8],
+        gas_limit: 60_000,
+        max_fee_per_gas: 2,
+        priority_fee: 1,
+        signed_at: 1,
+        cancels: false,
+    }
+}
+
+impl Harness {
+    /// The stored payout of withdrawal `queue_id`.
+    async fn payout(&self, queue_id: &str) -> crate::store::Payout {
+        let all = self.store.payouts("ETH").await.expect("payouts");
+        all.into_iter()
+            .find(|p| p.queue_id == queue_id)
+            .expect("payout stored")
+    }
+
+    /// The answers of withdrawal `queue_id` by status, in order.
+    async fn statuses(&self, queue_id: &str) -> Vec<i64> {
+        self.answers("withdraw_resp")
+            .await
+            .iter()
+            .filter(|a| a["queue_id"] == queue_id)
+            .filter_map(|a| a["status"].as_i64())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_broadcast_the_node_refuses_answers_nothing_and_one_it_takes_answers_2_once() {
+    let mut h = harness().await;
+    h.apply(vec![(Kind::Withdraw, withdraw("w-9", "1"))]).await;
+    let p = h.payout("w-9").await;
+    let rec = h.listen.recorder();
+    let wallet: alloy::primitives::Address = USER.parse().expect("address");
+    let stx = signed_tx(p.id, 9);
+    let gone = rec.signed(wallet, &[(7, &stx)], &[]).await.expect("signed");
+    assert!(gone.is_empty());
+    let p = h.payout("w-9").await;
+    assert_eq!(
+        (p.state, p.nonce, p.payer),
+        (PayoutState::Signed, Some(7), Some(wallet)),
+        "the nonce and bytes are committed before any broadcast"
+    );
+
+    let refused = crate::chain::Broadcast {
+        tx: &stx,
+        refused: Some("insufficient funds for gas".into()),
+    };
+    rec.broadcast(&[refused]).await.expect("recorded");
+    let p = h.payout("w-9").await;
+    assert_eq!(p.state, PayoutState::Signed);
+    assert_eq!(p.refusal.as_deref(), Some("insufficient funds for gas"));
+    assert!(p.refused_at.is_some());
+    assert!(h.statuses("w-9").await.is_empty(), "a refusal is no answer");
+
+    let taken = crate::chain::Broadcast {
+        tx: &stx,
+        refused: None,
+    };
+    rec.broadcast(std::slice::from_ref(&taken))
+        .await
+        .expect("recorded");
+    rec.broadcast(&[taken]).await.expect("recorded again");
+    let p = h.payout("w-9").await;
+    assert_eq!(p.state, PayoutState::Sent);
+    assert_eq!(p.refused_at, None, "taken: no longer refused");
+    assert_eq!(h.statuses("w-9").await, vec![2], "status 2 once");
+    let answer = &h.answers("withdraw_resp").await[0];
+    assert_eq!(answer["tx_hash"], format!("{:#x}", stx.tx_hash));
+    assert_eq!(answer["amount"], 1, "answered with the request's decimals");
+}
+
+#[tokio::test]
+async fn a_payout_nobody_can_pay_is_refused_once_with_its_reason() {
+    let mut h = harness().await;
+    h.apply(vec![(Kind::Withdraw, withdraw("w-10", "3"))]).await;
+    let p = h.payout("w-10").await;
+    let rec = h.listen.recorder();
+    let why = crate::chain::Refusal {
+        payout: &p,
+        error: "0x4e5b… holds 0 USDT, not enough for 3 USDT",
+    };
+    rec.refused(&[why]).await.expect("recorded");
+    rec.refused(&[why]).await.expect("recorded again");
+    assert_eq!(h.payout("w-10").await.state, PayoutState::Refused);
+    let answers = h.answers("withdraw_resp").await;
+    assert_eq!(
+        h.statuses("w-10").await,
+        vec![0],
+        "refused once: {answers:?}"
+    );
+    assert_eq!(answers[0]["error"], why.error);
+}
+
+#[tokio::test]
+async fn a_signed_batch_with_a_payout_cancelled_meanwhile_commits_nothing() {
+    let mut h = harness().await;
+    h.apply(vec![
+        (Kind::Withdraw, withdraw("w-11", "1")),
+        (Kind::Withdraw, withdraw("w-12", "1")),
+        (Kind::Withdraw, withdraw("w-13", "1")),
+    ])
+    .await;
+    let remove = signed(json!({"queue_id": "w-12", "address": USER, "chain": "ETH",
+        "symbol": "USDT", "timestamp": 2}));
+    h.apply(vec![(Kind::Remove, remove)]).await;
+    let (a, b, c) = (
+        h.payout("w-11").await,
+        h.payout("w-12").await,
+        h.payout("w-13").await,
+    );
+    let rec = h.listen.recorder();
+    let wallet: alloy::primitives::Address = USER.parse().expect("address");
+    let (ta, tb) = (signed_tx(a.id, 1), signed_tx(b.id, 2));
+    let refusal = crate::chain::Refusal {
+        payout: &c,
+        error: "no gas",
+    };
+    let gone = rec
+        .signed(wallet, &[(0, &ta), (1, &tb)], &[refusal])
+        .await
+        .expect("reported");
+    assert_eq!(gone, vec![b.id], "the cancelled one is named");
+    assert_eq!(
+        h.payout("w-11").await.state,
+        PayoutState::Queued,
+        "nothing of the batch is kept: its nonces would leave a gap"
+    );
+    assert_eq!(h.payout("w-13").await.state, PayoutState::Queued);
+    assert!(h.statuses("w-13").await.is_empty());
+    // Signed again without it: nonce 0 is the first's, the refusal lands.
+    let gone = rec
+        .signed(wallet, &[(0, &ta)], &[refusal])
+        .await
+        .expect("reported");
+    assert!(gone.is_empty());
+    assert_eq!(h.payout("w-11").await.nonce, Some(0));
+    assert_eq!(h.statuses("w-13").await, vec![0]);
+}
+
+#[tokio::test]
+async fn a_replacement_is_recorded_only_while_the_transaction_it_replaces_is_current() {
+    let mut h = harness().await;
+    h.apply(vec![(Kind::Withdraw, withdraw("w-14", "1"))]).await;
+    let p = h.payout("w-14").await;
+    let rec = h.listen.recorder();
+    let wallet: alloy::primitives::Address = USER.parse().expect("address");
+    let (first, second, third) = (signed_tx(p.id, 1), signed_tx(p.id, 2), signed_tx(p.id, 3));
+    rec.signed(wallet, &[(4, &first)], &[])
+        .await
+        .expect("signed");
+    assert!(
+        rec.replaced(first.tx_hash, &second)
+            .await
+            .expect("replaced")
+    );
+    assert_eq!(h.payout("w-14").await.tx_hash, Some(second.tx_hash));
+    assert!(
+        !rec.replaced(first.tx_hash, &third).await.expect("asked"),
+        "the first is no longer current: the third must not be sent"
+    );
+    let p = h.payout("w-14").await;
+    assert_eq!((p.tx_hash, p.nonce), (Some(second.tx_hash), Some(4)));
+}

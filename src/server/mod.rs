@@ -88,15 +88,15 @@ impl Router {
     /// A router for `config`, verifying with `key`.
     pub fn new(config: &Config, key: CommKey) -> Self {
         let chains = config
-            .nets
+            .networks
             .iter()
-            .map(|name| ChainSymbols {
-                name: name.clone(),
-                symbols: config
-                    .eth
+            .map(|n| ChainSymbols {
+                name: n.name.clone(),
+                symbols: n
+                    .evm
                     .symbols()
                     .map(|(s, d)| {
-                        let contract = config.eth.token(&s).map(|t| t.contract);
+                        let contract = n.evm.token(&s).map(|t| t.contract);
                         (s, d, contract)
                     })
                     .collect(),

@@ -19,7 +19,7 @@ pub use sender::SenderError;
 
 use crate::backoff::{Backoff, sleep_or_shutdown};
 use crate::chain::{Chain, ChainContext, ChainError, ChainEvent};
-use crate::config::EthConfig;
+use crate::config::{EthConfig, Network};
 use crate::store::BlockRef;
 use alloy::network::Ethereum;
 use alloy::primitives::Address;
@@ -44,8 +44,9 @@ pub struct EthChain {
 }
 
 impl EthChain {
-    /// Prepares to follow the node of `cfg` from the cursor in the store.
-    pub async fn new(name: &str, cfg: &EthConfig, ctx: ChainContext) -> Result<Self, ChainError> {
+    /// Prepares to follow the node of `network` from the cursor in the store.
+    pub async fn new(network: &Network, ctx: ChainContext) -> Result<Self, ChainError> {
+        let (name, cfg) = (network.name.as_str(), &network.evm);
         let keep = cfg.block_window();
         let recent = ctx
             .store
@@ -141,7 +142,7 @@ impl EthChain {
             wallets: self.ctx.wallets.clone(),
             kek: self.ctx.kek.clone(),
             wake: self.ctx.payout_wake.clone(),
-            outbox: self.ctx.outbox_wake.clone(),
+            facts: self.ctx.facts.clone(),
             track: track_tx,
             metrics: self.ctx.metrics.clone(),
             health: self.ctx.health.clone(),

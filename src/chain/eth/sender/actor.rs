@@ -14,17 +14,18 @@
 //! nobody can pay, or whose payer lacks gas, is refused with a plain-words
 //! error.
 
-use super::sign::{self, Draft, View};
+use super::check::{Check, Payer, Reservation, Reserved, reservation};
+use super::sign;
 use super::{ActorMsg, Job, SenderDeps, broadcaster, failpoint};
 use crate::backoff::{Backoff, sleep_or_shutdown};
+use crate::chain::Refusal;
 use crate::chain::eth::endpoints::Endpoints;
 use crate::chain::eth::node::NodeError;
-use crate::msg::{Status, addr_hex, amount::format_units};
-use crate::reply;
-use crate::store::{Payout, PayoutState, SignedTx, StoreError};
+use crate::msg::addr_hex;
+use crate::store::{SignedTx, StoreError};
 use crate::wallet::WalletError;
 use alloy::network::Ethereum;
-use alloy::primitives::{Address, U256};
+use alloy::primitives::Address;
 use alloy::providers::RootProvider;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,15 +36,6 @@ use tracing::{error, info, warn};
 
 /// Payouts signed per batch.
 const BATCH: usize = 512;
-
-/// What an in-flight payout holds back from its wallet's balance.
-#[derive(Debug, Clone)]
-pub(super) struct Reservation {
-    symbol: String,
-    amount: U256,
-    /// Wei: gas at the signed max fee, plus the value of an ether payout.
-    ether: U256,
-}
 
 /// A nonce actor failure: only the message store failing stops it.
 #[derive(Debug, thiserror::Error)]
@@ -68,46 +60,6 @@ pub(super) struct Actor {
     pub collection: Option<(Address, mpsc::Sender<ActorMsg>)>,
     next_nonce: Option<u64>,
     pub(super) inflight: BTreeMap<u64, Reservation>,
-}
-
-/// What in-flight payouts hold back, summed: per token symbol, and ether.
-#[derive(Debug, Default)]
-struct Reserved {
-    tokens: HashMap<String, U256>,
-    ether: U256,
-}
-
-impl Reserved {
-    fn of<'a>(inflight: impl Iterator<Item = &'a Reservation>) -> Self {
-        let mut r = Self::default();
-        for x in inflight {
-            r.add(x);
-        }
-        r
-    }
-
-    fn add(&mut self, x: &Reservation) {
-        let t = self.tokens.entry(x.symbol.clone()).or_default();
-        *t = t.saturating_add(x.amount);
-        self.ether = self.ether.saturating_add(x.ether);
-    }
-
-    fn of_symbol(&self, symbol: &str) -> U256 {
-        self.tokens.get(symbol).copied().unwrap_or_default()
-    }
-}
-
-pub(super) fn reservation(p: &Payout, tx: &SignedTx) -> Reservation {
-    let gas = U256::from(tx.gas_limit) * U256::from(tx.max_fee_per_gas);
-    Reservation {
-        symbol: p.symbol.clone(),
-        amount: p.amount,
-        ether: if p.symbol == "ETH" {
-            gas + p.amount
-        } else {
-            gas
-        },
-    }
 }
 
 impl Actor {
@@ -379,7 +331,7 @@ impl Actor {
             let mut forward: Vec<Job> = Vec::new();
             let mut reserved = Reserved::of(self.inflight.values());
             for job in &jobs {
-                match self.check(job, &view, fees, &gas, &reserved) {
+                match self.payer().check(job, &view, fees, &gas, &reserved) {
                     Check::Pay(draft) => {
                         let nonce = self.next_nonce.unwrap_or(view.nonce);
                         match sign::sign(&key, self.chain_id, &job.payout, nonce, draft, fees) {
@@ -401,26 +353,27 @@ impl Actor {
                     Check::Refuse(e) => refused.push((job.clone(), e)),
                 }
             }
-            let mut tx = self.deps.store.begin().await?;
             let rows: Vec<(u64, &SignedTx)> = signed.iter().map(|(_, n, t)| (*n, t)).collect();
-            let gone = tx.mark_signed_many(self.wallet, &rows).await?;
-            drop(rows);
+            let refusals: Vec<Refusal<'_>> = refused
+                .iter()
+                .map(|(job, error)| Refusal {
+                    payout: &job.payout,
+                    error,
+                })
+                .collect();
+            let gone = self
+                .deps
+                .facts
+                .signed(self.wallet, &rows, &refusals)
+                .await?;
+            drop((rows, refusals));
             let taken = signed;
             if !gone.is_empty() {
                 // Cancelled while we waited: without them, the nonces close up.
-                drop(tx);
                 info!(target: "m2pool::payout", wallet = %addr_hex(&self.wallet), cancelled = gone.len(),
                       "payouts cancelled while being prepared; the rest are signed again");
                 jobs.retain(|j| !gone.contains(&j.payout.id));
                 continue;
-            }
-            let mut replies = 0;
-            for (job, e) in &refused {
-                replies += self.refuse(&mut tx, &job.payout, e).await?;
-            }
-            tx.commit().await?;
-            if replies > 0 {
-                self.deps.outbox.notify_one();
             }
             break (taken, forward);
         };
@@ -457,125 +410,25 @@ impl Actor {
         Ok(stored)
     }
 
-    /// What to do with one payout, given the wallet's balances, what its
-    /// in-flight payouts reserve, the fees and the gas of ether payouts.
-    fn check(
-        &self,
-        job: &Job,
-        view: &View,
-        fees: (u128, u128),
-        gas: &HashMap<i64, Result<u64, String>>,
-        reserved: &Reserved,
-    ) -> Check {
-        let p = &job.payout;
-        let reserved_ether = reserved.ether;
-        let decimals = self.deps.decimals(p);
-        let is_ether = p.symbol == "ETH";
-        let holds = if is_ether {
-            view.ether.saturating_sub(reserved_ether)
-        } else {
-            view.tokens
-                .get(&p.symbol)
-                .copied()
-                .unwrap_or_default()
-                .saturating_sub(reserved.of_symbol(&p.symbol))
-        };
-        if holds < p.amount {
-            let amount_text = format!("{} {}", format_units(p.amount, decimals), p.symbol);
-            let holds_text = format!(
-                "{} holds {} {}",
-                addr_hex(&self.wallet),
-                format_units(holds, decimals),
-                p.symbol
-            );
-            let may_forward = p.from == self.wallet
-                && self
-                    .collection
-                    .as_ref()
-                    .is_some_and(|(c, _)| *c != self.wallet);
-            if may_forward {
-                return Check::Forward(holds_text);
-            }
-            let e = match (&job.shortfall, &self.collection) {
-                (Some(first), _) => format!(
-                    "neither {first} nor the collection wallet ({holds_text}) can pay {amount_text}"
-                ),
-                (None, None) => format!(
-                    "{holds_text}, not enough for {amount_text}, and no collection wallet is configured"
-                ),
-                (None, Some(_)) => format!("{holds_text}, not enough for {amount_text}"),
-            };
-            return Check::Refuse(e);
-        }
-        let gas_limit = if is_ether {
-            match gas.get(&p.id) {
-                Some(Ok(g)) => *g,
-                Some(Err(refusal)) => {
-                    return Check::Refuse(format!(
-                        "{} does not accept this ether transfer (the node's gas estimate failed: {refusal}); nothing was sent",
-                        addr_hex(&p.to)
-                    ));
-                }
-                None => self.deps.cfg.payout.gas_limit_eth,
-            }
-        } else {
-            self.deps.cfg.payout.gas_limit_token
-        };
-        let gas = U256::from(gas_limit) * U256::from(fees.0);
-        let need = if is_ether { gas + p.amount } else { gas };
-        let ether_left = view.ether.saturating_sub(reserved_ether);
-        if ether_left < need {
-            return Check::Refuse(format!(
-                "{} has {} ETH free, not enough for gas ({} ETH at {} gwei × {gas_limit}{})",
-                addr_hex(&self.wallet),
-                format_units(ether_left, 18),
-                format_units(gas, 18),
-                format_units(U256::from(fees.0), 9),
-                if is_ether { " plus the amount" } else { "" },
-            ));
-        }
-        match self.deps.draft(p, gas_limit) {
-            Some(draft) => Check::Pay(draft),
-            None => Check::Refuse(format!("symbol {} is no longer configured", p.symbol)),
+    /// This wallet as [`check`] sees it.
+    fn payer(&self) -> Payer<'_> {
+        Payer {
+            wallet: self.wallet,
+            collection: self.collection.as_ref().map(|(c, _)| *c),
+            cfg: &self.deps.cfg,
         }
     }
 
     async fn refuse_all(&self, jobs: Vec<Job>, error: &str) -> Result<(), ActorError> {
-        let mut tx = self.deps.store.begin().await?;
-        let mut replies = 0;
-        for job in &jobs {
-            replies += self.refuse(&mut tx, &job.payout, error).await?;
-        }
-        tx.commit().await?;
-        if replies > 0 {
-            self.deps.outbox.notify_one();
-        }
+        let refusals: Vec<Refusal<'_>> = jobs
+            .iter()
+            .map(|job| Refusal {
+                payout: &job.payout,
+                error,
+            })
+            .collect();
+        self.deps.facts.refused(&refusals).await?;
         Ok(())
-    }
-
-    async fn refuse(
-        &self,
-        tx: &mut crate::store::StoreTx,
-        p: &Payout,
-        error: &str,
-    ) -> Result<usize, ActorError> {
-        if !tx
-            .move_payout(p.id, PayoutState::Queued, PayoutState::Refused, Some(error))
-            .await?
-        {
-            return Ok(0);
-        }
-        warn!(target: "m2pool::payout", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id, error,
-              "payout refused");
-        let reply = reply::payout(
-            p,
-            Status::Failed,
-            Some(error.to_owned()),
-            self.deps.decimals(p),
-        );
-        tx.push_outbox(reply.kind, &reply.body, reply.line.as_ref())
-            .await?;
-        Ok(1)
     }
 }
 
@@ -586,14 +439,4 @@ fn broadcaster_ended(done: Result<Result<(), StoreError>, tokio::task::JoinError
         Ok(Ok(())) => ActorError::BroadcasterStopped,
         Err(e) => ActorError::BroadcasterPanicked(e),
     }
-}
-
-/// What to do with one payout.
-enum Check {
-    /// Sign this.
-    Pay(Draft),
-    /// Ask the collection wallet; the note says what this wallet holds.
-    Forward(String),
-    /// Refuse with this error.
-    Refuse(String),
 }

@@ -4,13 +4,14 @@
 //! It keeps `eth_config.broadcasts_in_flight` JSON-RPC batches on their way
 //! at all times, across the actor's batches: the node admits transactions
 //! while the actor signs and stores the next ones, and no batch waits for the
-//! bookkeeping of the one before. Each answered batch is recorded at once (the
-//! payouts it took are sent, with their `status=2`; what it refused keeps the
-//! time of its first refusal) and what it did not take is sent again, same
-//! bytes, by the rebroadcast.
+//! bookkeeping of the one before. What the node said to each answered batch is
+//! reported at once (listen's recorder marks the payouts it took sent, with
+//! their `status=2`; what it refused keeps the time of its first refusal) and
+//! what it did not take is sent again, same bytes, by the rebroadcast.
 
 use super::sign;
-use super::{Broadcast, SenderDeps, failpoint, record_broadcast};
+use super::{SenderDeps, failpoint, outcome};
+use crate::chain::Broadcast;
 use crate::chain::eth::endpoints::Endpoints;
 use crate::store::{SignedTx, StoreError};
 use futures::StreamExt;
@@ -100,10 +101,10 @@ async fn run(
                             warn!(target: "m2pool::payout", id = tx.payout_id, tx = %format!("{:#x}", tx.tx_hash),
                                   error = %e, "broadcast not accepted; it will be sent again, same bytes");
                         }
-                        Broadcast { tx, result }
+                        outcome(tx, result)
                     })
                     .collect();
-                record_broadcast(&deps, &outcomes).await?;
+                deps.facts.broadcast(&outcomes).await?;
             }
         }
     }

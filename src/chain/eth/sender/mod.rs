@@ -10,15 +10,15 @@
 
 mod actor;
 mod broadcaster;
+mod check;
 mod replace;
 mod sign;
 
 use crate::backoff::{Backoff, sleep_or_shutdown};
 use crate::chain::eth::endpoints::Endpoints;
+use crate::chain::{Broadcast, PayoutFacts};
 use crate::config::EthConfig;
-use crate::msg::addr_hex;
-use crate::msg::{Status, hash_hex};
-use crate::reply;
+use crate::msg::{addr_hex, hash_hex};
 use crate::store::{Payout, SignedTx, Store, StoreError};
 use crate::wallet::{Kek, WalletStore};
 use actor::{Actor, ActorError};
@@ -48,36 +48,14 @@ pub struct SenderDeps {
     pub kek: Kek,
     /// Woken by listen when payouts are queued or unmined.
     pub wake: Arc<Notify>,
-    /// Woken after responses are queued.
-    pub outbox: Arc<Notify>,
+    /// Where what was signed, sent and refused is reported.
+    pub facts: Arc<dyn PayoutFacts>,
     /// Tells the watcher about wallets to track.
     pub track: mpsc::Sender<Address>,
-    /// Payout broadcast latency, payouts the node refuses.
+    /// Payouts the node refuses.
     pub metrics: crate::metrics::SharedMetrics,
     /// Where payouts the node keeps refusing are shown.
     pub health: crate::health::Health,
-}
-
-impl SenderDeps {
-    /// The transfer payout `p` asks for: ether, or a token transfer on the
-    /// contract recorded with it (the config's for an older row); `None`
-    /// when that contract is not known.
-    fn draft(&self, p: &Payout, gas_limit: u64) -> Option<sign::Draft> {
-        if p.symbol == "ETH" {
-            return Some(sign::Draft::ether(p.to, p.amount, gas_limit));
-        }
-        let contract = p
-            .contract
-            .or_else(|| self.cfg.token(&p.symbol).map(|t| t.contract))?;
-        Some(sign::Draft::token(contract, p.to, p.amount, gas_limit))
-    }
-
-    /// Decimals of payout `p`: as recorded, else (an older row) the config's.
-    fn decimals(&self, p: &Payout) -> u8 {
-        p.decimals
-            .or_else(|| self.cfg.decimals(&p.symbol))
-            .unwrap_or(18)
-    }
 }
 
 /// What a nonce actor is asked to do.
@@ -142,65 +120,12 @@ pub enum SenderError {
     Panicked(tokio::task::JoinError),
 }
 
-/// What the node said to one broadcast transaction.
-pub(super) struct Broadcast<'a> {
-    /// The transaction.
-    pub tx: &'a SignedTx,
-    /// Taken, or refused with the node's words.
-    pub result: Result<(), sign::SendError>,
-}
-
-/// Records what the node said to broadcast transactions, in one store
-/// transaction: a payout transaction it took is sent, with its `status=2` if
-/// not announced yet (a cancelling transfer announces nothing); one it
-/// refused keeps the time of its first refusal and the node's words.
-async fn record_broadcast(deps: &SenderDeps, outcomes: &[Broadcast<'_>]) -> Result<(), StoreError> {
-    if outcomes.is_empty() {
-        return Ok(());
+/// What the node said to `tx`, as the recorder is told it.
+fn outcome(tx: &SignedTx, result: Result<(), sign::SendError>) -> Broadcast<'_> {
+    Broadcast {
+        tx,
+        refused: result.err().map(|e| e.to_string()),
     }
-    let mut accepted = Vec::with_capacity(outcomes.len());
-    let mut paying = Vec::with_capacity(outcomes.len());
-    let mut refused: Vec<(i64, String)> = Vec::new();
-    for o in outcomes {
-        let id = o.tx.payout_id;
-        match &o.result {
-            Err(reason) => refused.push((id, reason.to_string())),
-            Ok(()) => {
-                accepted.push(id);
-                if !o.tx.cancels {
-                    paying.push(id);
-                }
-            }
-        }
-    }
-    let mut tx = deps.store.begin().await?;
-    tx.accepted(&accepted).await?;
-    let announced = tx.take_announcements(&paying).await?;
-    let now = crate::clock::now_ms();
-    let replies: Vec<crate::reply::Reply> = announced
-        .iter()
-        .map(|p| {
-            let waited = now.saturating_sub(p.created_at).max(0) as u64;
-            deps.metrics
-                .payout_broadcast
-                .observe(Duration::from_millis(waited));
-            info!(target: "m2pool::payout", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id,
-                  tx = %p.tx_hash.map(|h| hash_hex(&h)).unwrap_or_default(), "payout broadcast");
-            reply::payout(p, Status::Pending, None, deps.decimals(p))
-        })
-        .collect();
-    let rows: Vec<(&str, &[u8], Option<&crate::txlog::Line>)> = replies
-        .iter()
-        .map(|r| (r.kind, r.body.as_slice(), r.line.as_ref()))
-        .collect();
-    tx.push_outbox_many(&rows).await?;
-    let replies = replies.len();
-    tx.record_refusals(&refused).await?;
-    tx.commit().await?;
-    if replies > 0 {
-        deps.outbox.notify_one();
-    }
-    Ok(())
 }
 
 /// A payout the node has refused for at least `stuck_payout_secs`, in plain
@@ -248,7 +173,7 @@ impl Sender {
 
     /// Runs until `shutdown`; returns an error only when the store or an actor fails.
     pub(super) async fn run(mut self, shutdown: CancellationToken) -> Result<(), SenderError> {
-        let released = self.deps.store.release_claims(&self.deps.chain).await?;
+        let released = self.deps.facts.restarted(&self.deps.chain).await?;
         if released > 0 {
             info!(target: "m2pool::payout", released, "claimed payouts queued again after a restart");
         }
@@ -382,19 +307,19 @@ impl Sender {
         let outcomes: Vec<Broadcast<'_>> = refs
             .iter()
             .zip(results)
-            .map(|(tx, result)| Broadcast { tx, result })
+            .map(|(tx, result)| outcome(tx, result))
             .collect();
         for (o, (p, _)) in outcomes.iter().zip(&unmined) {
-            if let Err(e) = &o.result {
+            if let Some(e) = &o.refused {
                 warn!(target: "m2pool::payout", id = p.id, tx = %hash_hex(&o.tx.tx_hash), error = %e,
                       "rebroadcast not accepted");
             }
         }
-        let accepted = outcomes.iter().filter(|o| o.result.is_ok()).count();
+        let accepted = outcomes.iter().filter(|o| o.refused.is_none()).count();
         if !unmined.is_empty() {
             info!(target: "m2pool::payout", sent = unmined.len(), accepted, "unmined payouts broadcast again");
         }
-        record_broadcast(&self.deps, &outcomes).await?;
+        self.deps.facts.broadcast(&outcomes).await?;
 
         let stuck_ms =
             i64::try_from(self.deps.cfg.payout.stuck_after.as_millis()).unwrap_or(i64::MAX);
@@ -402,8 +327,8 @@ impl Sender {
         let mut refused_long = Vec::new();
         let mut replace = Vec::new();
         for (o, (p, t)) in outcomes.iter().zip(&unmined) {
-            match &o.result {
-                Err(reason) => {
+            match &o.refused {
+                Some(reason) => {
                     let since = now - p.refused_at.unwrap_or(now);
                     if since >= stuck_ms {
                         if self.reported.insert(p.id) {
@@ -414,10 +339,10 @@ impl Sender {
                                    refused_secs = since / 1000,
                                    "the node keeps refusing a signed payout; later payouts of this wallet wait behind it");
                         }
-                        refused_long.push(refused_for_long(p, since, &reason.to_string()));
+                        refused_long.push(refused_for_long(p, since, reason));
                     }
                 }
-                Ok(()) => {
+                None => {
                     self.reported.remove(&p.id);
                 }
             }

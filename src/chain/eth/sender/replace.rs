@@ -6,7 +6,8 @@
 //! later payouts go on. Every transaction signed for a payout stays known,
 //! and whichever is mined and confirmed decides the payout's answer.
 
-use super::actor::{Actor, ActorError, reservation};
+use super::actor::{Actor, ActorError};
+use super::check::reservation;
 use super::sign::{self, Draft};
 use crate::msg::hash_hex;
 use crate::store::{Payout, SignedTx};
@@ -61,7 +62,7 @@ impl Actor {
         let draft = if cancel {
             Draft::ether(self.wallet, U256::ZERO, self.deps.cfg.payout.gas_limit_eth)
         } else {
-            let Some(draft) = self.deps.draft(&p, old.gas_limit) else {
+            let Some(draft) = super::check::draft(&self.deps.cfg, &p, old.gas_limit) else {
                 return Ok(());
             };
             draft
@@ -96,10 +97,7 @@ impl Actor {
             }
         };
         drop(key);
-        let mut tx = self.deps.store.begin().await?;
-        let current = tx.replace_tx(old.tx_hash, &new).await?;
-        tx.commit().await?;
-        if !current {
+        if !self.deps.facts.replaced(old.tx_hash, &new).await? {
             // Mined, or replaced already, in the meantime.
             return Ok(());
         }
@@ -118,7 +116,10 @@ impl Actor {
             .await
             .pop()
             .unwrap_or_else(|| Err(sign::SendError::Unreached("no answer".to_owned())));
-        super::record_broadcast(&self.deps, &[super::Broadcast { tx: &new, result }]).await?;
+        self.deps
+            .facts
+            .broadcast(&[super::outcome(&new, result)])
+            .await?;
         Ok(())
     }
 }

@@ -128,6 +128,7 @@ pub(super) async fn ether_gas_limit(
 }
 
 /// What a payout transaction carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Draft {
     /// Call target: the recipient for ether, the token contract otherwise.
     pub to: Address,
