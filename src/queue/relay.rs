@@ -66,6 +66,23 @@ struct Round {
     lost: bool,
 }
 
+impl Round {
+    /// Counts the broker's answer to row `id` of response kind `kind`, in
+    /// publish order: it is sent only if it was confirmed and every earlier
+    /// row of its kind this round was too.
+    fn settle(&mut self, id: i64, kind: &str, confirmed: bool) {
+        if self.broken.contains(kind) {
+            return;
+        }
+        if confirmed {
+            self.sent.push(id);
+        } else {
+            self.failed = true;
+            self.broken.insert(kind.to_owned());
+        }
+    }
+}
+
 /// The relay's fixed parts: its channel and where each kind of row goes.
 struct Relay<'b> {
     broker: &'b Broker,
@@ -295,27 +312,23 @@ impl Relay<'_> {
                 .publish_confirm
                 .observe(published.elapsed());
             let kind = kinds.get(&id).copied().unwrap_or_default();
-            if round.broken.contains(kind) {
-                continue;
-            }
-            match result {
-                Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => {
-                    round.sent.push(id);
-                    continue;
-                }
+            let confirmed = match result {
+                Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => true,
                 Ok(Confirmation::Ack(Some(returned))) => {
                     warn!(target: "m2pool::queue", id, reply = %returned.reply_text,
                           "response unroutable: no queue is bound for it; will retry");
+                    false
                 }
                 Ok(Confirmation::Nack(_)) => {
                     warn!(target: "m2pool::queue", id, "broker nacked a response; will retry");
+                    false
                 }
                 Err(e) => {
                     warn!(target: "m2pool::queue", id, error = %e, "no confirm for a response; will retry");
+                    false
                 }
-            }
-            round.failed = true;
-            round.broken.insert(kind.to_owned());
+            };
+            round.settle(id, kind, confirmed);
         }
     }
 
@@ -353,5 +366,43 @@ async fn pause(delay: Duration, shutdown: &CancellationToken, flush_until: Optio
         None => {
             sleep_or_shutdown(delay, shutdown).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_a_failed_row_the_later_rows_of_its_queue_wait_and_other_queues_go_on() {
+        let mut round = Round::default();
+        for (id, kind, confirmed) in [
+            (1, "topup_resp", true),
+            (2, "topup_resp", false),
+            (3, "pay_resp", true),
+            (4, "topup_resp", true),
+            (5, "pay_resp", true),
+            (6, "topup_resp", false),
+        ] {
+            round.settle(id, kind, confirmed);
+        }
+        assert_eq!(
+            round.sent,
+            vec![1, 3, 5],
+            "row 4 goes out again behind row 2, never before it"
+        );
+        assert!(round.failed);
+        assert!(!round.lost);
+        assert_eq!(round.broken, HashSet::from(["topup_resp".to_owned()]));
+    }
+
+    #[test]
+    fn a_round_with_every_row_confirmed_sends_them_all_in_order() {
+        let mut round = Round::default();
+        for id in 1..=4 {
+            round.settle(id, if id % 2 == 0 { "a" } else { "b" }, true);
+        }
+        assert_eq!(round.sent, vec![1, 2, 3, 4]);
+        assert!(!round.failed && round.broken.is_empty());
     }
 }
