@@ -300,11 +300,10 @@ impl Scanner {
                 hash: block.header.hash,
                 parent_hash: block.header.parent_hash,
             };
-            if this.number != cursor.number + 1 {
-                return Ok(());
-            }
-            if this.parent_hash != cursor.hash {
-                return self.reorg(events).await;
+            match link(&cursor, &this) {
+                Link::Next => {}
+                Link::Elsewhere => return Ok(()),
+                Link::Fork => return self.reorg(events).await,
             }
             let mut block_logs = logs.remove(&this.number).unwrap_or_default();
             if block_logs.is_empty() && self.may_hold_transfers(&block.header.logs_bloom) {
@@ -319,7 +318,7 @@ impl Scanner {
                           "eth_getLogs by range missed this block's transfers; read them by block hash");
                 }
             }
-            if block_logs.iter().any(|l| l.block_hash != Some(this.hash)) {
+            if !all_of(&block_logs, this.hash) {
                 debug!(target: "m2pool::eth", chain = %self.chain, number = this.number,
                        "logs came from another fork; reading the range again");
                 return Ok(());
@@ -414,5 +413,74 @@ impl Scanner {
             },
         )
         .await
+    }
+}
+/// How a fetched block stands to the cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// The cursor's child: apply it.
+    Next,
+    /// Not the next height (the head moved under us): read again.
+    Elsewhere,
+    /// The next height on another fork: the cursor is no longer canonical.
+    Fork,
+}
+
+/// How `this` stands to `cursor`: a block is applied only if it is the
+/// cursor's child by number and by parent hash.
+fn link(cursor: &BlockRef, this: &BlockRef) -> Link {
+    if this.number != cursor.number + 1 {
+        Link::Elsewhere
+    } else if this.parent_hash != cursor.hash {
+        Link::Fork
+    } else {
+        Link::Next
+    }
+}
+
+/// Every log came from block `hash` (a range answer may mix forks).
+fn all_of(logs: &[Log], hash: B256) -> bool {
+    logs.iter().all(|l| l.block_hash == Some(hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(number: u64, hash: u8, parent: u8) -> BlockRef {
+        BlockRef {
+            number,
+            hash: B256::repeat_byte(hash),
+            parent_hash: B256::repeat_byte(parent),
+        }
+    }
+
+    #[test]
+    fn only_the_cursors_child_by_number_and_parent_hash_is_applied() {
+        let cursor = block(10, 0xa, 0x9);
+        assert_eq!(link(&cursor, &block(11, 0xb, 0xa)), Link::Next);
+        assert_eq!(
+            link(&cursor, &block(11, 0xc, 0xd)),
+            Link::Fork,
+            "the next height on another parent is a reorganisation"
+        );
+        assert_eq!(link(&cursor, &block(12, 0xc, 0xb)), Link::Elsewhere);
+        assert_eq!(link(&cursor, &block(10, 0xa, 0x9)), Link::Elsewhere);
+    }
+
+    #[test]
+    fn logs_of_another_fork_are_not_taken_for_this_blocks() {
+        let here = B256::repeat_byte(1);
+        let log = |h: Option<B256>| Log {
+            block_hash: h,
+            ..Default::default()
+        };
+        assert!(all_of(&[], here));
+        assert!(all_of(&[log(Some(here)), log(Some(here))], here));
+        assert!(!all_of(
+            &[log(Some(here)), log(Some(B256::repeat_byte(2)))],
+            here
+        ));
+        assert!(!all_of(&[log(None)], here), "a pending log is no block's");
     }
 }
