@@ -18,6 +18,7 @@ pub mod chain;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod db;
 pub mod health;
 pub mod http;
 pub mod ledger;

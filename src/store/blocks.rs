@@ -127,6 +127,7 @@ impl StoreTx {
             .fetch_optional(&mut *self.tx)
             .await
             .ctx("read meta")
+            .map_err(Into::into)
     }
 
     /// Sets a setting kept between runs.

@@ -9,9 +9,9 @@
 //! applied chain window and the cursor), `ledger` (final movements for the
 //! wallet store), `upkeep` (pruning, counts) and `testing` (read-only views
 //! for tools and tests). Writers go through [`StoreTx`] and take turns on one
-//! in-process lock. Listen writes requests, watches, deposits and final
-//! answers; the payout sender writes what it signed and what the node said;
-//! the relays only mark rows sent. Schema: `migrations/store/`.
+//! in-process lock. Listen writes requests, watches, deposits, payout state
+//! and answers (its recorder what the payout senders report: signed bytes,
+//! what the node said); the relays only mark rows sent. Schema: `migrations/store/`.
 
 mod blocks;
 mod deposits;
@@ -61,13 +61,8 @@ pub enum StoreError {
         source: sqlx::migrate::MigrateError,
     },
     /// A statement failed.
-    #[error("message store: {op}: {source}")]
-    Db {
-        /// What was being done.
-        op: &'static str,
-        /// Underlying error.
-        source: sqlx::Error,
-    },
+    #[error("message store: {0}")]
+    Db(#[from] crate::db::DbError),
     /// A stored value does not decode (the file was edited or is damaged).
     #[error("message store: bad stored value in {what}")]
     Corrupt {
@@ -76,15 +71,7 @@ pub enum StoreError {
     },
 }
 
-pub(crate) trait Ctx<T> {
-    fn ctx(self, op: &'static str) -> Result<T, StoreError>;
-}
-
-impl<T> Ctx<T> for Result<T, sqlx::Error> {
-    fn ctx(self, op: &'static str) -> Result<T, StoreError> {
-        self.map_err(|source| StoreError::Db { op, source })
-    }
-}
+pub(crate) use crate::db::Ctx;
 
 pub(crate) use crate::clock::now_ms;
 
@@ -261,7 +248,7 @@ const ROWS_PER_STATEMENT: usize = 200;
 impl StoreTx {
     /// Commits.
     pub async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await.ctx("commit")
+        self.tx.commit().await.ctx("commit").map_err(Into::into)
     }
 }
 

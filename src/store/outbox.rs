@@ -78,6 +78,7 @@ impl Store {
             .fetch_one(&self.pool)
             .await
             .ctx("count outbox")
+            .map_err(Into::into)
     }
 
     /// Outbox rows not yet confirmed by the broker, and when the oldest of
@@ -91,6 +92,7 @@ impl Store {
         .fetch_one(&self.pool)
         .await
         .ctx("count outbox")
+        .map_err(Into::into)
     }
 }
 

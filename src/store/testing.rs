@@ -29,6 +29,7 @@ impl Store {
         .fetch_one(&self.pool)
         .await
         .ctx("read inbox span")
+        .map_err(Into::into)
     }
 
     /// Bodies of the outbox rows of `kind` (`topup_resp`, …), sent or not,
@@ -39,5 +40,6 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .ctx("read outbox bodies")
+            .map_err(Into::into)
     }
 }

@@ -163,6 +163,7 @@ impl Store {
             .fetch_one(&self.pool)
             .await
             .ctx("read last watch")
+            .map_err(Into::into)
     }
 
     /// The last watch-log row of `chain` whose lookback is applied.

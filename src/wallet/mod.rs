@@ -43,13 +43,8 @@ pub enum WalletError {
         source: sqlx::migrate::MigrateError,
     },
     /// A statement failed.
-    #[error("wallet store: {op}: {source}")]
-    Db {
-        /// What was being done.
-        op: &'static str,
-        /// Underlying error.
-        source: sqlx::Error,
-    },
+    #[error("wallet store: {0}")]
+    Db(#[from] crate::db::DbError),
     /// A stored value does not parse.
     #[error("wallet store: bad stored value in {what}: {value}")]
     Corrupt {
@@ -63,15 +58,7 @@ pub enum WalletError {
     Crypto(#[from] CryptoError),
 }
 
-trait Ctx<T> {
-    fn ctx(self, op: &'static str) -> Result<T, WalletError>;
-}
-
-impl<T> Ctx<T> for Result<T, sqlx::Error> {
-    fn ctx(self, op: &'static str) -> Result<T, WalletError> {
-        self.map_err(|source| WalletError::Db { op, source })
-    }
-}
+use crate::db::Ctx;
 
 /// What a wallet is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,6 +250,7 @@ impl WalletStore {
             .fetch_optional(&self.pool)
             .await
             .ctx("read wallet key")
+            .map_err(Into::into)
     }
 
     /// Decrypts the key of `address` into a signer; `None` if the store does
