@@ -77,13 +77,14 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// How long the head of network `chain` may stand still (120 s for a
-    /// network without a limit of its own).
-    pub fn stall_limit(&self, chain: &str) -> Duration {
+    /// The stall limit of network `chain` if its head has stood still
+    /// longer than that; `None` while it moves (and for a network the
+    /// config does not run, which has no limit).
+    pub fn stalled(&self, chain: &str, c: &ChainHealth) -> Option<Duration> {
         self.head_stall
             .get(chain)
             .copied()
-            .unwrap_or(Duration::from_secs(120))
+            .filter(|limit| c.stalled_after(*limit))
     }
 }
 
@@ -119,12 +120,15 @@ pub fn problems(
         }
         match c.since_head() {
             None => out.push(format!("{name}: no head seen yet")),
-            Some(d) if c.stalled_after(limits.stall_limit(name)) => out.push(format!(
-                "{name}: the head has not advanced for {}s (limit {}s)",
-                d.as_secs(),
-                limits.stall_limit(name).as_secs()
-            )),
-            Some(_) => {}
+            Some(d) => {
+                if let Some(limit) = limits.stalled(name, c) {
+                    out.push(format!(
+                        "{name}: the head has not advanced for {}s (limit {}s)",
+                        d.as_secs(),
+                        limit.as_secs()
+                    ));
+                }
+            }
         }
         out.extend(c.refused_payouts.iter().map(|p| format!("{name}: {p}")));
         out.extend(

@@ -126,7 +126,7 @@ impl HttpDeps {
                     "cursor": c.cursor,
                     "cursor_lag": c.lag(),
                     "seconds_since_head": c.since_head().map(|d| d.as_secs()),
-                    "head_stalled": c.stalled_after(self.limits.stall_limit(name)),
+                    "head_stalled": self.limits.stalled(name, c).is_some(),
                 }),
             );
         }

@@ -70,6 +70,9 @@ pub enum ListenError {
     /// The message store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The config runs no network (its validation does not let this happen).
+    #[error("the config runs no network")]
+    NoNetwork,
 }
 
 /// Who to wake after a commit.
@@ -180,6 +183,8 @@ pub struct Listen {
     tokens: Arc<Tokens>,
     /// Each network's confirmation depth, block window and patience.
     rules: HashMap<String, Rules>,
+    /// The first network's: for a chain the config does not run.
+    first_rules: Rules,
     wakers: Wakers,
     txlog: TxLog,
     metrics: SharedMetrics,
@@ -280,6 +285,7 @@ impl Listen {
                 .iter()
                 .map(|n| (n.name.clone(), Rules::of(&n.evm)))
                 .collect(),
+            first_rules: Rules::of(&config.networks.first().ok_or(ListenError::NoNetwork)?.evm),
             wakers,
             txlog,
             metrics,
@@ -305,15 +311,11 @@ impl Listen {
     }
 
     /// The rules of network `chain` (one the config does not run has none:
-    /// the Go defaults then, and a log).
+    /// the first network's then, and a log).
     fn rules(&self, chain: &str) -> Rules {
         self.rules.get(chain).copied().unwrap_or_else(|| {
-            warn!(target: "m2pool::listen", chain, "no settings for this network; using the defaults");
-            Rules {
-                confirm_height: 20,
-                stuck_after_ms: 180_000,
-                keep: 128,
-            }
+            warn!(target: "m2pool::listen", chain, "no settings for this network; using the first network's");
+            self.first_rules
         })
     }
 

@@ -415,6 +415,7 @@ impl Scanner {
         .await
     }
 }
+
 /// How a fetched block stands to the cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {

@@ -236,6 +236,14 @@ mod tests {
         .check(job, view, (GWEI, GWEI), &HashMap::new(), reserved)
     }
 
+    /// The reason of a refusal; any other decision fails the test.
+    fn refusal(got: Check) -> String {
+        match got {
+            Check::Refuse(e) => e,
+            other => panic!("expected Refuse, got {other:?}"),
+        }
+    }
+
     #[test]
     fn a_covered_token_payout_is_paid_on_the_configured_contract() {
         let cfg = cfg();
@@ -279,9 +287,7 @@ mod tests {
             &view(7, 10u128.pow(18)),
             &reserved,
         );
-        let Check::Refuse(e) = got else {
-            panic!("expected Refuse, got {got:?}")
-        };
+        let e = refusal(got);
         assert!(e.contains("holds 0.000004 USDT"), "{e}");
         assert!(e.contains("no collection wallet is configured"), "{e}");
     }
@@ -311,9 +317,7 @@ mod tests {
             &poor,
             &Reserved::default(),
         );
-        let Check::Refuse(e) = got else {
-            panic!("expected Refuse, got {got:?}")
-        };
+        let e = refusal(got);
         assert!(
             e.starts_with(&format!("neither {note} nor the collection wallet")),
             "{e}"
@@ -332,9 +336,7 @@ mod tests {
             &view(5, 1),
             &Reserved::default(),
         );
-        let Check::Refuse(e) = got else {
-            panic!("expected Refuse, got {got:?}")
-        };
+        let e = refusal(got);
         assert!(e.contains("not enough for gas"), "{e}");
         assert!(e.contains("at 1 gwei"), "{e}");
         assert!(
