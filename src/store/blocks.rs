@@ -25,7 +25,7 @@ impl Store {
              WHERE chain = ? ORDER BY number DESC LIMIT ?",
         )
         .bind(chain)
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .ctx("load recent blocks")?;
@@ -51,7 +51,7 @@ impl StoreTx {
         keep: u64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT OR REPLACE INTO chain_blocks (chain, number, hash, parent_hash) VALUES (?, ?, ?, ?)",
+            "REPLACE INTO chain_blocks (chain, number, hash, parent_hash) VALUES (?, ?, ?, ?)",
         )
         .bind(chain)
         .bind(b.number as i64)
@@ -132,7 +132,7 @@ impl StoreTx {
 
     /// Sets a setting kept between runs.
     pub async fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)")
+        sqlx::query("REPLACE INTO meta (key, value) VALUES (?, ?)")
             .bind(key)
             .bind(value)
             .execute(&mut *self.tx)

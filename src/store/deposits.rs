@@ -6,9 +6,9 @@
 //! block. `due` is the height at which it is decided, so the per-block work is
 //! an index range over what matures.
 
-use super::{Ctx, StoreError, StoreTx, address, b256, now_ms};
+use super::{Ctx, Engine, StoreError, StoreTx, address, b256, now_ms};
 use alloy::primitives::{Address, B256, U256};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Any, QueryBuilder, Row};
 use std::collections::{HashMap, HashSet};
 
 /// Pending: seen in a canonical block, waiting for depth.
@@ -128,7 +128,7 @@ impl StoreTx {
         let fresh = self.match_earlier(ds, &mut out, now).await?;
         let mut inserted: HashSet<(String, Vec<u8>, i64)> = HashSet::with_capacity(fresh.len());
         for chunk in fresh.chunks(200) {
-            let mut q = QueryBuilder::<Sqlite>::new(
+            let mut q = QueryBuilder::<Any>::new(
                 "INSERT INTO deposits (chain, tx_hash, log_index, symbol, address, from_address,
                     amount, block_number, block_hash, state, due, created_at, updated_at, decimals) ",
             );
@@ -149,7 +149,11 @@ impl StoreTx {
                     .push_bind(now)
                     .push_bind(i64::from(d.decimals));
             });
-            q.push(" ON CONFLICT (chain, tx_hash, log_index) DO NOTHING RETURNING chain, tx_hash, log_index");
+            match self.engine {
+                Engine::Sqlite => q.push(
+                    " ON CONFLICT (chain, tx_hash, log_index) DO NOTHING RETURNING chain, tx_hash, log_index",
+                ),
+            };
             let rows: Vec<(String, Vec<u8>, i64)> = q
                 .build_query_as()
                 .fetch_all(&mut *self.tx)
@@ -309,7 +313,7 @@ impl StoreTx {
             .into_iter()
             .collect();
         for chunk in hashes.chunks(500) {
-            let mut q = QueryBuilder::<Sqlite>::new(
+            let mut q = QueryBuilder::<Any>::new(
                 "SELECT id, tx_hash, log_index, symbol, address, from_address, amount, state, block_hash
                  FROM deposits WHERE chain = ",
             );

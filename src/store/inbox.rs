@@ -2,8 +2,8 @@
 //! before is a redelivery or a repeat; accepted topups skip the unique
 //! body-hash index (migration 0005) and are told apart by listen.
 
-use super::{Ctx, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, now_ms};
-use sqlx::{QueryBuilder, Sqlite};
+use super::{Ctx, Engine, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, now_ms};
+use sqlx::{Any, QueryBuilder};
 use std::collections::HashSet;
 
 /// How a request ended, as recorded in the inbox.
@@ -60,7 +60,7 @@ impl Store {
             "SELECT body_hash FROM inbox WHERE kind = 'topup' AND outcome = 'accepted'
              ORDER BY id DESC LIMIT ?",
         )
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .ctx("read recent topups")?;
@@ -83,7 +83,7 @@ impl StoreTx {
         let now = now_ms();
         let mut new = HashSet::with_capacity(rows.len());
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
+            let mut q = QueryBuilder::<Any>::new(
                 "INSERT INTO inbox (kind, body_hash, body, outcome, error, received_at) ",
             );
             q.push_values(chunk, |mut b, r| {
@@ -94,9 +94,15 @@ impl StoreTx {
                     .push_bind(r.error)
                     .push_bind(now);
             });
-            q.push(" ON CONFLICT (body_hash) WHERE ");
-            q.push(DEDUPED);
-            q.push(" DO NOTHING RETURNING body_hash");
+            match self.engine {
+                // The conflict target names the partial unique index by its
+                // predicate; the rows inserted come back.
+                Engine::Sqlite => {
+                    q.push(" ON CONFLICT (body_hash) WHERE ")
+                        .push(DEDUPED)
+                        .push(" DO NOTHING RETURNING body_hash");
+                }
+            }
             let hashes: Vec<Vec<u8>> = q
                 .build_query_scalar()
                 .fetch_all(&mut *self.tx)

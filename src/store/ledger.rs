@@ -51,7 +51,7 @@ impl Store {
             "SELECT id, chain, symbol, address, delta, kind, tx_hash, log_index, block_number
              FROM ledger_outbox WHERE applied_at IS NULL ORDER BY id LIMIT ?",
         )
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .ctx("read ledger outbox")?;

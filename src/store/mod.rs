@@ -1,20 +1,23 @@
-//! The message store: one SQLite file (WAL, `synchronous=FULL`) holding
-//! everything the daemon decides, so that a change and the responses it
-//! causes commit in one transaction (docs/architecture.md, "Invariants": no
-//! lost request, no lost response, no double payout, no missed deposit).
+//! The message store: one database (today an embedded SQLite file, WAL,
+//! `synchronous=FULL`; see [`Engine`]) holding everything the daemon
+//! decides, so that a change and the responses it causes commit in one
+//! transaction (docs/architecture.md, "Invariants": no lost request, no lost
+//! response, no double payout, no missed deposit).
 //!
-//! One file per concept: `inbox` (requests as received),
-//! `outbox` (responses waiting for the broker), `watches`,
-//! `deposits`, `payouts` and `payout_txs` (signed bytes), `blocks` (the
-//! applied chain window and the cursor), `ledger` (final movements for the
-//! wallet store), `upkeep` (pruning, counts) and `testing` (read-only views
-//! for tools and tests). Writers go through [`StoreTx`] and take turns on one
-//! in-process lock. Listen writes requests, watches, deposits, payout state
-//! and answers (its recorder what the payout senders report: signed bytes,
-//! what the node said); the relays only mark rows sent. Schema: `migrations/store/`.
+//! One file per concept: `inbox` (requests as received), `outbox`
+//! (responses waiting for the broker), `watches`, `deposits`, `payouts` and
+//! `payout_txs` (signed bytes), `blocks` (the applied chain window and the
+//! cursor), `ledger` (final movements for the wallet store), `upkeep`
+//! (pruning, counts), `testing` (read-only views for tools and tests) and
+//! `engine` (the database behind it: opening, pragmas, migrations). Writers
+//! go through [`StoreTx`] and take turns on one in-process lock. Listen
+//! writes requests, watches, deposits, payout state and answers (its
+//! recorder what the payout senders report: signed bytes, what the node
+//! said); the relays only mark rows sent. Schema: `migrations/store/`.
 
 mod blocks;
 mod deposits;
+mod engine;
 mod inbox;
 mod ledger;
 mod outbox;
@@ -25,6 +28,7 @@ mod upkeep;
 mod watches;
 
 pub use deposits::{DepositSeen, DueDeposit, NewDeposit};
+pub use engine::Engine;
 pub use inbox::{InboxRow, Outcome};
 pub use ledger::PendingMovement;
 pub use outbox::{DEAD_LETTER_PREFIX, OutboxRow, dead_letter_kind};
@@ -33,13 +37,8 @@ pub use payouts::{Mined, NewPayout, Payout, PayoutState};
 pub use watches::NewWatch;
 
 use alloy::primitives::{Address, B256};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{QueryBuilder, Sqlite, Transaction};
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::time::Duration;
+use sqlx::{Any, AnyPool, QueryBuilder, Transaction};
+use std::path::PathBuf;
 
 /// A message store failure, with the operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +107,8 @@ pub struct WatchRow {
 /// Handle on the message store; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    engine: Engine,
     /// This process's writers take turns here, in order, before SQLite's
     /// write lock: SQLite's own busy handler sleeps in growing steps (up to
     /// 100 ms) while another writer holds the lock, which left the listen
@@ -119,7 +119,7 @@ pub struct Store {
 
 /// Binds `ids` as the list of an `IN (` the query has just opened, and
 /// closes it.
-fn push_ids(q: &mut QueryBuilder<Sqlite>, ids: &[i64]) {
+fn push_ids(q: &mut QueryBuilder<Any>, ids: &[i64]) {
     let mut list = q.separated(", ");
     for id in ids {
         list.push_bind(*id);
@@ -127,61 +127,13 @@ fn push_ids(q: &mut QueryBuilder<Sqlite>, ids: &[i64]) {
     q.push(")");
 }
 
-/// A pool of at most `connections` to the SQLite file at `path`, with the
-/// options `configure` sets and a 30 s busy timeout.
-async fn pool(
-    path: &Path,
-    connections: u32,
-    configure: impl FnOnce(SqliteConnectOptions) -> SqliteConnectOptions,
-) -> Result<SqlitePool, StoreError> {
-    let open_err = |source| StoreError::Open {
-        path: path.to_owned(),
-        source,
-    };
-    let opts = SqliteConnectOptions::from_str("sqlite://")
-        .map_err(open_err)?
-        .filename(path)
-        .busy_timeout(Duration::from_secs(30));
-    SqlitePoolOptions::new()
-        .max_connections(connections)
-        .connect_with(configure(opts))
-        .await
-        .map_err(open_err)
-}
-
 impl Store {
-    /// Opens (creating if needed) and migrates the store at `path`.
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let pool = pool(path, 4, |o| {
-            o.create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
-                .foreign_keys(true)
-        })
-        .await?;
-        // SQLite has no migration lock: when another process (a tool, a test)
-        // migrates the same file at the same moment, one of the two fails
-        // half-way; running again finds the migration applied.
-        let mut tries = 0;
-        loop {
-            match sqlx::migrate!("./migrations/store").run(&pool).await {
-                Ok(()) => break,
-                Err(_) if tries < 3 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
-                }
-                Err(source) => {
-                    return Err(StoreError::Migrate {
-                        path: path.to_owned(),
-                        source,
-                    });
-                }
-            }
-        }
-        Ok(Self {
+    fn new(pool: AnyPool, engine: Engine) -> Self {
+        Self {
             pool,
+            engine,
             writer: Default::default(),
-        })
+        }
     }
 
     /// Starts a write transaction. It takes the write lock at once (`BEGIN
@@ -192,10 +144,16 @@ impl Store {
     pub async fn begin(&self) -> Result<StoreTx, StoreError> {
         let turn = self.writer.clone().lock_owned().await;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await.ctx("begin")?;
-        Ok(StoreTx { tx, _turn: turn })
+        Ok(StoreTx {
+            tx,
+            engine: self.engine,
+            _turn: turn,
+        })
     }
 
     async fn prune_in_chunks(&self, cutoff: i64, chunk: i64) -> Result<(u64, u64), StoreError> {
+        // Deletes of a limited subquery, with numbered parameters.
+        let Engine::Sqlite = self.engine;
         let mut removed = [0u64; 2];
         for (i, sql) in [
             // Requests come in time order: only the oldest chunk is looked at.
@@ -235,7 +193,8 @@ impl Store {
 
 /// A write transaction on the message store.
 pub struct StoreTx {
-    tx: Transaction<'static, Sqlite>,
+    tx: Transaction<'static, Any>,
+    engine: Engine,
     /// This process's write turn, released after the transaction ends (the
     /// fields drop in this order).
     _turn: tokio::sync::OwnedMutexGuard<()>,

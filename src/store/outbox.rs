@@ -4,7 +4,7 @@
 
 use super::{Ctx, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, now_ms, push_ids};
 use crate::txlog::Line;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Any, QueryBuilder, Row};
 
 /// An outbox row waiting for the broker.
 #[derive(Debug, Clone)]
@@ -37,7 +37,7 @@ impl Store {
             "SELECT id, kind, body, reason, line FROM outbox WHERE sent_at IS NULL AND id > ? ORDER BY id LIMIT ?",
         )
         .bind(after)
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .ctx("read outbox")?;
@@ -61,7 +61,7 @@ impl Store {
         let now = now_ms();
         let mut tx = self.begin().await?;
         for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
-            let mut q = QueryBuilder::<Sqlite>::new("UPDATE outbox SET sent_at = ");
+            let mut q = QueryBuilder::<Any>::new("UPDATE outbox SET sent_at = ");
             q.push_bind(now).push(" WHERE id IN (");
             push_ids(&mut q, chunk);
             q.build()
@@ -105,7 +105,7 @@ impl StoreTx {
         let now = now_ms();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut q =
-                QueryBuilder::<Sqlite>::new("INSERT INTO outbox (kind, body, created_at, line) ");
+                QueryBuilder::<Any>::new("INSERT INTO outbox (kind, body, created_at, line) ");
             q.push_values(chunk, |mut b, (kind, body, line)| {
                 b.push_bind(*kind)
                     .push_bind(*body)

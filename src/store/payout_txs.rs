@@ -5,9 +5,11 @@
 //! `0007_money_safety.sql`.
 
 use super::payouts::{COLUMNS, payout};
-use super::{Ctx, Payout, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, b256, now_ms, push_ids};
+use super::{
+    Ctx, Engine, Payout, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, b256, now_ms, push_ids,
+};
 use alloy::primitives::{Address, B256};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Any, QueryBuilder, Row};
 
 /// A signed transaction of a payout, as stored for (re)broadcast.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +46,10 @@ impl StoreTx {
         let now = now_ms();
         let mut taken = std::collections::HashSet::with_capacity(signed.len());
         for chunk in signed.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new("WITH v(id, nonce, hash) AS (");
+            // One statement per chunk: an update joined to the chunk's values,
+            // giving back the payouts it took.
+            let Engine::Sqlite = self.engine;
+            let mut q = QueryBuilder::<Any>::new("WITH v(id, nonce, hash) AS (");
             q.push_values(chunk, |mut b, (nonce, tx)| {
                 b.push_bind(tx.payout_id)
                     .push_bind(*nonce as i64)
@@ -78,7 +83,7 @@ impl StoreTx {
     /// Stores signed transactions, many rows per statement.
     async fn insert_txs(&mut self, txs: &[&SignedTx]) -> Result<(), StoreError> {
         for chunk in txs.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
+            let mut q = QueryBuilder::<Any>::new(
                 "INSERT INTO payout_txs (tx_hash, payout_id, raw, gas_limit, max_fee_per_gas, priority_fee,
                     created_at, cancels) ",
             );
@@ -171,7 +176,7 @@ impl StoreTx {
     pub async fn accepted(&mut self, ids: &[i64]) -> Result<(), StoreError> {
         let now = now_ms();
         for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
-            let mut q = QueryBuilder::<Sqlite>::new(
+            let mut q = QueryBuilder::<Any>::new(
                 "UPDATE payouts SET state = CASE WHEN state = 'signed' THEN 'sent' ELSE state END,
                     refused_at = NULL, refusal = NULL,
                     updated_at = CASE WHEN state = 'signed' OR refused_at IS NOT NULL THEN ",
@@ -196,7 +201,9 @@ impl StoreTx {
     pub async fn take_announcements(&mut self, ids: &[i64]) -> Result<Vec<Payout>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
-            let mut q = QueryBuilder::<Sqlite>::new(
+            // An update giving back the rows it changed.
+            let Engine::Sqlite = self.engine;
+            let mut q = QueryBuilder::<Any>::new(
                 "UPDATE payouts SET announced = 1, announced_tx = tx_hash WHERE announced = 0 AND id IN (",
             );
             push_ids(&mut q, chunk);

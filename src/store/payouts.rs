@@ -7,11 +7,11 @@
 //!
 //! The schema is `migrations/store/0002_payouts.sql`.
 
-use super::{Ctx, Store, StoreError, StoreTx, address, b256, now_ms};
+use super::{Ctx, Engine, Store, StoreError, StoreTx, address, b256, now_ms};
 use crate::msg::Kind;
 use alloy::primitives::{Address, B256, U256};
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 /// Where a payout is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,7 +234,7 @@ fn u256(s: &str, what: &'static str) -> Result<U256, StoreError> {
     U256::from_str_radix(s, 10).map_err(|_| StoreError::Corrupt { what })
 }
 
-pub(super) fn payout(r: &SqliteRow) -> Result<Payout, StoreError> {
+pub(super) fn payout(r: &AnyRow) -> Result<Payout, StoreError> {
     let opt_b256 = |i: usize, what| {
         r.get::<Option<&[u8]>, _>(i)
             .map(|b| b256(b, what))
@@ -377,10 +377,12 @@ impl StoreTx {
     /// Stores a new queued payout.
     pub async fn insert_payout(&mut self, p: &NewPayout) -> Result<i64, StoreError> {
         let now = now_ms();
+        // The new row's id comes back from the insert.
+        let Engine::Sqlite = self.engine;
         let done = sqlx::query(
             "INSERT INTO payouts (chain, kind, queue_id, order_id, content_hash, symbol, from_address, to_address,
                 amount, state, created_at, updated_at, decimals, contract)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?) RETURNING id",
         )
         .bind(&p.chain)
         .bind(p.kind.as_str())
@@ -395,10 +397,10 @@ impl StoreTx {
         .bind(now)
         .bind(i64::from(p.decimals))
         .bind(p.contract.as_ref().map(|c| c.as_slice()))
-        .execute(&mut *self.tx)
+        .fetch_one(&mut *self.tx)
         .await
         .ctx("insert payout")?;
-        Ok(done.last_insert_rowid())
+        Ok(done.get(0))
     }
 
     /// Moves payout `id` from `from` to `to` (recording `error`); `false` if it
@@ -559,7 +561,7 @@ impl Store {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(chain)
             .bind(after)
-            .bind(limit)
+            .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
             .ctx("read queued payouts")?;

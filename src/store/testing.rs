@@ -3,19 +3,8 @@
 //! them.
 
 use super::{Ctx, Store, StoreError};
-use std::path::Path;
 
 impl Store {
-    /// Opens an existing store read-only, without migrating: for tools and
-    /// tests that look while the daemon runs.
-    pub async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
-        let pool = super::pool(path, 1, |o| o.read_only(true)).await?;
-        Ok(Self {
-            pool,
-            writer: Default::default(),
-        })
-    }
-
     /// How many requests the inbox holds, and when the first and the last were
     /// recorded (unix milliseconds): for benchmarks and tools.
     pub async fn inbox_span(&self) -> Result<(i64, i64, i64), StoreError> {

@@ -895,3 +895,23 @@ async fn a_rebroadcast_the_node_already_holds_keeps_the_time_it_was_first_taken(
     tx.accepted(&[id]).await.expect("accepted");
     assert!(updated(tx.payout(id).await.expect("read")) > 1_000);
 }
+
+#[tokio::test]
+async fn the_sqlite_engine_writes_ahead_and_syncs_every_commit() {
+    let (_dir, s) = store().await;
+    assert_eq!(s.engine(), Engine::Sqlite);
+    let mut conn = s.pool.acquire().await.expect("connection");
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("journal mode");
+    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("synchronous");
+    let keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("foreign keys");
+    assert_eq!((mode.as_str(), sync, keys), ("wal", 2, 1));
+}

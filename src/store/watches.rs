@@ -10,7 +10,7 @@
 
 use super::{Ctx, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, WatchRow, address, now_ms};
 use alloy::primitives::Address;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Any, QueryBuilder, Row};
 use std::collections::HashMap;
 
 /// Rows the log may hold beyond twice the watched count before start-up
@@ -141,7 +141,7 @@ impl Store {
         )
         .bind(after)
         .bind(chain)
-        .bind(limit)
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .ctx("read new watches")?;
@@ -187,7 +187,7 @@ impl StoreTx {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
+            let mut q = QueryBuilder::<Any>::new(
                 "INSERT INTO watch_log (chain, address, symbol, watched, at, block) ",
             );
             q.push_values(chunk, |mut b, (w, block)| {
