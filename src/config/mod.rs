@@ -29,8 +29,53 @@ pub const MAX_LOOKBACK: u64 = 10_000;
 /// Mainnet USDT (TetherToken), the default token table's only entry.
 pub const MAINNET_USDT: &str = "0xdAC17F958D2ee523a2206206994597C13D831ec7";
 
-/// The chains this build can run (the config's `net` list picks among them).
-pub const SUPPORTED_NETS: &[&str] = &["ETH"];
+/// Networks whose native coin, fee model and block time are known, so their
+/// section may leave them out: name, native symbol, fee model, block time (ms).
+/// Any other EVM network runs too; its section names its native symbol.
+pub const KNOWN_NETS: &[(&str, &str, FeeModel, u64)] = &[
+    ("ETH", "ETH", FeeModel::Eip1559, 12_000),
+    ("BSC", "BNB", FeeModel::Legacy, 3_000),
+    ("POLYGON", "POL", FeeModel::Eip1559, 2_000),
+    ("ARBITRUM", "ETH", FeeModel::Eip1559, 250),
+    ("BASE", "ETH", FeeModel::Eip1559, 2_000),
+    ("OPTIMISM", "ETH", FeeModel::Eip1559, 2_000),
+    ("AVAX", "AVAX", FeeModel::Eip1559, 2_000),
+];
+
+/// How a network prices transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeeModel {
+    /// EIP-1559: `maxFeePerGas` and `maxPriorityFeePerGas` from the node's
+    /// fee history (type-2 transactions).
+    Eip1559,
+    /// One `gasPrice` from `eth_gasPrice` (type-0 transactions, EIP-155
+    /// replay-protected): BNB Smart Chain and older networks.
+    Legacy,
+}
+
+impl FeeModel {
+    fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "eip1559" | "eip-1559" => Some(Self::Eip1559),
+            "legacy" => Some(Self::Legacy),
+            _ => None,
+        }
+    }
+
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Eip1559 => "eip1559",
+            Self::Legacy => "legacy",
+        }
+    }
+}
+
+/// The config section of network `name`: `eth_config` for ETH,
+/// `bsc_config` for BSC, and so on.
+pub fn section_key(name: &str) -> String {
+    format!("{}_config", name.to_ascii_lowercase())
+}
 
 /// What went wrong while loading a config file.
 #[derive(Debug, thiserror::Error)]
@@ -241,9 +286,18 @@ pub struct Token {
     pub decimals: u8,
 }
 
-/// Ethereum settings (`eth_config`).
+/// One EVM network's settings (`eth_config`, `bsc_config`, …).
 #[derive(Debug, Clone)]
 pub struct EthConfig {
+    /// Symbol of the native coin (`native_symbol`: `ETH`, `BNB`, `POL` …).
+    pub native: String,
+    /// Decimals of the native coin (`native_decimals`, default 18).
+    pub native_decimals: u8,
+    /// How transactions are priced (`fee_model`: `eip1559` or `legacy`).
+    pub fee_model: FeeModel,
+    /// Typical time between blocks (`block_time_ms`): the defaults of the
+    /// poll interval and the stall limit follow it.
+    pub block_time: Duration,
     /// JSON-RPC endpoint (http, https, ws or wss).
     pub rpc_url: String,
     /// WebSocket endpoint for new-head notifications; without it the watcher polls.
@@ -332,16 +386,21 @@ impl EthConfig {
         (self.confirm_height * 2).max(128).max(self.lookback_blocks)
     }
 
-    /// Every symbol with its decimals: `("ETH", 18)` first, then the tokens.
+    /// Every symbol with its decimals: the native coin first, then the tokens.
     pub fn symbols(&self) -> impl Iterator<Item = (String, u8)> + '_ {
-        std::iter::once(("ETH".to_owned(), 18))
+        std::iter::once((self.native.clone(), self.native_decimals))
             .chain(self.tokens.iter().map(|t| (t.symbol.clone(), t.decimals)))
     }
 
-    /// Decimals of `symbol`: 18 for `ETH`, the token's otherwise.
+    /// Whether `symbol` is the native coin (`ETH` on Ethereum).
+    pub fn is_native(&self, symbol: &str) -> bool {
+        symbol.eq_ignore_ascii_case(&self.native)
+    }
+
+    /// Decimals of `symbol`: the native coin's, or the token's.
     pub fn decimals(&self, symbol: &str) -> Option<u8> {
-        if symbol.eq_ignore_ascii_case("ETH") {
-            Some(18)
+        if self.is_native(symbol) {
+            Some(self.native_decimals)
         } else {
             self.token(symbol).map(|t| t.decimals)
         }
@@ -405,23 +464,23 @@ impl Config {
         if nets.is_empty() {
             return Err(invalid("net", "lists no chain; use [\"ETH\"]"));
         }
-        let nets = nets
-            .into_iter()
-            .map(|n| {
-                let up = n.to_ascii_uppercase();
-                if SUPPORTED_NETS.contains(&up.as_str()) {
-                    Ok(up)
-                } else {
-                    Err(invalid(
-                        "net",
-                        format!(
-                            "unknown chain `{n}`; this build supports {}",
-                            SUPPORTED_NETS.join(", ")
-                        ),
-                    ))
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut names: Vec<String> = Vec::with_capacity(nets.len());
+        for n in nets {
+            let up = n.trim().to_ascii_uppercase();
+            let plain = !up.is_empty()
+                && up.len() <= 16
+                && up.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !plain {
+                return Err(invalid(
+                    "net",
+                    format!("`{n}` is not a network name (letters, digits and _, at most 16)"),
+                ));
+            }
+            if names.contains(&up) {
+                return Err(invalid("net", format!("`{up}` is named twice")));
+            }
+            names.push(up);
+        }
 
         let r = raw.rmq_config;
         if !r.sub_addr.starts_with("amqp://") && !r.sub_addr.starts_with("amqps://") {
@@ -467,8 +526,9 @@ impl Config {
             }
         };
 
-        let mut e = raw.eth_config;
-        let mysql = match (raw.mysql_config.and_then(|m| m.wallet), e.db_config.take()) {
+        let mut eth_section = raw.eth_config;
+        let db_config = eth_section.as_mut().and_then(|e| e.db_config.take());
+        let mysql = match (raw.mysql_config.and_then(|m| m.wallet), db_config) {
             (Some(m), _) => Some(mysql("mysql_config.wallet", m)?),
             (None, Some(m)) => Some(mysql("eth_config.dbConfig", m)?),
             (None, None) => None,
@@ -476,13 +536,14 @@ impl Config {
         let wallet_store = match mysql {
             Some(m) => WalletStore::Mysql(m),
             None => WalletStore::Sqlite(
-                e.sqlite_path
-                    .clone()
+                eth_section
+                    .as_ref()
+                    .and_then(|e| e.sqlite_path.clone())
                     .unwrap_or_else(|| PathBuf::from("./wallet.db")),
             ),
         };
+        let networks = networks(names, eth_section, raw.sections)?;
 
-        let eth = eth_config(e)?;
         let l = raw.log_config;
         let (dir, max_open, main, format) = match l {
             Some(l) => (l.dir, l.max_open_files, l.main_log_dir, l.format),
@@ -527,15 +588,6 @@ impl Config {
                 )
             })?),
         };
-        // Each network named in `net` with its section; `ETH` reads
-        // `eth_config`, the only section this build knows.
-        let networks = nets
-            .into_iter()
-            .map(|name| Network {
-                name,
-                evm: eth.clone(),
-            })
-            .collect();
         Ok(Self {
             networks,
             rmq,
@@ -547,6 +599,51 @@ impl Config {
             health,
         })
     }
+}
+
+/// The networks `names` lists, in that order, each read from its section:
+/// ETH from `eth_config`, any other from `<name>_config` (`bsc_config`).
+/// Two networks may not share a chain id: a node of one would pass for the
+/// other's.
+fn networks(
+    names: Vec<String>,
+    mut eth: Option<raw::RawEth>,
+    mut sections: std::collections::BTreeMap<String, Value>,
+) -> Result<Vec<Network>, ConfigError> {
+    let mut out: Vec<Network> = Vec::with_capacity(names.len());
+    for name in names {
+        let key = section_key(&name);
+        let section = if name == "ETH" {
+            eth.take()
+        } else {
+            sections
+                .remove(&key)
+                .map(|v| {
+                    serde_path_to_error::deserialize(v).map_err(|e| ConfigError::Parse {
+                        key: format!("{key}.{}", e.path()),
+                        message: e.into_inner().to_string(),
+                    })
+                })
+                .transpose()?
+        };
+        let section = section.ok_or_else(|| {
+            invalid(
+                "net",
+                format!("names {name}, but the config has no `{key}` section"),
+            )
+        })?;
+        let evm = evm_config(&key, &name, section)?;
+        if let Some(id) = evm.chain_id
+            && let Some(other) = out.iter().find(|n| n.evm.chain_id == Some(id))
+        {
+            return Err(invalid(
+                format!("{key}.chain_id"),
+                format!("{id} is {}'s chain id too", other.name),
+            ));
+        }
+        out.push(Network { name, evm });
+    }
+    Ok(out)
 }
 
 fn queue_entry(key: &str, raw: RawQueue) -> Result<QueueEntry, ConfigError> {
@@ -611,46 +708,75 @@ fn mysql(key: &str, m: RawMysql) -> Result<MysqlConfig, ConfigError> {
     })
 }
 
-fn eth_config(e: raw::RawEth) -> Result<EthConfig, ConfigError> {
-    check_url(
-        "eth_config.rpc_url",
-        &e.rpc_url,
-        &["http", "https", "ws", "wss"],
-    )?;
+/// Network `name`'s settings from its section (`section` is the key it was
+/// read from), with defaults from [`KNOWN_NETS`] where the section is silent.
+fn evm_config(section: &str, name: &str, e: raw::RawEth) -> Result<EthConfig, ConfigError> {
+    let k = |key: &str| format!("{section}.{key}");
+    check_url(&k("rpc_url"), &e.rpc_url, &["http", "https", "ws", "wss"])?;
     let ws_url = e.ws_url.filter(|u| !u.trim().is_empty());
     if let Some(ws) = &ws_url {
-        check_url("eth_config.ws_url", ws, &["ws", "wss"])?;
+        check_url(&k("ws_url"), ws, &["ws", "wss"])?;
     }
     let confirm_height = e.confirm_height.unwrap_or(20);
     if !(1..=10_000).contains(&confirm_height) {
         return Err(invalid(
-            "eth_config.confirm_height",
+            k("confirm_height"),
             format!("{confirm_height} is out of range; use 1 to 10000 (20 is usual)"),
         ));
     }
     // The watch set keeps a bit per symbol in a u64, ETH included.
     const MAX_TOKENS: usize = 63;
+    let known = KNOWN_NETS.iter().find(|(n, ..)| *n == name);
+    let native = match (e.native_symbol.as_deref().map(str::trim), known) {
+        (Some(s), _) if !s.is_empty() => s.to_ascii_uppercase(),
+        (_, Some((_, s, ..))) => (*s).to_owned(),
+        _ => {
+            return Err(invalid(
+                k("native_symbol"),
+                format!(
+                    "`{name}` is not a network this build knows: name its native coin (e.g. \"BNB\")"
+                ),
+            ));
+        }
+    };
+    let native_decimals = e.native_decimals.unwrap_or(18);
+    if native_decimals > 36 {
+        return Err(invalid(k("native_decimals"), "must be at most 36"));
+    }
+    let fee_model = match (e.fee_model.as_deref(), known) {
+        (Some(f), _) => FeeModel::parse(f)
+            .ok_or_else(|| invalid(k("fee_model"), format!("`{f}` is not eip1559 or legacy")))?,
+        (None, Some((_, _, f, _))) => *f,
+        (None, None) => FeeModel::Eip1559,
+    };
+    let block_time = match (e.block_time_ms, known) {
+        (Some(0), _) => return Err(invalid(k("block_time_ms"), "must be above 0")),
+        (Some(ms), _) => ms,
+        (None, Some((.., ms))) => *ms,
+        (None, None) => 2_000,
+    };
     let tokens = match e.tokens {
+        None if name != "ETH" => Vec::new(),
         None => vec![Token {
             symbol: "USDT".to_owned(),
-            contract: parse_address(MAINNET_USDT).map_err(|r| invalid("eth_config.tokens", r))?,
+            contract: parse_address(MAINNET_USDT).map_err(|r| invalid(k("tokens"), r))?,
             decimals: 6,
         }],
         Some(list) => {
             if list.len() > MAX_TOKENS {
                 return Err(invalid(
-                    "eth_config.tokens",
+                    k("tokens"),
                     format!("{} tokens; at most {MAX_TOKENS} are supported", list.len()),
                 ));
             }
             let mut tokens: Vec<Token> = Vec::with_capacity(list.len());
             for (i, t) in list.into_iter().enumerate() {
-                let key = format!("eth_config.tokens[{i}]");
+                let key = format!("{section}.tokens[{i}]");
                 let symbol = t.symbol.trim().to_ascii_uppercase();
-                if symbol.is_empty() || symbol == "ETH" {
+                if symbol.is_empty() || symbol == native {
                     return Err(invalid(
                         format!("{key}.symbol"),
-                        "must name an ERC20 token (ETH is native and always known)",
+                        format!("must name an ERC20 token ({native} is native and always known)"),
                     ));
                 }
                 if tokens.iter().any(|x| x.symbol == symbol) {
@@ -670,38 +796,38 @@ fn eth_config(e: raw::RawEth) -> Result<EthConfig, ConfigError> {
             tokens
         }
     };
-    let poll = e.poll_interval_ms.unwrap_or(2000);
+    // Half a block, at most the 2 s Ethereum has always used.
+    let poll = e
+        .poll_interval_ms
+        .unwrap_or((block_time / 2).clamp(100, 2_000));
     if poll == 0 {
-        return Err(invalid("eth_config.poll_interval_ms", "must be above 0"));
+        return Err(invalid(k("poll_interval_ms"), "must be above 0"));
     }
     let max_block_range = e.max_block_range.unwrap_or(500);
     if max_block_range == 0 {
-        return Err(invalid("eth_config.max_block_range", "must be above 0"));
+        return Err(invalid(k("max_block_range"), "must be above 0"));
     }
     let lookback_blocks = e.lookback_blocks.unwrap_or(DEFAULT_LOOKBACK);
     if lookback_blocks > MAX_LOOKBACK {
         return Err(invalid(
-            "eth_config.lookback_blocks",
+            k("lookback_blocks"),
             format!("must be at most {MAX_LOOKBACK}"),
         ));
     }
     let collection = e
         .collection_address
         .as_deref()
-        .map(|a| parse_address(a).map_err(|r| invalid("eth_config.collection_address", r)))
+        .map(|a| parse_address(a).map_err(|r| invalid(k("collection_address"), r)))
         .transpose()?;
     let gwei = e.max_fee_per_gas_gwei.unwrap_or(200);
     if gwei == 0 {
-        return Err(invalid(
-            "eth_config.max_fee_per_gas_gwei",
-            "must be above 0",
-        ));
+        return Err(invalid(k("max_fee_per_gas_gwei"), "must be above 0"));
     }
     let gas_limit_token = e.gas_limit_token.unwrap_or(100_000);
     let gas_limit_eth = e.gas_limit_eth.unwrap_or(21_000);
     for (key, v) in [
-        ("eth_config.gas_limit_token", gas_limit_token),
-        ("eth_config.gas_limit_eth", gas_limit_eth),
+        (&k("gas_limit_token"), gas_limit_token),
+        (&k("gas_limit_eth"), gas_limit_eth),
     ] {
         if !(21_000..=30_000_000).contains(&v) {
             return Err(invalid(
@@ -716,15 +842,20 @@ fn eth_config(e: raw::RawEth) -> Result<EthConfig, ConfigError> {
             n => Ok(Duration::from_secs(n)),
         }
     };
-    let rebroadcast = positive("eth_config.rebroadcast_secs", e.rebroadcast_secs, 30)?;
-    let stuck_after = positive("eth_config.stuck_payout_secs", e.stuck_payout_secs, 180)?;
-    let head_stall = positive("eth_config.head_stall_secs", e.head_stall_secs, 120)?;
-    let rpc_timeout = positive("eth_config.rpc_timeout_secs", e.rpc_timeout_secs, 30)?;
+    let rebroadcast = positive(&k("rebroadcast_secs"), e.rebroadcast_secs, 30)?;
+    let stuck_after = positive(&k("stuck_payout_secs"), e.stuck_payout_secs, 180)?;
+    // Ten blocks, never under the 2 minutes Ethereum has always used.
+    let head_stall = positive(
+        &k("head_stall_secs"),
+        e.head_stall_secs,
+        (block_time * 10 / 1000).max(120),
+    )?;
+    let rpc_timeout = positive(&k("rpc_timeout_secs"), e.rpc_timeout_secs, 30)?;
     let max_rpc_batch = match e.max_rpc_batch.unwrap_or(100) {
         n @ 1..=10_000 => n as usize,
         n => {
             return Err(invalid(
-                "eth_config.max_rpc_batch",
+                k("max_rpc_batch"),
                 format!("{n} is out of range; use 1 to 10000 (100 suits every common node)"),
             ));
         }
@@ -733,7 +864,7 @@ fn eth_config(e: raw::RawEth) -> Result<EthConfig, ConfigError> {
         n @ 1..=16 => n as usize,
         n => {
             return Err(invalid(
-                "eth_config.broadcasts_in_flight",
+                k("broadcasts_in_flight"),
                 format!("{n} is out of range; use 1 to 16"),
             ));
         }
@@ -741,7 +872,7 @@ fn eth_config(e: raw::RawEth) -> Result<EthConfig, ConfigError> {
     let fallback_rpc_urls = e.fallback_rpc_urls.unwrap_or_default();
     for (i, u) in fallback_rpc_urls.iter().enumerate() {
         check_url(
-            &format!("eth_config.fallback_rpc_urls[{i}]"),
+            &format!("{section}.fallback_rpc_urls[{i}]"),
             u,
             &["http", "https", "ws", "wss"],
         )?;
@@ -749,7 +880,7 @@ fn eth_config(e: raw::RawEth) -> Result<EthConfig, ConfigError> {
     let fallback_ws_urls = e.fallback_ws_urls.unwrap_or_default();
     for (i, u) in fallback_ws_urls.iter().enumerate() {
         check_url(
-            &format!("eth_config.fallback_ws_urls[{i}]"),
+            &format!("{section}.fallback_ws_urls[{i}]"),
             u,
             &["ws", "wss"],
         )?;
@@ -763,6 +894,10 @@ fn eth_config(e: raw::RawEth) -> Result<EthConfig, ConfigError> {
         stuck_after,
     };
     Ok(EthConfig {
+        native,
+        native_decimals,
+        fee_model,
+        block_time: Duration::from_millis(block_time),
         rpc_url: e.rpc_url,
         ws_url,
         fallback_rpc_urls,

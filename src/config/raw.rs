@@ -3,7 +3,8 @@
 //! Both layouts of the Go version load through these structs: the current one
 //! (snake_case keys, `mysql_config.wallet`, `msg_config`) and the older one
 //! (camelCase `rpcUrl`/`wsUrl`/`confirmHeight`, the wallet database under
-//! `eth_config.dbConfig`). Unknown keys are ignored. Every setting that the Go
+//! `eth_config.dbConfig`). Another network's section (`bsc_config`, …) has
+//! the keys of `eth_config`. Unknown keys are ignored. Every setting that the Go
 //! version did not have is optional here; [`super::Config::from_raw`] fills in
 //! the defaults and validates.
 
@@ -17,9 +18,13 @@ pub(super) struct RawConfig {
     pub rmq_config: RawRmq,
     pub msg_config: Option<RawMsg>,
     pub mysql_config: Option<RawMysqlSection>,
-    pub eth_config: RawEth,
+    pub eth_config: Option<RawEth>,
     pub log_config: Option<RawLog>,
     pub http_config: Option<RawHttp>,
+    /// Every other top-level key: the sections of networks other than ETH
+    /// (`bsc_config`, `polygon_config`, …), read once `net` names them.
+    #[serde(flatten)]
+    pub sections: std::collections::BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +128,10 @@ pub(super) struct RawEth {
     pub head_stall_secs: Option<u64>,
     pub fallback_rpc_urls: Option<Vec<String>>,
     pub fallback_ws_urls: Option<Vec<String>>,
+    pub native_symbol: Option<String>,
+    pub native_decimals: Option<u8>,
+    pub fee_model: Option<String>,
+    pub block_time_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

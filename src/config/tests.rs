@@ -253,3 +253,126 @@ fn lookback_defaults_to_256_blocks_and_widens_the_block_window() {
         .expect_err("too many");
     assert_eq!(key_of(err), "eth_config.lookback_blocks");
 }
+
+const THREE: &[u8] = include_bytes!("../../docs/config.three-networks.json");
+
+/// `THREE` edited by `edit`.
+fn three_with(edit: impl FnOnce(&mut serde_json::Value)) -> Result<Config, ConfigError> {
+    let mut v: serde_json::Value = serde_json::from_slice(THREE).expect("json");
+    edit(&mut v);
+    Config::from_json(&serde_json::to_vec(&v).expect("json"))
+}
+
+#[test]
+fn three_networks_load_each_from_its_own_section() {
+    let c = Config::from_json(THREE).expect("the documented example loads");
+    assert_eq!(c.net_names(), vec!["ETH", "BSC", "POLYGON"]);
+    let net = |n: &str| &c.network(n).expect("runs").evm;
+    let (eth, bsc, pol) = (net("ETH"), net("BSC"), net("POLYGON"));
+    assert_eq!(
+        (
+            eth.native.as_str(),
+            bsc.native.as_str(),
+            pol.native.as_str()
+        ),
+        ("ETH", "BNB", "POL")
+    );
+    assert_eq!(
+        (eth.fee_model, bsc.fee_model, pol.fee_model),
+        (FeeModel::Eip1559, FeeModel::Legacy, FeeModel::Eip1559)
+    );
+    assert_eq!(eth.decimals("USDT"), Some(6));
+    assert_eq!(bsc.decimals("USDT"), Some(18));
+    assert_eq!(bsc.decimals("bnb"), Some(18));
+    assert_eq!(bsc.decimals("ETH"), None, "ether is not BSC's coin");
+    assert!(bsc.is_native("BNB") && !bsc.is_native("ETH"));
+    assert_eq!((bsc.chain_id, pol.confirm_height), (Some(56), 64));
+    assert_eq!(
+        bsc.poll_interval,
+        Duration::from_millis(1_500),
+        "half a block"
+    );
+    assert_eq!(eth.poll_interval, Duration::from_millis(2_000));
+    assert_eq!(bsc.payout.max_fee_per_gas, 5_000_000_000);
+    assert_eq!(
+        bsc.symbols().collect::<Vec<_>>(),
+        vec![
+            ("BNB".to_owned(), 18),
+            ("USDT".to_owned(), 18),
+            ("USDC".to_owned(), 18)
+        ]
+    );
+}
+
+#[test]
+fn the_go_config_keeps_ethereums_defaults() {
+    let c = Config::from_json(V2).expect("loads");
+    let e = eth(&c);
+    assert_eq!((e.native.as_str(), e.native_decimals), ("ETH", 18));
+    assert_eq!(e.fee_model, FeeModel::Eip1559);
+    assert_eq!(e.poll_interval, Duration::from_millis(2_000));
+    assert_eq!(e.head_stall, Duration::from_secs(120));
+}
+
+#[test]
+fn a_network_without_a_well_formed_section_is_refused_by_key() {
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(|v| {
+                v.as_object_mut().expect("obj").remove("bsc_config");
+            }),
+            "net",
+        ),
+        (
+            Box::new(|v| v["net"] = serde_json::json!(["ETH", "eth"])),
+            "net",
+        ),
+        (
+            Box::new(|v| v["polygon_config"]["chain_id"] = 56.into()),
+            "polygon_config.chain_id",
+        ),
+        (
+            Box::new(|v| {
+                v["bsc_config"]["tokens"][0]
+                    .as_object_mut()
+                    .expect("obj")
+                    .remove("decimals");
+            }),
+            "bsc_config.tokens[0]",
+        ),
+        (
+            Box::new(|v| v["bsc_config"]["tokens"][0]["symbol"] = "bnb".into()),
+            "bsc_config.tokens[0].symbol",
+        ),
+        (
+            Box::new(|v| v["bsc_config"]["fee_model"] = "cheap".into()),
+            "bsc_config.fee_model",
+        ),
+        (
+            Box::new(|v| v["bsc_config"]["rpc_url"] = "bsc.example.net".into()),
+            "bsc_config.rpc_url",
+        ),
+        (
+            Box::new(|v| {
+                v["net"] = serde_json::json!(["ETH", "FANTOM"]);
+                v["fantom_config"] = serde_json::json!({"rpc_url": "http://localhost:1"});
+            }),
+            "fantom_config.native_symbol",
+        ),
+    ];
+    for (edit, want) in cases {
+        let err = three_with(edit).expect_err("must be refused");
+        let msg = err.to_string();
+        assert_eq!(key_of(err), want, "{msg}");
+    }
+    let c = three_with(|v| {
+        v["net"] = serde_json::json!(["ETH", "FANTOM"]);
+        v["fantom_config"] =
+            serde_json::json!({"rpc_url": "http://localhost:1", "native_symbol": "ftm"});
+    })
+    .expect("an unknown network naming its coin runs");
+    let f = &c.network("FANTOM").expect("runs").evm;
+    assert_eq!((f.native.as_str(), f.fee_model), ("FTM", FeeModel::Eip1559));
+    assert!(f.tokens.is_empty(), "mainnet USDT is Ethereum's alone");
+}

@@ -37,9 +37,15 @@ pub(super) const CANCELLED: &str = "cancelled";
 /// Whether mined transaction `o` paid payout `p`: for a token (`contract`),
 /// its receipt must log the `Transfer` of exactly that amount from the payer
 /// to the recipient; a token whose `transfer` returns `false` (many do, and
-/// revert nothing) logs none. The error says what was missing.
-pub(super) fn paid(p: &Payout, contract: Option<Address>, o: &OwnTx) -> Result<(), String> {
-    if !o.success || p.symbol == "ETH" {
+/// revert nothing) logs none; the network's native coin (`native`) needs no
+/// log. The error says what was missing.
+pub(super) fn paid(
+    p: &Payout,
+    native: bool,
+    contract: Option<Address>,
+    o: &OwnTx,
+) -> Result<(), String> {
+    if !o.success || native {
         return Ok(());
     }
     let Some(contract) = contract else {
@@ -311,7 +317,8 @@ impl Listen {
             let contract = p
                 .contract
                 .or_else(|| self.tokens.contract(&p.chain, &p.symbol));
-            paid(&p, contract, o)
+            let native = self.tokens.is_native(&p.chain, &p.symbol);
+            paid(&p, native, contract, o)
         };
         let m = Mined {
             tx_hash: o.tx_hash,
@@ -556,11 +563,11 @@ mod tests {
             value: U256::from(5u64),
         };
         assert_eq!(
-            paid(&p, Some(token), &mined(true, vec![exact.clone()])),
+            paid(&p, false, Some(token), &mined(true, vec![exact.clone()])),
             Ok(())
         );
         // `transfer` returned false: status 1, no log.
-        assert!(paid(&p, Some(token), &mined(true, vec![])).is_err());
+        assert!(paid(&p, false, Some(token), &mined(true, vec![])).is_err());
         // Another contract, amount or recipient is not this payout.
         for wrong in [
             TokenMove {
@@ -580,12 +587,15 @@ mod tests {
                 ..exact.clone()
             },
         ] {
-            assert!(paid(&p, Some(token), &mined(true, vec![wrong])).is_err());
+            assert!(paid(&p, false, Some(token), &mined(true, vec![wrong])).is_err());
         }
         // Without its contract it cannot be checked: not counted as paid.
-        assert!(paid(&p, None, &mined(true, vec![exact])).is_err());
+        assert!(paid(&p, false, None, &mined(true, vec![exact])).is_err());
         // Ether is judged by the receipt alone; a revert by the caller.
-        assert_eq!(paid(&payout("ETH"), None, &mined(true, vec![])), Ok(()));
-        assert_eq!(paid(&p, Some(token), &mined(false, vec![])), Ok(()));
+        assert_eq!(
+            paid(&payout("ETH"), true, None, &mined(true, vec![])),
+            Ok(())
+        );
+        assert_eq!(paid(&p, false, Some(token), &mined(false, vec![])), Ok(()));
     }
 }

@@ -64,6 +64,12 @@ impl Tokens {
         self.asset(chain, symbol).and_then(|a| a.contract)
     }
 
+    /// Whether `symbol` is `chain`'s native coin (`ETH`, `BNB` …).
+    pub fn is_native(&self, chain: &str, symbol: &str) -> bool {
+        self.asset(chain, symbol)
+            .is_some_and(|a| a.contract.is_none())
+    }
+
     fn asset(&self, chain: &str, symbol: &str) -> Option<Asset> {
         self.by_chain.get(chain)?.get(symbol).copied()
     }
@@ -84,6 +90,9 @@ mod tests {
         assert_eq!(tokens.decimals("ETH", "USDT"), 6);
         assert!(tokens.contract("ETH", "USDT").is_some());
         assert_eq!(tokens.contract("ETH", "ETH"), None);
+        assert!(tokens.is_native("ETH", "ETH"));
+        assert!(!tokens.is_native("ETH", "USDT"));
+        assert!(!tokens.is_native("BSC", "ETH"), "a network not run");
         assert_eq!(tokens.decimals("ETH", "NOPE"), 18);
         assert_eq!(tokens.decimals("BSC", "USDT"), 18, "an unknown network");
         assert_eq!(tokens.contract("BSC", "USDT"), None);

@@ -159,7 +159,7 @@ impl Lookback {
                 .iter()
                 .map(|t| (t.contract, Arc::from(t.symbol.as_str())))
                 .collect(),
-            ether: Arc::from("ETH"),
+            ether: Arc::from(cfg.native.as_str()),
             cache,
             wake,
         }

@@ -92,7 +92,7 @@ impl Scanner {
                 .map(|t| (t.contract, Arc::from(t.symbol.as_str())))
                 .collect(),
             contracts: cfg.tokens.iter().map(|t| t.contract).collect(),
-            ether: Arc::from("ETH"),
+            ether: Arc::from(cfg.native.as_str()),
             window: recent.into_iter().map(|b| (b.number, b)).collect(),
             keep,
             range: RangeSize::new(cfg.max_block_range),

@@ -15,7 +15,7 @@
 //! error.
 
 use super::check::{Check, Payer, Reservation, Reserved, reservation};
-use super::sign;
+use super::sign::{self, SignFor};
 use super::{ActorMsg, Job, SenderDeps, broadcaster, failpoint};
 use crate::backoff::{Backoff, sleep_or_shutdown};
 use crate::chain::Refusal;
@@ -81,6 +81,14 @@ impl Actor {
         }
     }
 
+    /// What this wallet's transactions are signed for.
+    pub(super) fn sign_for(&self) -> SignFor {
+        SignFor {
+            chain_id: self.chain_id,
+            fees: self.deps.cfg.fee_model,
+        }
+    }
+
     /// Takes batches of payouts (and replacements of stuck ones) until the
     /// channel closes or `shutdown`.
     pub async fn run(
@@ -97,7 +105,8 @@ impl Actor {
             .await?
         {
             if let Some(n) = p.nonce {
-                self.inflight.insert(n, reservation(&p, &tx));
+                self.inflight
+                    .insert(n, reservation(&self.deps.cfg, &p, &tx));
             }
         }
         let mut batch = Vec::with_capacity(BATCH);
@@ -221,7 +230,7 @@ impl Actor {
         let mut symbols: Vec<(String, Address)> = Vec::new();
         for j in &jobs {
             let p = &j.payout;
-            if p.symbol == "ETH" || symbols.iter().any(|(s, _)| *s == p.symbol) {
+            if self.deps.cfg.is_native(&p.symbol) || symbols.iter().any(|(s, _)| *s == p.symbol) {
                 continue;
             }
             if let Some(c) = p
@@ -240,9 +249,12 @@ impl Actor {
         else {
             return Ok(Vec::new());
         };
-        let ceiling = self.deps.cfg.payout.max_fee_per_gas;
+        let (ceiling, model) = (
+            self.deps.cfg.payout.max_fee_per_gas,
+            self.deps.cfg.fee_model,
+        );
         let Some(fees) = self
-            .patiently("fees", shutdown, |rpc| sign::fees(rpc, ceiling))
+            .patiently("fees", shutdown, |rpc| sign::fees(rpc, ceiling, model))
             .await
         else {
             return Ok(Vec::new());
@@ -299,7 +311,7 @@ impl Actor {
         let mut gas: HashMap<i64, Result<u64, String>> = HashMap::new();
         for job in &jobs {
             let p = &job.payout;
-            if p.symbol != "ETH" {
+            if !self.deps.cfg.is_native(&p.symbol) {
                 continue;
             }
             let (from, to, value, plain) = (
@@ -334,9 +346,9 @@ impl Actor {
                 match self.payer().check(job, &view, fees, &gas, &reserved) {
                     Check::Pay(draft) => {
                         let nonce = self.next_nonce.unwrap_or(view.nonce);
-                        match sign::sign(&key, self.chain_id, &job.payout, nonce, draft, fees) {
+                        match sign::sign(&key, self.sign_for(), &job.payout, nonce, draft, fees) {
                             Ok(stx) => {
-                                let r = reservation(&job.payout, &stx);
+                                let r = reservation(&self.deps.cfg, &job.payout, &stx);
                                 reserved.add(&r);
                                 self.inflight.insert(nonce, r);
                                 self.next_nonce = Some(nonce + 1);

@@ -21,12 +21,12 @@ pub(super) struct Reservation {
 }
 
 /// What payout `p`, signed as `tx`, holds back until it is mined.
-pub(super) fn reservation(p: &Payout, tx: &SignedTx) -> Reservation {
+pub(super) fn reservation(cfg: &EthConfig, p: &Payout, tx: &SignedTx) -> Reservation {
     let gas = U256::from(tx.gas_limit) * U256::from(tx.max_fee_per_gas);
     Reservation {
         symbol: p.symbol.clone(),
         amount: p.amount,
-        ether: if p.symbol == "ETH" {
+        ether: if cfg.is_native(&p.symbol) {
             gas + p.amount
         } else {
             gas
@@ -67,7 +67,7 @@ impl Reserved {
 /// contract recorded with it (the config's for an older row); `None` when
 /// that contract is not known.
 pub(super) fn draft(cfg: &EthConfig, p: &Payout, gas_limit: u64) -> Option<Draft> {
-    if p.symbol == "ETH" {
+    if cfg.is_native(&p.symbol) {
         return Some(Draft::ether(p.to, p.amount, gas_limit));
     }
     let contract = p
@@ -114,7 +114,7 @@ impl Payer<'_> {
             .decimals
             .or_else(|| self.cfg.decimals(&p.symbol))
             .unwrap_or(18);
-        let is_ether = p.symbol == "ETH";
+        let is_ether = self.cfg.is_native(&p.symbol);
         let holds = if is_ether {
             view.ether.saturating_sub(reserved.ether)
         } else {
@@ -277,7 +277,7 @@ mod tests {
             signed_at: 0,
             cancels: false,
         };
-        let reserved = Reserved::of([reservation(&in_flight, &tx)].iter());
+        let reserved = Reserved::of([reservation(&cfg, &in_flight, &tx)].iter());
         // 7 USDT held, 3 on their way: 4 left, not enough for 5.
         let got = decide(
             &cfg,

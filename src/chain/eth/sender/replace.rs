@@ -45,9 +45,12 @@ impl Actor {
         shutdown: &CancellationToken,
     ) -> Result<(), ActorError> {
         let Some(nonce) = p.nonce else { return Ok(()) };
-        let ceiling = self.deps.cfg.payout.max_fee_per_gas;
+        let (ceiling, model) = (
+            self.deps.cfg.payout.max_fee_per_gas,
+            self.deps.cfg.fee_model,
+        );
         let Some(estimate) = self
-            .patiently("fees", shutdown, |rpc| sign::fees(rpc, ceiling))
+            .patiently("fees", shutdown, |rpc| sign::fees(rpc, ceiling, model))
             .await
         else {
             return Ok(());
@@ -86,7 +89,7 @@ impl Actor {
                 return Ok(());
             }
         };
-        let new = match sign::sign(&key, self.chain_id, &p, nonce, draft, fees) {
+        let new = match sign::sign(&key, self.sign_for(), &p, nonce, draft, fees) {
             Ok(t) => SignedTx {
                 cancels: cancel,
                 ..t
@@ -101,7 +104,8 @@ impl Actor {
             // Mined, or replaced already, in the meantime.
             return Ok(());
         }
-        self.inflight.insert(nonce, reservation(&p, &new));
+        self.inflight
+            .insert(nonce, reservation(&self.deps.cfg, &p, &new));
         if cancel {
             info!(target: "m2pool::payout", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id, nonce,
                   old = %hash_hex(&old.tx_hash), new = %hash_hex(&new.tx_hash),

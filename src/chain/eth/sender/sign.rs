@@ -1,9 +1,11 @@
-//! Building and signing payout transactions (EIP-1559), reading a wallet's
-//! balances and nonce at one block, and broadcasting signed bytes.
+//! Building and signing payout transactions (EIP-1559, or legacy `gasPrice`
+//! where the network prices that way), reading a wallet's balances and nonce
+//! at one block, and broadcasting signed bytes.
 
 use crate::chain::eth::endpoints::Endpoints;
+use crate::config::FeeModel;
 use crate::store::{Payout, SignedTx};
-use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope, TxLegacy};
 use alloy::eips::eip2718::Encodable2718;
 use alloy::network::Ethereum;
 use alloy::primitives::{Address, B256, Bytes, TxKind, U256};
@@ -83,11 +85,21 @@ pub(super) async fn pending_nonce(
         .map_err(node("eth_getTransactionCount(pending)"))
 }
 
-/// EIP-1559 fees from the node, capped by `ceiling` (wei).
+/// Fees from the node, capped by `ceiling` (wei): EIP-1559's max fee and
+/// priority fee, or (legacy) the gas price twice.
 pub(super) async fn fees(
     rpc: RootProvider<Ethereum>,
     ceiling: u128,
+    model: FeeModel,
 ) -> Result<(u128, u128), NodeError> {
+    if model == FeeModel::Legacy {
+        let price = rpc
+            .get_gas_price()
+            .await
+            .map_err(node("eth_gasPrice"))?
+            .min(ceiling);
+        return Ok((price, price));
+    }
     let est = rpc
         .estimate_eip1559_fees()
         .await
@@ -201,28 +213,57 @@ impl Drop for BatchKey {
     }
 }
 
-/// Signs `draft` for payout `p` with `nonce` and the given fees.
+/// What a transaction is signed for: the network's chain id and how it
+/// prices transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SignFor {
+    /// EIP-155 chain id.
+    pub chain_id: u64,
+    /// EIP-1559 or legacy.
+    pub fees: FeeModel,
+}
+
+/// Signs `draft` for payout `p` with `nonce` and the given fees (max fee and
+/// priority fee; a legacy transaction's gas price is the max fee).
 pub(super) fn sign(
     key: &BatchKey,
-    chain_id: u64,
+    net: SignFor,
     p: &Payout,
     nonce: u64,
     draft: Draft,
     (max_fee, priority): (u128, u128),
 ) -> Result<SignedTx, alloy::signers::Error> {
-    let tx = TxEip1559 {
-        chain_id,
-        nonce,
-        gas_limit: draft.gas_limit,
-        max_fee_per_gas: max_fee,
-        max_priority_fee_per_gas: priority,
-        to: TxKind::Call(draft.to),
-        value: draft.value,
-        access_list: Default::default(),
-        input: draft.input,
+    let gas_limit = draft.gas_limit;
+    let envelope: TxEnvelope = match net.fees {
+        FeeModel::Eip1559 => {
+            let tx = TxEip1559 {
+                chain_id: net.chain_id,
+                nonce,
+                gas_limit,
+                max_fee_per_gas: max_fee,
+                max_priority_fee_per_gas: priority,
+                to: TxKind::Call(draft.to),
+                value: draft.value,
+                access_list: Default::default(),
+                input: draft.input,
+            };
+            let sig = key.sign(tx.signature_hash());
+            tx.into_signed(sig).into()
+        }
+        FeeModel::Legacy => {
+            let tx = TxLegacy {
+                chain_id: Some(net.chain_id),
+                nonce,
+                gas_price: max_fee,
+                gas_limit,
+                to: TxKind::Call(draft.to),
+                value: draft.value,
+                input: draft.input,
+            };
+            let sig = key.sign(tx.signature_hash());
+            tx.into_signed(sig).into()
+        }
     };
-    let sig = key.sign(tx.signature_hash());
-    let envelope: TxEnvelope = tx.into_signed(sig).into();
     Ok(SignedTx {
         payout_id: p.id,
         tx_hash: *envelope.tx_hash(),
@@ -407,10 +448,14 @@ mod tests {
             id: 7,
             ..crate::store::Payout::sample(signer.address())
         };
+        let eip1559 = SignFor {
+            chain_id: 31337,
+            fees: FeeModel::Eip1559,
+        };
         for n in 0..50 {
             let draft = Draft::token(Address::repeat_byte(9), p.to, p.amount, 100_000);
             let stx =
-                sign(&key, 31337, &p, n, draft, (2_000_000_000, 1_000_000_000)).expect("signs");
+                sign(&key, eip1559, &p, n, draft, (2_000_000_000, 1_000_000_000)).expect("signs");
             let envelope = TxEnvelope::decode_2718(&mut stx.raw.as_slice()).expect("decodes");
             assert_eq!(*envelope.tx_hash(), stx.tx_hash);
             let signed = envelope.as_eip1559().expect("EIP-1559");
@@ -423,6 +468,33 @@ mod tests {
             let s = envelope.signature().s();
             assert!(s <= U256::MAX >> 1, "low s");
         }
+    }
+
+    #[test]
+    fn a_legacy_network_gets_a_replay_protected_gas_price_transaction() {
+        use alloy::consensus::Transaction as _;
+        use alloy::eips::eip2718::Decodable2718;
+        let signer = PrivateKeySigner::random();
+        let key = BatchKey::of(&signer).expect("key");
+        let p = crate::store::Payout::sample(signer.address());
+        let legacy = SignFor {
+            chain_id: 56,
+            fees: FeeModel::Legacy,
+        };
+        let draft = Draft::ether(p.to, p.amount, 21_000);
+        let stx = sign(&key, legacy, &p, 3, draft, (5_000_000_000, 5_000_000_000)).expect("signs");
+        let envelope = TxEnvelope::decode_2718(&mut stx.raw.as_slice()).expect("decodes");
+        let signed = envelope.as_legacy().expect("a legacy transaction");
+        assert_eq!(signed.tx().chain_id, Some(56), "EIP-155");
+        assert_eq!(envelope.gas_price(), Some(5_000_000_000));
+        assert_eq!((envelope.nonce(), envelope.value()), (3, p.amount));
+        let from = signed
+            .signature()
+            .recover_address_from_prehash(&signed.signature_hash())
+            .expect("recovers");
+        assert_eq!(from, signer.address());
+        assert_eq!(*envelope.tx_hash(), stx.tx_hash);
+        assert_eq!(stx.max_fee_per_gas, 5_000_000_000, "reservations use it");
     }
 
     #[test]
