@@ -110,11 +110,24 @@ pub(crate) enum WalletCommand {
         #[arg(long, default_value = "ETH")]
         chain: String,
     },
-    /// List wallets with their labels and ledger balances.
-    List {
-        /// Chain.
-        #[arg(long, default_value = "ETH")]
+    /// Enable a wallet already in the store on another network too (same
+    /// key, same address; its own ledger and nonces there).
+    Enable {
+        /// The wallet's address.
+        #[arg(long)]
+        address: String,
+        /// The network to enable it on.
+        #[arg(long)]
         chain: String,
+        /// Label it as that network's collection wallet.
+        #[arg(long)]
+        collection: bool,
+    },
+    /// List wallets with their labels and ledger balances, per network.
+    List {
+        /// Only this network (default: every network the config runs).
+        #[arg(long)]
+        chain: Option<String>,
     },
 }
 
@@ -233,12 +246,33 @@ async fn wallet_command(cli: &Cli, cmd: &WalletCommand) -> Result<()> {
             let a = wallet::cli::import(&store, &kek, chain, &text, label(*collection)).await?;
             println!("{a:#x}");
         }
+        WalletCommand::Enable {
+            address,
+            chain,
+            collection,
+        } => {
+            let address = m2pool_payment::msg::parse_address(address)
+                .map_err(|e| anyhow::anyhow!("--address: {e}"))?;
+            let chain = chain.to_ascii_uppercase();
+            wallet::cli::enable(&store, &chain, address, label(*collection)).await?;
+            println!("{address:#x} enabled on {chain}");
+        }
         WalletCommand::List { chain } => {
-            let decimals: HashMap<String, u8> = config
-                .network(&chain.to_ascii_uppercase())
-                .map(|n| n.evm.symbols().collect())
-                .unwrap_or_default();
-            print!("{}", wallet::cli::list(&store, chain, &decimals).await?);
+            let names = match chain {
+                Some(c) => vec![c.to_ascii_uppercase()],
+                None => config.net_names(),
+            };
+            let nets: Vec<(String, HashMap<String, u8>)> = names
+                .into_iter()
+                .map(|name| {
+                    let decimals = config
+                        .network(&name)
+                        .map(|n| n.evm.symbols().collect())
+                        .unwrap_or_default();
+                    (name, decimals)
+                })
+                .collect();
+            print!("{}", wallet::cli::list(&store, &nets).await?);
         }
     }
     store.close().await;

@@ -212,6 +212,32 @@ fn wallet_commands_create_import_and_list_without_key_material() {
         !out.contains(&key[2..]) && !out.contains("v1:"),
         "no key material: {out}"
     );
+    assert!(out.lines().all(|l| l.starts_with("ETH ")), "{out}");
+
+    // The same wallet, enabled on a second network.
+    let enable = |address: &str| {
+        wallet(
+            &config,
+            &["enable", "--address", address, "--chain", "bsc"],
+            "",
+        )
+    };
+    let (ok, out, err) = enable(created[0]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("{} enabled on BSC", created[0]));
+    let (ok, _, err) = enable(created[0]);
+    assert!(!ok && err.contains("already in the store"), "{err}");
+    let (ok, _, err) = enable("0x1111111111111111111111111111111111111111");
+    assert!(
+        !ok && err.contains("not in the store on any network"),
+        "{err}"
+    );
+    let (ok, _, err) = enable("0x12");
+    assert!(!ok && err.contains("--address"), "{err}");
+    let (ok, out, err) = wallet(&config, &["list", "--chain", "BSC"], "");
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.starts_with("BSC ") && out.contains(created[0]), "{out}");
 }
 
 #[test]

@@ -22,6 +22,9 @@ pub enum WalletCliError {
     /// The address is in the store already.
     #[error("wallet {0} is already in the store")]
     Exists(String),
+    /// `wallet enable` names an address whose key the store does not hold.
+    #[error("wallet {0} is not in the store on any network; create or import it first")]
+    Unknown(String),
 }
 
 async fn store_signer(
@@ -76,12 +79,44 @@ pub async fn import(
     store_signer(store, kek, chain, &signer, label).await
 }
 
-/// The `wallet list` table: address, label and each ledger balance, exact.
+/// Enables wallet `address`, already in the store for another network, on
+/// `chain` too: the same key (encrypted for its address, so valid on every
+/// EVM network) is stored under `chain`, with its own label, ledger and
+/// nonces there. No key material is asked for or shown.
+pub async fn enable(
+    store: &WalletStore,
+    chain: &str,
+    address: Address,
+    label: Label,
+) -> Result<(), WalletCliError> {
+    let Some(encrypted) = store.any_encrypted_key(address).await? else {
+        return Err(WalletCliError::Unknown(addr_hex(&address)));
+    };
+    if !store.add(chain, address, label, &encrypted).await? {
+        return Err(WalletCliError::Exists(addr_hex(&address)));
+    }
+    Ok(())
+}
+
+/// The `wallet list` table: network, address, label and each ledger
+/// balance, exact, for each network of `nets` (name, decimals by symbol).
 pub async fn list(
+    store: &WalletStore,
+    nets: &[(String, HashMap<String, u8>)],
+) -> Result<String, WalletCliError> {
+    let mut out = String::new();
+    for (chain, decimals) in nets {
+        list_chain(store, chain, decimals, &mut out).await?;
+    }
+    Ok(out)
+}
+
+async fn list_chain(
     store: &WalletStore,
     chain: &str,
     decimals: &HashMap<String, u8>,
-) -> Result<String, WalletCliError> {
+    out: &mut String,
+) -> Result<(), WalletCliError> {
     let wallets = store.wallets(chain).await?;
     let mut balances: HashMap<Address, Vec<String>> = HashMap::new();
     for b in store.balances(chain).await? {
@@ -94,7 +129,6 @@ pub async fn list(
         );
         balances.entry(b.address).or_default().push(text);
     }
-    let mut out = String::new();
     for w in wallets {
         let bal = balances
             .remove(&w.address)
@@ -102,11 +136,11 @@ pub async fn list(
             .unwrap_or_else(|| "-".to_owned());
         let _ = writeln!(
             out,
-            "{}  {:<10}  {}",
+            "{chain:<8}  {}  {:<10}  {}",
             addr_hex(&w.address),
             w.label.as_str(),
             bal
         );
     }
-    Ok(out)
+    Ok(())
 }

@@ -253,6 +253,19 @@ impl WalletStore {
             .map_err(Into::into)
     }
 
+    /// The encrypted key of `address` as stored for any network (the same
+    /// on each: it is bound to the address, not the network).
+    pub async fn any_encrypted_key(&self, address: Address) -> Result<Option<String>, WalletError> {
+        sqlx::query_scalar(
+            "SELECT encrypted_key FROM wallets WHERE address = ? ORDER BY id LIMIT 1",
+        )
+        .bind(addr_hex(&address))
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("read wallet key")
+        .map_err(Into::into)
+    }
+
     /// Decrypts the key of `address` into a signer; `None` if the store does
     /// not hold it. The plaintext is zeroized when the signer is dropped.
     pub async fn signer(
