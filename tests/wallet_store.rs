@@ -138,13 +138,60 @@ async fn exercise(backend: &Backend) -> Result<()> {
 
     // The listing shows addresses, labels and balances, never key material.
     let decimals = HashMap::from([("USDT".to_owned(), 6u8), ("ETH".to_owned(), 18u8)]);
-    let listing = cli::list(&store, "ETH", &decimals).await?;
+    let listing = cli::list(&store, &[("ETH".to_owned(), decimals.clone())]).await?;
     assert!(listing.contains(&format!("{a:#x}")), "{listing}");
     assert!(listing.contains("50.25 USDT"), "{listing}");
     assert!(listing.contains("-0.000021 ETH"), "{listing}");
     assert!(listing.contains("collection"), "{listing}");
     assert!(!listing.contains(&secret_hex), "{listing}");
     assert!(!listing.contains("v1:"), "{listing}");
+
+    // The same wallet on a second network: its own ledger there, the same
+    // key, and USDT with 18 decimals.
+    cli::enable(&store, "BSC", a, Label::User).await?;
+    assert_eq!(
+        store.encrypted_key("BSC", a).await?,
+        store.encrypted_key("ETH", a).await?
+    );
+    let bsc = LedgerEntry {
+        chain: "BSC".into(),
+        ..entry(
+            a,
+            "USDT",
+            7_000_000_000_000_000_000,
+            Movement::Deposit,
+            9,
+            0,
+        )
+    };
+    assert_eq!(store.apply(&[bsc]).await?, 1);
+    assert_eq!(
+        store.balance("ETH", a, "USDT").await?,
+        I256::try_from(50_250_000i64)?,
+        "ETH's ledger untouched"
+    );
+    let listing = cli::list(
+        &store,
+        &[
+            ("ETH".to_owned(), decimals),
+            ("BSC".to_owned(), HashMap::from([("USDT".to_owned(), 18u8)])),
+        ],
+    )
+    .await?;
+    let line = |net: &str| {
+        listing
+            .lines()
+            .find(|l| l.starts_with(net) && l.contains(&format!("{a:#x}")))
+            .map(str::to_owned)
+    };
+    assert!(
+        line("ETH ").is_some_and(|l| l.contains("50.25 USDT")),
+        "{listing}"
+    );
+    assert!(
+        line("BSC ").is_some_and(|l| l.contains(" 7 USDT")),
+        "{listing}"
+    );
     store.close().await;
     Ok(())
 }
