@@ -151,8 +151,15 @@ fn topup_on(chain: &str, symbol: &str, address: Address) -> Value {
     json!({"chain": chain, "symbol": symbol, "address": hex_addr(address), "timestamp": 1758610297})
 }
 
-/// A signed withdrawal whose amount is written exactly as `amount` (a JSON
-/// number of any precision: a `Value` would round it through `f64`).
+/// `body` (JSON object text, numbers of any precision: a `Value` would round
+/// them through `f64`) signed with the test key.
+fn signed_text(body: &str) -> Result<Vec<u8>> {
+    let sign = sign_message(KEY, body.as_bytes())?;
+    let open = body.strip_suffix('}').context("an object")?;
+    Ok(format!(r#"{open},"sign":"{sign}"}}"#).into_bytes())
+}
+
+/// A signed withdrawal of `amount` USDT, written exactly.
 fn withdraw_on(
     chain: &str,
     queue_id: &str,
@@ -160,14 +167,36 @@ fn withdraw_on(
     to: Address,
     amount: &str,
 ) -> Result<Vec<u8>> {
-    let body = format!(
+    signed_text(&format!(
         r#"{{"queue_id":"{queue_id}","from_address":"{}","to_address":"{}","amount":{amount},"chain":"{chain}","symbol":"USDT","timestamp":1758610297}}"#,
         hex_addr(from),
         hex_addr(to)
-    );
-    let sign = sign_message(KEY, body.as_bytes())?;
-    let open = body.strip_suffix('}').context("an object")?;
-    Ok(format!(r#"{open},"sign":"{sign}"}}"#).into_bytes())
+    ))
+}
+
+/// A signed batch payment of `symbol` from `from`: one transfer per
+/// (order id, recipient, exact amount).
+fn pay_on(
+    chain: &str,
+    symbol: &str,
+    queue_id: &str,
+    from: Address,
+    items: &[(&str, Address, &str)],
+) -> Result<Vec<u8>> {
+    let items: Vec<String> = items
+        .iter()
+        .map(|(order, to, amount)| {
+            format!(
+                r#"{{"order_id":"{order}","to_address":"{}","amount":{amount}}}"#,
+                hex_addr(*to)
+            )
+        })
+        .collect();
+    signed_text(&format!(
+        r#"{{"queue_id":"{queue_id}","from_address":"{}","chain":"{chain}","symbol":"{symbol}","timestamp":1758610297,"transactions":[{}]}}"#,
+        hex_addr(from),
+        items.join(",")
+    ))
 }
 
 fn deposit_of(tx: B256, status: u64) -> impl Fn(&Value) -> bool {
@@ -331,6 +360,231 @@ async fn deposits_and_withdrawals_on_two_networks_at_once_are_exact_and_independ
         .await?;
     assert!(seen.raw.contains(r#""amount":4,"#), "{}", seen.raw);
 
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_cut_off_or_reorganised_leaves_the_other_untouched() -> Result<()> {
+    let bsc = Bsc::start().await?;
+    let proxy = rpc_proxy::TcpProxy::start(bsc.anvil.port).await?;
+    let mut section = bsc.section();
+    section["rpc_url"] = proxy.http().into();
+    section["ws_url"] = proxy.ws().into();
+    let port = http::free_port()?;
+    let w = World::with("networks-cut", &[], move |v| {
+        v["net"] = json!(["ETH", "BSC"]);
+        v["bsc_config"] = section;
+        http::with_http(port, json!({}))(v);
+    })
+    .await?;
+    let mut topups = w.replies("topup_resp").await?;
+    let daemon = w.start().await?;
+    let (on_eth, on_bsc) = (Address::random(), Address::random());
+    w.publish("topup", topup_on("ETH", "USDT", on_eth)).await?;
+    w.publish("topup", topup_on("BSC", "USDT", on_bsc)).await?;
+    watched_on(&w, "ETH", "USDT", on_eth).await?;
+    watched_on(&w, "BSC", "USDT", on_bsc).await?;
+
+    // BSC's node is cut off; its chain goes on, and so does Ethereum's.
+    proxy.cut();
+    let closed = proxy.closed();
+    let bsc_tx = bsc.mint(on_bsc, U256::from(5 * E18)).await?;
+    bsc.mine(3).await?;
+    let (eth_tx, _) = w.send_usdt(w.user(), on_eth, 1_000_000).await?;
+    topups
+        .wait("an ETH deposit while BSC is cut off", deposit_of(eth_tx, 2))
+        .await?;
+    let h = http::wait_health(port, "BSC's node lost", WAIT, |_, h| {
+        h["chains"]["BSC"]["node_connected"] == false
+    })
+    .await?;
+    assert_eq!(h["chains"]["ETH"]["node_connected"], true, "{h}");
+    eventually("the daemon keeps trying BSC's node", || async {
+        Ok(proxy.closed() >= closed + 3)
+    })
+    .await?;
+    topups.drain();
+    assert!(
+        topups.matching(deposit_of(bsc_tx, 2)).is_empty(),
+        "the cut really hid BSC's node"
+    );
+
+    // Back: BSC catches up from its cursor.
+    proxy.restore();
+    let seen = topups
+        .wait("the BSC deposit made during the cut", deposit_of(bsc_tx, 2))
+        .await?;
+    assert!(seen.raw.contains(r#""amount":5,"#), "{}", seen.raw);
+    http::wait_health(port, "BSC's node back", WAIT, |_, h| {
+        h["chains"]["BSC"]["node_connected"] == true
+    })
+    .await?;
+
+    // BSC reorganises the deposit away; Ethereum is not disturbed.
+    let receipt = bsc
+        .rpc
+        .get_transaction_receipt(bsc_tx)
+        .await?
+        .context("mined")?;
+    let block = receipt.block_number.context("block")?;
+    let depth = bsc.rpc.get_block_number().await? - block + 1;
+    let _: Value = bsc
+        .rpc
+        .raw_request("anvil_reorg".into(), (depth, Vec::<Value>::new()))
+        .await?;
+    let (eth_again, _) = w.send_usdt(w.user(), on_eth, 2_000_000).await?;
+    topups
+        .wait(
+            "an ETH deposit during BSC's reorg",
+            deposit_of(eth_again, 2),
+        )
+        .await?;
+    bsc.mine(25).await?;
+    w.mine(20).await?;
+    let failed = topups
+        .wait("the reorged BSC deposit fails", deposit_of(bsc_tx, 0))
+        .await?;
+    assert!(
+        failed.v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("left the canonical chain")),
+        "{}",
+        failed.raw
+    );
+    for tx in [eth_tx, eth_again] {
+        topups.wait("ETH deposits final", deposit_of(tx, 1)).await?;
+    }
+    let bsc_answers: Vec<u64> = topups
+        .matching(|v| v["tx_hash"] == format!("{bsc_tx:#x}"))
+        .iter()
+        .filter_map(|r| r.v["status"].as_u64())
+        .collect();
+    assert_eq!(bsc_answers, vec![2, 0], "seen, then failed; never final");
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_payments_and_a_cancel_on_two_networks_at_once() -> Result<()> {
+    let bsc = Bsc::start().await?;
+    let proxy = rpc_proxy::TcpProxy::start(bsc.anvil.port).await?;
+    let mut section = bsc.section();
+    section["rpc_url"] = proxy.http().into();
+    section["ws_url"] = proxy.ws().into();
+    let w = World::with("networks-pay", &[], move |v| {
+        v["net"] = json!(["ETH", "BSC"]);
+        v["bsc_config"] = section;
+    })
+    .await?;
+    let mut pays = w.replies("pay_resp").await?;
+    let mut withdrawals = w.replies("withdraw_resp").await?;
+    let mut removes = w.replies("remove_resp").await?;
+    let hot = w.new_wallet(Label::User).await?;
+    let store = w.wallets().await?;
+    m2pool_payment::wallet::cli::enable(&store, "BSC", hot, Label::User).await?;
+    store.close().await;
+    w.fund(hot, 100_000_000, ether(1)).await?;
+    bsc.send_bnb(hot, U256::from(2 * E18)).await?;
+
+    // BSC's node is out of reach: a BSC withdrawal waits, queued, and is
+    // cancelled there, while ETH pays.
+    proxy.cut();
+    let daemon = w.start().await?;
+    let never = Address::random();
+    w.publish_raw("withdraw", &withdraw_on("BSC", "c-bsc", hot, never, "1")?)
+        .await?;
+    eventually("the BSC payout is queued", || async {
+        let Ok(store) = w.store().await else {
+            return Ok(false);
+        };
+        let queued = store
+            .payouts("BSC")
+            .await
+            .is_ok_and(|p| p.iter().any(|p| p.queue_id == "c-bsc"));
+        store.close().await;
+        Ok(queued)
+    })
+    .await?;
+    w.publish(
+        "remove",
+        json!({"queue_id": "c-bsc", "chain": "BSC", "symbol": "USDT", "address": hex_addr(hot),
+               "timestamp": 1758610297}),
+    )
+    .await?;
+    let r = removes
+        .wait("the cancel's answer", |v| v["queue_id"] == "c-bsc")
+        .await?;
+    assert_eq!(r.v["status"], 1, "{}", r.raw);
+    let c = withdrawals.wait("cancelled", payout_of("c-bsc", 0)).await?;
+    assert_eq!(
+        (c.v["error"].as_str(), c.v["chain"].as_str()),
+        (Some("cancelled"), Some("BSC"))
+    );
+
+    let eth_to: Vec<Address> = (0..2).map(|_| Address::random()).collect();
+    let bsc_to: Vec<Address> = (0..2).map(|_| Address::random()).collect();
+    w.publish_raw(
+        "pay",
+        &pay_on(
+            "ETH",
+            "USDT",
+            "p-eth",
+            hot,
+            &[("e-1", eth_to[0], "1.5"), ("e-2", eth_to[1], "0.000001")],
+        )?,
+    )
+    .await?;
+    w.publish_raw(
+        "pay",
+        &pay_on(
+            "BSC",
+            "BNB",
+            "p-bsc",
+            hot,
+            &[
+                ("b-1", bsc_to[0], "0.1"),
+                ("b-2", bsc_to[1], "0.000000000000000001"),
+            ],
+        )?,
+    )
+    .await?;
+    let order = |q: &'static str, id: &'static str, status: u64| {
+        move |v: &Value| v["queue_id"] == q && v["order_id"] == id && v["status"] == status
+    };
+    for id in ["e-1", "e-2"] {
+        pays.wait("ETH items sent while BSC is cut off", order("p-eth", id, 2))
+            .await?;
+    }
+    proxy.restore();
+    for id in ["b-1", "b-2"] {
+        let r = pays.wait("BSC items sent", order("p-bsc", id, 2)).await?;
+        assert_eq!(r.v["symbol"], "BNB");
+    }
+    w.mine(20).await?;
+    bsc.mine(20).await?;
+    for (q, id) in [
+        ("p-eth", "e-1"),
+        ("p-eth", "e-2"),
+        ("p-bsc", "b-1"),
+        ("p-bsc", "b-2"),
+    ] {
+        pays.wait("final", order(q, id, 1)).await?;
+    }
+    assert_eq!(w.usdt_balance(eth_to[0]).await?, U256::from(1_500_000u64));
+    assert_eq!(w.usdt_balance(eth_to[1]).await?, U256::from(1u64));
+    assert_eq!(bsc.rpc.get_balance(bsc_to[0]).await?, U256::from(E18 / 10));
+    assert_eq!(bsc.rpc.get_balance(bsc_to[1]).await?, U256::from(1u64));
+    // The cancelled payout took no nonce: BSC's two are the batch's.
+    assert_eq!(bsc.rpc.get_transaction_count(hot).await?, 2);
+    assert_eq!(w.nonce(hot).await?, 2);
+    assert_eq!(bsc.usdt(never).await?, U256::ZERO);
+    withdrawals.drain();
+    assert_eq!(
+        withdrawals.matching(|v| v["queue_id"] == "c-bsc").len(),
+        1,
+        "the cancelled payout answered once"
+    );
     daemon.stop().await?;
     w.cleanup().await
 }
