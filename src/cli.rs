@@ -369,7 +369,14 @@ fn describe(c: &Config) -> String {
                 .map(|t| format!("{} {:#x} ({} decimals)", t.symbol, t.contract, t.decimals))
                 .collect();
             format!(
-                "\n  {}: node: rpc {}, ws {}, chain id {}\n  {}: confirm_height: {}\n  {}: tokens: {}",
+                "\n  {}: native {} ({} decimals), fees {}, block time {} ms, poll {} ms\
+                 \n  {}: node: rpc {}, ws {}, chain id {}\n  {}: confirm_height: {}\n  {}: tokens: {}",
+                n.name,
+                e.native,
+                e.native_decimals,
+                e.fee_model.as_str(),
+                e.block_time.as_millis(),
+                e.poll_interval.as_millis(),
                 n.name,
                 redact_url(&e.rpc_url),
                 e.ws_url
@@ -384,8 +391,13 @@ fn describe(c: &Config) -> String {
             )
         })
         .collect();
+    let warnings: Vec<String> = c
+        .ignored_sections
+        .iter()
+        .map(|s| format!("\n  warning: `{s}` is not a network `net` names; it is ignored"))
+        .collect();
     format!(
-        "config OK\n  nets: {}\n  broker: {rmq}, {} queues{}\n  message store: {}\n  wallet store: {wallet}{}",
+        "config OK\n  nets: {}\n  broker: {rmq}, {} queues{}\n  message store: {}\n  wallet store: {wallet}{}{}",
         c.net_names().join(", "),
         c.rmq.entries().len(),
         if c.rmq.remove.is_none() {
@@ -395,6 +407,7 @@ fn describe(c: &Config) -> String {
         },
         c.msg_store.display(),
         nets.concat(),
+        warnings.concat(),
     )
 }
 
@@ -461,6 +474,35 @@ mod tests {
 
     fn args(a: &[&str]) -> Vec<String> {
         go_style_args(a.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn check_config_describes_each_network_and_warns_of_an_ignored_section() {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(include_bytes!("../docs/config.three-networks.json"))
+                .expect("json");
+        v["base_config"] = serde_json::json!({"rpc_url": "http://localhost:1"});
+        let c = Config::from_json(&serde_json::to_vec(&v).expect("json")).expect("loads");
+        let text = describe(&c);
+        assert!(text.contains("nets: ETH, BSC, POLYGON"), "{text}");
+        assert!(
+            text.contains(
+                "BSC: native BNB (18 decimals), fees legacy, block time 3000 ms, poll 1500 ms"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ETH: native ETH (18 decimals), fees eip1559"),
+            "{text}"
+        );
+        assert!(text.contains("BSC: tokens: USDT 0x55d3"), "{text}");
+        assert!(
+            text.contains("warning: `base_config` is not a network `net` names; it is ignored"),
+            "{text}"
+        );
+        let go = Config::from_json(include_bytes!("../tests/fixtures/compat/config.go-v2.json"))
+            .expect("loads");
+        assert!(!describe(&go).contains("warning"), "{}", describe(&go));
     }
 
     #[test]

@@ -136,6 +136,9 @@ pub struct Config {
     pub http_listen: Option<std::net::SocketAddr>,
     /// When `/healthz` says degraded besides lost connections and a stalled head.
     pub health: HealthLimits,
+    /// Network sections present but not named in `net` (`bsc_config` …):
+    /// ignored, and `check-config` says so.
+    pub ignored_sections: Vec<String>,
 }
 
 /// Limits beyond which `/healthz` answers 503 (`http_config` keys). A lost
@@ -542,6 +545,12 @@ impl Config {
                     .unwrap_or_else(|| PathBuf::from("./wallet.db")),
             ),
         };
+        let ignored_sections: Vec<String> = raw
+            .sections
+            .keys()
+            .filter(|k| k.ends_with("_config") && !names.iter().any(|n| section_key(n) == **k))
+            .cloned()
+            .collect();
         let networks = networks(names, eth_section, raw.sections)?;
 
         let l = raw.log_config;
@@ -597,6 +606,7 @@ impl Config {
             log,
             http_listen,
             health,
+            ignored_sections,
         })
     }
 }
