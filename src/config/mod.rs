@@ -548,7 +548,11 @@ impl Config {
         let ignored_sections: Vec<String> = raw
             .sections
             .keys()
-            .filter(|k| k.ends_with("_config") && !names.iter().any(|n| section_key(n) == **k))
+            .filter(|k| {
+                !k.starts_with("//")
+                    && k.ends_with("_config")
+                    && !names.iter().any(|n| section_key(n) == **k)
+            })
             .cloned()
             .collect();
         let networks = networks(names, eth_section, raw.sections)?;
