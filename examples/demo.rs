@@ -280,6 +280,87 @@ async fn main() -> Result<()> {
         .await?;
     }
 
+    // Every other network the config runs: a deposit there too.
+    let others: Vec<String> = config["net"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str())
+        .filter(|n| !n.eq_ignore_ascii_case("ETH"))
+        .map(str::to_uppercase)
+        .collect();
+    for (i, net) in others.iter().enumerate() {
+        let section = &config[format!("{}_config", net.to_lowercase())];
+        let rpc = ProviderBuilder::new()
+            .connect_http(section["rpc_url"].as_str().context("rpc_url")?.parse()?);
+        let token: Address = section["tokens"][0]["address"]
+            .as_str()
+            .context("token")?
+            .parse()?;
+        let decimals = section["tokens"][0]["decimals"]
+            .as_u64()
+            .context("decimals")?;
+        say(&format!(
+            "{}. On {net}: a deposit of 2.5 USDT ({decimals} decimals), seen and final",
+            5 + i
+        ));
+        let watched = Address::random();
+        publish("topup", json!({"chain": net, "symbol": "USDT", "address": format!("{watched:#x}"), "timestamp": now()})).await?;
+        let stranger = format!("{:#x}", Address::random());
+        let forged = json!({"chain": net, "symbol": "USDT", "address": stranger, "timestamp": now(), "sign": "00"});
+        publisher
+            .basic_publish(
+                exchange.as_str().into(),
+                routing.as_str().into(),
+                BasicPublishOptions::default(),
+                &serde_json::to_vec(&forged)?,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+        expect(
+            &mut rx,
+            &|k, v| k == "topup_resp" && v["address"] == stranger.as_str() && v["status"] == 3,
+            "the watch recorded",
+        )
+        .await?;
+        let units =
+            U256::from(25u64) * U256::from(10u64).pow(U256::from(decimals)) / U256::from(10u64);
+        let input = transferCall {
+            to: watched,
+            value: units,
+        }
+        .abi_encode();
+        let receipt = rpc
+            .send_transaction(
+                TransactionRequest::default()
+                    .with_from(user)
+                    .with_to(token)
+                    .with_input(input),
+            )
+            .await?
+            .get_receipt()
+            .await?;
+        let hash = format!("{:#x}", receipt.transaction_hash);
+        println!("  deposit tx {hash} on {net}");
+        expect(
+            &mut rx,
+            &|k, v| k == "topup_resp" && v["tx_hash"] == hash.as_str() && v["status"] == 2,
+            "deposit seen",
+        )
+        .await?;
+        let _: Value = rpc
+            .raw_request("anvil_mine".into(), (format!("{:#x}", 20),))
+            .await?;
+        println!("  ⛏ mined 20 blocks on {net}");
+        expect(
+            &mut rx,
+            &|k, v| k == "topup_resp" && v["tx_hash"] == hash.as_str() && v["status"] == 1,
+            "deposit final",
+        )
+        .await?;
+    }
+
     say("Done: every flow, end to end.");
     Ok(())
 }

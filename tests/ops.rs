@@ -648,7 +648,14 @@ async fn dev_sh_then_demo_sh_show_every_flow_and_stop_cleanly() -> Result<()> {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir()?;
     let dev_dir = dir.path().join("dev");
-    let (anvil_port, http_port) = (free_port()?, free_port()?);
+    let http_port = free_port()?;
+    // Two dev chains (DEV_CHAINS=ETH,BSC): anvil's port and the next one.
+    let anvil_port = loop {
+        let p = free_port()?;
+        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            break p;
+        }
+    };
     let prefix = unique("dev");
     let out_path = dir.path().join("dev.out");
     let out = std::fs::File::create(&out_path)?;
@@ -658,6 +665,7 @@ async fn dev_sh_then_demo_sh_show_every_flow_and_stop_cleanly() -> Result<()> {
         .env("DEV_DIR", &dev_dir)
         .env("DEV_QUEUE_PREFIX", &prefix)
         .env("DEV_BIN", env!("CARGO_BIN_EXE_m2pool-payment"))
+        .env("DEV_CHAINS", "ETH,BSC")
         .env("RUST_LOG", "warn,m2pool=info")
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
@@ -726,6 +734,15 @@ async fn dev_sh_then_demo_sh_show_every_flow_and_stop_cleanly() -> Result<()> {
             );
         }
     }
+    for status in [2, 1] {
+        assert!(
+            shown("topup_resp", &|v| v["chain"] == "BSC"
+                && v["symbol"] == "USDT"
+                && v["amount"] == json!(2.5)
+                && v["status"] == status),
+            "the demo shows the deposit on the second dev chain with status {status}:\n{stdout}"
+        );
+    }
     assert!(stdout.contains("Done: every flow"), "{stdout}");
 
     // SIGTERM to bin/dev.sh stops it and everything it started.
@@ -746,6 +763,7 @@ async fn dev_sh_then_demo_sh_show_every_flow_and_stop_cleanly() -> Result<()> {
         "processes left behind by bin/dev.sh: {left:?}"
     );
     assert!(!port_open(anvil_port), "anvil still listens");
+    assert!(!port_open(anvil_port + 1), "the second anvil still listens");
     assert!(!port_open(http_port), "the daemon still listens");
 
     // The dev config's queues live on the shared broker: remove them.
