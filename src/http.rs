@@ -13,7 +13,7 @@
 use crate::chain::ChainEvent;
 use crate::health::{self, Health, Limits, OutboxState};
 use crate::listen::Inbound;
-use crate::metrics::{Gauges, SharedMetrics};
+use crate::metrics::{ChainGauge, Gauges, SharedMetrics};
 use crate::store::Store;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -87,7 +87,13 @@ impl HttpDeps {
             chains: snap
                 .chains
                 .iter()
-                .map(|(n, c)| (n.clone(), c.head, c.cursor.unwrap_or_default()))
+                .map(|(n, c)| ChainGauge {
+                    chain: n.clone(),
+                    head: c.head,
+                    cursor: c.cursor.unwrap_or_default(),
+                    node_connected: c.node_connected,
+                    stalled: c.stalled,
+                })
                 .collect(),
             channels: [
                 fill(

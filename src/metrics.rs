@@ -117,12 +117,27 @@ pub struct Gauges {
     pub payouts: Vec<(String, i64)>,
     /// Deposits per state (states with none may be absent).
     pub deposits: Vec<(String, i64)>,
-    /// Per chain: head, cursor.
-    pub chains: Vec<(String, u64, u64)>,
+    /// Per network.
+    pub chains: Vec<ChainGauge>,
     /// Per channel: name, queued, capacity.
     pub channels: Vec<(&'static str, usize, usize)>,
     /// Broker connected.
     pub broker_connected: bool,
+}
+
+/// One network's figures, labelled `chain`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ChainGauge {
+    /// The network (`ETH`, `BSC`).
+    pub chain: String,
+    /// Highest block its node reported.
+    pub head: u64,
+    /// Last block verified and applied.
+    pub cursor: u64,
+    /// Its node answers.
+    pub node_connected: bool,
+    /// Its head has not advanced for longer than its stall limit.
+    pub stalled: bool,
 }
 
 impl Metrics {
@@ -248,30 +263,35 @@ impl Metrics {
                 .sum();
             let _ = writeln!(out, "m2pool_deposits{{state=\"{state}\"}} {n}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP m2pool_chain_head Highest block the node reported.\n# TYPE m2pool_chain_head gauge"
-        );
-        for (chain, head, _) in &g.chains {
-            let _ = writeln!(out, "m2pool_chain_head{{chain=\"{chain}\"}} {head}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP m2pool_chain_cursor Last verified block.\n# TYPE m2pool_chain_cursor gauge"
-        );
-        for (chain, _, cursor) in &g.chains {
-            let _ = writeln!(out, "m2pool_chain_cursor{{chain=\"{chain}\"}} {cursor}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP m2pool_chain_cursor_lag Blocks between the head and the cursor.\n# TYPE m2pool_chain_cursor_lag gauge"
-        );
-        for (chain, head, cursor) in &g.chains {
-            let _ = writeln!(
-                out,
-                "m2pool_chain_cursor_lag{{chain=\"{chain}\"}} {}",
-                head.saturating_sub(*cursor)
-            );
+        type Figure = fn(&ChainGauge) -> u64;
+        let per_chain: [(&str, &str, Figure); 5] = [
+            (
+                "m2pool_chain_head",
+                "Highest block the node reported.",
+                |c| c.head,
+            ),
+            ("m2pool_chain_cursor", "Last verified block.", |c| c.cursor),
+            (
+                "m2pool_chain_cursor_lag",
+                "Blocks between the head and the cursor.",
+                |c| c.head.saturating_sub(c.cursor),
+            ),
+            (
+                "m2pool_chain_node_connected",
+                "1 while the network's node answers.",
+                |c| u64::from(c.node_connected),
+            ),
+            (
+                "m2pool_chain_head_stalled",
+                "1 while the network's head has not advanced for longer than its stall limit.",
+                |c| u64::from(c.stalled),
+            ),
+        ];
+        for (name, help, figure) in per_chain {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for c in &g.chains {
+                let _ = writeln!(out, "{name}{{chain=\"{}\"}} {}", c.chain, figure(c));
+            }
         }
         let _ = writeln!(
             out,
@@ -352,7 +372,22 @@ mod tests {
                 ("refused".into(), 32),
             ],
             deposits: vec![("pending".into(), 3)],
-            chains: vec![("ETH".into(), 120, 118)],
+            chains: vec![
+                ChainGauge {
+                    chain: "ETH".into(),
+                    head: 120,
+                    cursor: 118,
+                    node_connected: true,
+                    stalled: false,
+                },
+                ChainGauge {
+                    chain: "BSC".into(),
+                    head: 900,
+                    cursor: 900,
+                    node_connected: false,
+                    stalled: true,
+                },
+            ],
             channels: vec![("requests", 5, 4096)],
             ..Gauges::default()
         };
@@ -378,6 +413,11 @@ mod tests {
         assert!(text.contains("m2pool_deposits{state=\"pending\"} 3\n"));
         assert!(text.contains("m2pool_deposits{state=\"orphaned\"} 0\n"));
         assert!(text.contains("m2pool_chain_cursor_lag{chain=\"ETH\"} 2"));
+        assert!(text.contains("m2pool_chain_cursor_lag{chain=\"BSC\"} 0"));
+        assert!(text.contains("m2pool_chain_head{chain=\"BSC\"} 900\n"));
+        assert!(text.contains("m2pool_chain_node_connected{chain=\"ETH\"} 1\n"));
+        assert!(text.contains("m2pool_chain_node_connected{chain=\"BSC\"} 0\n"));
+        assert!(text.contains("m2pool_chain_head_stalled{chain=\"BSC\"} 1\n"));
         assert!(text.contains("m2pool_channel_fill{channel=\"requests\"} 5"));
         assert!(text.contains("m2pool_publish_confirm_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("m2pool_publish_confirm_seconds_bucket{le=\"+Inf\"} 2"));

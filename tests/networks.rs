@@ -400,6 +400,14 @@ async fn a_network_cut_off_or_reorganised_leaves_the_other_untouched() -> Result
     })
     .await?;
     assert_eq!(h["chains"]["ETH"]["node_connected"], true, "{h}");
+    http::wait_metrics(
+        port,
+        &[
+            ("m2pool_chain_node_connected{chain=\"BSC\"}", 0.0),
+            ("m2pool_chain_node_connected{chain=\"ETH\"}", 1.0),
+        ],
+    )
+    .await?;
     eventually("the daemon keeps trying BSC's node", || async {
         Ok(proxy.closed() >= closed + 3)
     })
