@@ -12,7 +12,7 @@
 mod common;
 
 use alloy::primitives::{Address, B256, U256};
-use alloy::providers::Provider;
+use alloy::providers::{DynProvider, Provider};
 use anyhow::{Context, Result, ensure};
 use common::*;
 use futures::{StreamExt, TryStreamExt};
@@ -288,13 +288,19 @@ async fn inbox_span(s: &Store) -> Result<(i64, i64, i64)> {
 /// Adds `n` random watched addresses straight into the store (the daemon loads
 /// them at start), and returns them.
 async fn preload_watches(w: &World, n: usize) -> Result<Vec<Address>> {
+    preload_watches_on(w, "ETH", n).await
+}
+
+/// `n` fresh addresses watched for USDT on `chain`, written to the store
+/// before the daemon starts.
+async fn preload_watches_on(w: &World, chain: &str, n: usize) -> Result<Vec<Address>> {
     let store = Store::open(&w.config()?.msg_store).await?;
     let all: Vec<Address> = (0..n).map(|_| Address::random()).collect();
     for chunk in all.chunks(100_000) {
         let rows: Vec<WatchRow> = chunk
             .iter()
             .map(|a| WatchRow {
-                chain: "ETH".into(),
+                chain: chain.into(),
                 symbol: "USDT".into(),
                 address: *a,
             })
@@ -393,7 +399,7 @@ async fn detection(watched: usize, transfers: usize) -> Result<Row> {
         received.push(last.duration_since(mined).as_secs_f64() * 1000.0);
         // The daemon's figure: until the broker confirmed the last of them
         // (the outbox row is marked sent on the broker's ack).
-        let confirmed = broker_confirmed(&w, block, targets.len()).await?;
+        let confirmed = broker_confirmed(&w, "ETH", block, targets.len()).await?;
         runs.push((confirmed - mined_ms) as f64);
         // Raw: eth_getLogs for that block.
         let filter = alloy::rpc::types::Filter::new()
@@ -433,6 +439,132 @@ async fn detection(watched: usize, transfers: usize) -> Result<Row> {
     )))
 }
 
+/// Row 2b: two networks, each mining a block of `transfers` transfers to
+/// watched addresses at the same moment; per network, block mined to the last
+/// status 2 confirmed by the broker, next to the single-network figure of the
+/// same run (`single`, ms).
+async fn detection_two(watched: usize, transfers: usize, single: f64) -> Result<Vec<Row>> {
+    let second = Anvil::spawn(&["--gas-limit", "1000000000", "--chain-id", "56"])?;
+    let bsc = alloy::providers::ProviderBuilder::new()
+        .connect_http(second.http().parse()?)
+        .erased();
+    let accounts = bsc.get_accounts().await?;
+    let code = hex::decode(include_str!("../tests/contracts/TestUSDT.bin").trim())?;
+    let receipt = bsc
+        .send_transaction(
+            alloy::rpc::types::TransactionRequest::default()
+                .from(accounts[0])
+                .input(code.into()),
+        )
+        .await?
+        .get_receipt()
+        .await?;
+    let bsc_token = receipt.contract_address.context("token deployed")?;
+    ITestUSDT::new(bsc_token, &bsc)
+        .mint(accounts[1], U256::from(u128::MAX))
+        .from(accounts[0])
+        .send()
+        .await?
+        .get_receipt()
+        .await?;
+    let section = json!({
+        "rpc_url": second.http(), "ws_url": second.ws(), "chain_id": 56,
+        "native_symbol": "BNB", "fee_model": "legacy", "confirm_height": 20, "poll_interval_ms": 500,
+        "tokens": [{"symbol": "USDT", "address": hex_addr(bsc_token), "decimals": 18}]
+    });
+    let w = world("bench-detect2", &["--gas-limit", "1000000000"], |c| {
+        c["net"] = json!(["ETH", "BSC"]);
+        c["bsc_config"] = section;
+    })
+    .await?;
+    let mut replies = w.replies("topup_resp").await?;
+    let nets: [(&str, DynProvider, Address); 2] = [
+        ("ETH", w.eth.clone(), w.token),
+        ("BSC", bsc.clone(), bsc_token),
+    ];
+    let mut addrs = Vec::new();
+    for (chain, _, _) in &nets {
+        addrs.push(preload_watches_on(&w, chain, watched).await?);
+    }
+    let daemon = w.start().await?;
+    let probe = Address::random();
+    w.publish("topup", topup(&hex_addr(probe), "USDT")).await?;
+    w.wait_watched("USDT", probe, true).await?;
+
+    let step = (watched / transfers).max(1);
+    let mut runs: [Vec<f64>; 2] = Default::default();
+    for round in 0..ROUNDS {
+        let mut sent = Vec::new();
+        for (i, (_, rpc, token)) in nets.iter().enumerate() {
+            let targets: Vec<Address> = addrs[i]
+                .iter()
+                .skip(round % step)
+                .step_by(step)
+                .take(transfers)
+                .copied()
+                .collect();
+            let amounts: Vec<U256> = targets.iter().map(|_| U256::from(1_000_000u64)).collect();
+            let _: Value = rpc.raw_request("evm_setAutomine".into(), (false,)).await?;
+            let pending = ITestUSDT::new(*token, rpc.clone())
+                .batchTransfer(targets, amounts)
+                .from(w.user())
+                .gas(900_000_000)
+                .send()
+                .await?;
+            sent.push(*pending.tx_hash());
+        }
+        // Both blocks at the same moment.
+        let mine = |rpc: &DynProvider| {
+            let rpc = rpc.clone();
+            async move {
+                let _: Value = rpc.raw_request("anvil_mine".into(), ("0x1",)).await?;
+                anyhow::Ok(unix_ms())
+            }
+        };
+        let (a, b) = tokio::join!(mine(&w.eth), mine(&bsc));
+        let mined = [a?, b?];
+        for (i, (chain, rpc, _)) in nets.iter().enumerate() {
+            let receipt = rpc
+                .get_transaction_receipt(sent[i])
+                .await?
+                .context("mined")?;
+            let block = receipt.block_number.context("block")?;
+            let confirmed = broker_confirmed(&w, chain, block, transfers).await?;
+            runs[i].push((confirmed - mined[i]) as f64);
+        }
+        replies.drain();
+    }
+    for (_, rpc, _) in &nets {
+        let _: Value = rpc.raw_request("evm_setAutomine".into(), (true,)).await?;
+    }
+    daemon.stop().await?;
+    w.cleanup().await?;
+    drop(second);
+    let mut rows = Vec::new();
+    for (i, (chain, _, _)) in nets.iter().enumerate() {
+        let all = runs[i]
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ms = percentile(&mut runs[i], 0.5);
+        rows.push(
+            Row::new(
+                &format!("deposit detection, two networks at once: {chain}"),
+                ms,
+                Some(single),
+                "ms",
+            )
+            .target("within 1.5x of one network", ms <= single * 1.5)
+            .note(format!(
+                "{transfers} transfers in one block on each of ETH and BSC, mined together, {watched} watched on each; \
+                 median of {ROUNDS} blocks ({all} ms); raw column: the single-network figure of this run"
+            )),
+        );
+    }
+    Ok(rows)
+}
+
 fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -440,11 +572,11 @@ fn unix_ms() -> i64 {
 }
 
 /// When the broker confirmed the last of the `n` `status=2` responses for
-/// `block` (unix milliseconds), once all are confirmed.
-async fn broker_confirmed(w: &World, block: u64, n: usize) -> Result<i64> {
+/// `block` of `chain` (unix milliseconds), once all are confirmed.
+async fn broker_confirmed(w: &World, chain: &str, block: u64, n: usize) -> Result<i64> {
     let path = w.config()?.msg_store;
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", path.display())).await?;
-    let pattern = format!("%\"status\":2,%\"block_height\":{block}}}");
+    let pattern = format!("%\"status\":2,\"chain\":\"{chain}\",%\"block_height\":{block}}}");
     let started = Instant::now();
     let last = loop {
         let (rows, sent, last): (i64, i64, Option<i64>) = sqlx::query_as(
@@ -988,7 +1120,8 @@ async fn main() -> Result<()> {
         // SAFETY: set once, before any thread reads the environment.
         unsafe { std::env::set_var("RUST_LOG", "error") };
     }
-    // BENCH_ONLY=ingest,detection,watchset,payouts,confirm,e2e picks rows.
+    // BENCH_ONLY=ingest,detection,networks,watchset,payouts,confirm,e2e picks
+    // rows (networks runs detection too: its figure is the baseline).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
     let mut rows = Vec::new();
@@ -996,9 +1129,15 @@ async fn main() -> Result<()> {
         eprintln!("ingest…");
         rows.extend(ingest(s.ingest).await?);
     }
-    if run("detection") {
+    if run("detection") || run("networks") {
         eprintln!("deposit detection…");
-        rows.push(detection(s.watched, s.block_transfers).await?);
+        let single = detection(s.watched, s.block_transfers).await?;
+        let ms = single.daemon;
+        rows.push(single);
+        if run("networks") {
+            eprintln!("deposit detection, two networks…");
+            rows.extend(detection_two(s.watched, s.block_transfers, ms).await?);
+        }
     }
     if run("watchset") {
         eprintln!("watch set…");
