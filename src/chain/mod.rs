@@ -109,6 +109,17 @@ pub enum ChainEvent {
     },
 }
 
+impl ChainEvent {
+    /// The network it happened on.
+    pub fn chain(&self) -> &str {
+        match self {
+            Self::Block { chain, .. }
+            | Self::Reorg { chain, .. }
+            | Self::Lookback { chain, .. } => chain,
+        }
+    }
+}
+
 /// A chain failure that stops the chain's task.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {

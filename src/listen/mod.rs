@@ -45,6 +45,21 @@ const REQUEST_BATCH: usize = 1024;
 /// Most chain events applied in one transaction.
 const CHAIN_BATCH: usize = 64;
 
+/// The events of `batch` (emptied) grouped by network, each network's in
+/// their order, the networks in the order they first appear. Networks are
+/// independent (every row, cursor and watch is per network), so one
+/// network's events may commit before an earlier one of another's.
+fn by_network(batch: &mut Vec<ChainEvent>) -> Vec<Vec<ChainEvent>> {
+    let mut groups: Vec<Vec<ChainEvent>> = Vec::new();
+    for event in batch.drain(..) {
+        match groups.iter_mut().find(|g| g[0].chain() == event.chain()) {
+            Some(g) => g.push(event),
+            None => groups.push(vec![event]),
+        }
+    }
+    groups
+}
+
 /// A routed request and the handle that acknowledges its delivery.
 #[derive(Debug)]
 pub struct Inbound {
@@ -374,7 +389,11 @@ impl Listen {
                     if n == 0 {
                         chain_open = false;
                     } else {
-                        self.apply_chain(&mut events).await?;
+                        // One commit per network: a network's answers go out
+                        // while the next network's blocks are applied.
+                        for mut run in by_network(&mut events) {
+                            self.apply_chain(&mut run).await?;
+                        }
                     }
                 }
                 n = requests.recv_many(&mut reqs, REQUEST_BATCH), if reqs_open => {

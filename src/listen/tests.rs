@@ -477,3 +477,54 @@ async fn a_replacement_is_recorded_only_while_the_transaction_it_replaces_is_cur
     let p = h.payout("w-14").await;
     assert_eq!((p.tx_hash, p.nonce), (Some(second.tx_hash), Some(4)));
 }
+
+#[test]
+fn chain_events_commit_per_network_each_in_its_order() {
+    let block = |chain: &str, n: u64| ChainEvent::Block {
+        chain: chain.into(),
+        block: crate::store::BlockRef {
+            number: n,
+            hash: B256::repeat_byte(n as u8),
+            parent_hash: B256::ZERO,
+        },
+        transfers: vec![],
+        own: vec![],
+    };
+    let mut batch = vec![
+        block("ETH", 1),
+        block("BSC", 7),
+        block("ETH", 2),
+        ChainEvent::Lookback {
+            chain: "BSC".into(),
+            upto: 3,
+            transfers: vec![],
+        },
+        block("ETH", 3),
+    ];
+    let groups = by_network(&mut batch);
+    assert!(batch.is_empty());
+    let seen: Vec<Vec<(String, u64)>> = groups
+        .iter()
+        .map(|g| {
+            g.iter()
+                .map(|e| {
+                    let n = match e {
+                        ChainEvent::Block { block, .. } => block.number,
+                        ChainEvent::Lookback { upto, .. } => *upto as u64 + 100,
+                        ChainEvent::Reorg { fork, .. } => fork.number,
+                    };
+                    (e.chain().to_owned(), n)
+                })
+                .collect()
+        })
+        .collect();
+    let e = |c: &str, n| (c.to_owned(), n);
+    assert_eq!(
+        seen,
+        vec![
+            vec![e("ETH", 1), e("ETH", 2), e("ETH", 3)],
+            vec![e("BSC", 7), e("BSC", 103)],
+        ]
+    );
+    assert!(by_network(&mut Vec::new()).is_empty());
+}
