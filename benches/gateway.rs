@@ -341,6 +341,18 @@ fn sample(text: &str, name: &str) -> f64 {
 /// Row 2: a block with `transfers` USDT transfers to watched addresses out of
 /// `watched`; block mined to the last status 2 received, next to eth_getLogs of
 /// that block.
+/// The `transfers` addresses of `addrs` a detection round sends to: every
+/// `step`-th, starting further along each round, so no address gets two.
+fn round_targets(addrs: &[Address], round: usize, step: usize, transfers: usize) -> Vec<Address> {
+    addrs
+        .iter()
+        .skip(round % step)
+        .step_by(step)
+        .take(transfers)
+        .copied()
+        .collect()
+}
+
 /// Blocks measured by the detection row.
 const ROUNDS: usize = 3;
 
@@ -362,13 +374,7 @@ async fn detection(watched: usize, transfers: usize) -> Result<Row> {
     let mut raws = Vec::with_capacity(ROUNDS);
     let mut minings = Vec::with_capacity(ROUNDS);
     for round in 0..ROUNDS {
-        let targets: Vec<Address> = addrs
-            .iter()
-            .skip(round % step)
-            .step_by(step)
-            .take(transfers)
-            .copied()
-            .collect();
+        let targets = round_targets(&addrs, round, step, transfers);
         let amounts: Vec<U256> = targets.iter().map(|_| U256::from(1_000_000u64)).collect();
         let _: Value = w
             .eth
@@ -449,17 +455,7 @@ async fn detection_two(watched: usize, transfers: usize, single: f64) -> Result<
         .connect_http(second.http().parse()?)
         .erased();
     let accounts = bsc.get_accounts().await?;
-    let code = hex::decode(include_str!("../tests/contracts/TestUSDT.bin").trim())?;
-    let receipt = bsc
-        .send_transaction(
-            alloy::rpc::types::TransactionRequest::default()
-                .from(accounts[0])
-                .input(code.into()),
-        )
-        .await?
-        .get_receipt()
-        .await?;
-    let bsc_token = receipt.contract_address.context("token deployed")?;
+    let bsc_token = deploy_test_usdt(&bsc, accounts[0]).await?;
     ITestUSDT::new(bsc_token, &bsc)
         .mint(accounts[1], U256::from(u128::MAX))
         .from(accounts[0])
@@ -496,13 +492,7 @@ async fn detection_two(watched: usize, transfers: usize, single: f64) -> Result<
     for round in 0..ROUNDS {
         let mut sent = Vec::new();
         for (i, (_, rpc, token)) in nets.iter().enumerate() {
-            let targets: Vec<Address> = addrs[i]
-                .iter()
-                .skip(round % step)
-                .step_by(step)
-                .take(transfers)
-                .copied()
-                .collect();
+            let targets = round_targets(&addrs[i], round, step, transfers);
             let amounts: Vec<U256> = targets.iter().map(|_| U256::from(1_000_000u64)).collect();
             let _: Value = rpc.raw_request("evm_setAutomine".into(), (false,)).await?;
             let pending = ITestUSDT::new(*token, rpc.clone())

@@ -38,6 +38,54 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Publishes a topup for a fresh address on `chain` with a bad signature and
+/// returns that address. It is answered at once with status 3, and requests
+/// of one queue are taken in order: that answer also says every topup
+/// published before it is recorded.
+async fn forged_topup(
+    publisher: &lapin::Channel,
+    (exchange, routing): (&str, &str),
+    chain: &str,
+) -> Result<String> {
+    let stranger = format!("{:#x}", Address::random());
+    let forged = json!({"chain": chain, "symbol": "USDT", "address": stranger, "timestamp": now(), "sign": "00"});
+    println!("  → topup (forged): {forged}");
+    publisher
+        .basic_publish(
+            exchange.into(),
+            routing.into(),
+            BasicPublishOptions::default(),
+            &serde_json::to_vec(&forged)?,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+    Ok(stranger)
+}
+
+/// Sends `units` of `token` from the test account to `to`; returns the
+/// transaction hash.
+async fn send_token(
+    rpc: &impl Provider,
+    token: Address,
+    to: Address,
+    units: U256,
+) -> Result<String> {
+    let user: Address = TEST_ACCOUNT.parse()?;
+    let input = transferCall { to, value: units }.abi_encode();
+    let receipt = rpc
+        .send_transaction(
+            TransactionRequest::default()
+                .with_from(user)
+                .with_to(token)
+                .with_input(input),
+        )
+        .await?
+        .get_receipt()
+        .await?;
+    Ok(format!("{:#x}", receipt.transaction_hash))
+}
+
 fn say(s: &str) {
     println!("\n\x1b[1m▶ {s}\x1b[0m");
 }
@@ -71,7 +119,6 @@ async fn main() -> Result<()> {
         .as_str()
         .context("token")?
         .parse()?;
-    let user: Address = TEST_ACCOUNT.parse()?;
 
     let amqp = Connection::connect(
         rmq["sub_addr"].as_str().context("sub_addr")?,
@@ -164,19 +211,7 @@ async fn main() -> Result<()> {
     // taken in order, so that answer also says the watch is recorded and the
     // deposit below cannot be missed.
     let (_, exchange, routing) = entry("topup");
-    let stranger = format!("{:#x}", Address::random());
-    let forged = json!({"chain": "ETH", "symbol": "USDT", "address": stranger, "timestamp": now(), "sign": "00"});
-    println!("  → topup (forged): {forged}");
-    publisher
-        .basic_publish(
-            exchange.as_str().into(),
-            routing.as_str().into(),
-            BasicPublishOptions::default(),
-            &serde_json::to_vec(&forged)?,
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await?
-        .await?;
+    let stranger = forged_topup(&publisher, (&exchange, &routing), "ETH").await?;
     expect(
         &mut rx,
         &|k, v| k == "topup_resp" && v["address"] == stranger.as_str() && v["status"] == 3,
@@ -185,22 +220,7 @@ async fn main() -> Result<()> {
     .await?;
 
     say("2. A user deposits 25.5 USDT to it: status 2 when seen, 1 when final");
-    let input = transferCall {
-        to: watched,
-        value: U256::from(25_500_000u64),
-    }
-    .abi_encode();
-    let receipt = eth
-        .send_transaction(
-            TransactionRequest::default()
-                .with_from(user)
-                .with_to(token)
-                .with_input(input),
-        )
-        .await?
-        .get_receipt()
-        .await?;
-    let hash = format!("{:#x}", receipt.transaction_hash);
+    let hash = send_token(&eth, token, watched, U256::from(25_500_000u64)).await?;
     println!("  deposit tx {hash}");
     expect(
         &mut rx,
@@ -306,18 +326,7 @@ async fn main() -> Result<()> {
         ));
         let watched = Address::random();
         publish("topup", json!({"chain": net, "symbol": "USDT", "address": format!("{watched:#x}"), "timestamp": now()})).await?;
-        let stranger = format!("{:#x}", Address::random());
-        let forged = json!({"chain": net, "symbol": "USDT", "address": stranger, "timestamp": now(), "sign": "00"});
-        publisher
-            .basic_publish(
-                exchange.as_str().into(),
-                routing.as_str().into(),
-                BasicPublishOptions::default(),
-                &serde_json::to_vec(&forged)?,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await?
-            .await?;
+        let stranger = forged_topup(&publisher, (&exchange, &routing), net).await?;
         expect(
             &mut rx,
             &|k, v| k == "topup_resp" && v["address"] == stranger.as_str() && v["status"] == 3,
@@ -326,22 +335,7 @@ async fn main() -> Result<()> {
         .await?;
         let units =
             U256::from(25u64) * U256::from(10u64).pow(U256::from(decimals)) / U256::from(10u64);
-        let input = transferCall {
-            to: watched,
-            value: units,
-        }
-        .abi_encode();
-        let receipt = rpc
-            .send_transaction(
-                TransactionRequest::default()
-                    .with_from(user)
-                    .with_to(token)
-                    .with_input(input),
-            )
-            .await?
-            .get_receipt()
-            .await?;
-        let hash = format!("{:#x}", receipt.transaction_hash);
+        let hash = send_token(&rpc, token, watched, units).await?;
         println!("  deposit tx {hash} on {net}");
         expect(
             &mut rx,

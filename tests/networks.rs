@@ -33,17 +33,7 @@ impl Bsc {
             .connect_http(anvil.http().parse()?)
             .erased();
         let accounts = rpc.get_accounts().await?;
-        let code = hex::decode(include_str!("contracts/TestUSDT.bin").trim())?;
-        let receipt = rpc
-            .send_transaction(
-                TransactionRequest::default()
-                    .from(accounts[0])
-                    .input(code.into()),
-            )
-            .await?
-            .get_receipt()
-            .await?;
-        let token = receipt.contract_address.context("token deployed")?;
+        let token = deploy_test_usdt(&rpc, accounts[0]).await?;
         Ok(Self {
             anvil,
             rpc,
@@ -122,6 +112,38 @@ async fn two_networks(test: &str, bsc: &Bsc) -> Result<World> {
         v["bsc_config"] = section;
     })
     .await
+}
+
+/// A world running ETH and BSC, the daemon reaching BSC's node through a TCP
+/// proxy that can cut it off; `edit` changes the config further.
+async fn behind_a_proxy(
+    test: &str,
+    edit: impl FnOnce(&mut Value),
+) -> Result<(Bsc, rpc_proxy::TcpProxy, World)> {
+    let bsc = Bsc::start().await?;
+    let proxy = rpc_proxy::TcpProxy::start(bsc.anvil.port).await?;
+    let mut section = bsc.section();
+    section["rpc_url"] = proxy.http().into();
+    section["ws_url"] = proxy.ws().into();
+    let w = World::with(test, &[], move |v| {
+        v["net"] = json!(["ETH", "BSC"]);
+        v["bsc_config"] = section;
+        edit(v);
+    })
+    .await?;
+    Ok((bsc, proxy, w))
+}
+
+/// A new hot wallet, enabled on BSC too, with 100 USDT and 1 ether on ETH
+/// and `bnb` wei on BSC.
+async fn hot_wallet_on_both(w: &World, bsc: &Bsc, bnb: U256) -> Result<Address> {
+    let hot = w.new_wallet(Label::User).await?;
+    let store = w.wallets().await?;
+    m2pool_payment::wallet::cli::enable(&store, "BSC", hot, Label::User).await?;
+    store.close().await;
+    w.fund(hot, 100_000_000, ether(1)).await?;
+    bsc.send_bnb(hot, bnb).await?;
+    Ok(hot)
 }
 
 /// Waits until `chain`'s watch of `symbol` for `address` is stored and the
@@ -218,13 +240,8 @@ async fn deposits_and_withdrawals_on_two_networks_at_once_are_exact_and_independ
     let mut withdrawals = w.replies("withdraw_resp").await?;
 
     // One hot wallet, enabled on both networks, funded on each.
-    let hot = w.new_wallet(Label::User).await?;
-    let store = w.wallets().await?;
-    m2pool_payment::wallet::cli::enable(&store, "BSC", hot, Label::User).await?;
-    store.close().await;
-    w.fund(hot, 100_000_000, ether(1)).await?;
+    let hot = hot_wallet_on_both(&w, &bsc, U256::from(E18)).await?;
     bsc.mint(hot, U256::from(10 * E18)).await?;
-    bsc.send_bnb(hot, U256::from(E18)).await?;
     let daemon = w.start().await?;
 
     // Deposits: USDT on ETH; USDT (18 decimals, asked for as `bsc`) and BNB on BSC.
@@ -366,18 +383,8 @@ async fn deposits_and_withdrawals_on_two_networks_at_once_are_exact_and_independ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_network_cut_off_or_reorganised_leaves_the_other_untouched() -> Result<()> {
-    let bsc = Bsc::start().await?;
-    let proxy = rpc_proxy::TcpProxy::start(bsc.anvil.port).await?;
-    let mut section = bsc.section();
-    section["rpc_url"] = proxy.http().into();
-    section["ws_url"] = proxy.ws().into();
     let port = http::free_port()?;
-    let w = World::with("networks-cut", &[], move |v| {
-        v["net"] = json!(["ETH", "BSC"]);
-        v["bsc_config"] = section;
-        http::with_http(port, json!({}))(v);
-    })
-    .await?;
+    let (bsc, proxy, w) = behind_a_proxy("networks-cut", http::with_http(port, json!({}))).await?;
     let mut topups = w.replies("topup_resp").await?;
     let daemon = w.start().await?;
     let (on_eth, on_bsc) = (Address::random(), Address::random());
@@ -475,25 +482,11 @@ async fn a_network_cut_off_or_reorganised_leaves_the_other_untouched() -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_payments_and_a_cancel_on_two_networks_at_once() -> Result<()> {
-    let bsc = Bsc::start().await?;
-    let proxy = rpc_proxy::TcpProxy::start(bsc.anvil.port).await?;
-    let mut section = bsc.section();
-    section["rpc_url"] = proxy.http().into();
-    section["ws_url"] = proxy.ws().into();
-    let w = World::with("networks-pay", &[], move |v| {
-        v["net"] = json!(["ETH", "BSC"]);
-        v["bsc_config"] = section;
-    })
-    .await?;
+    let (bsc, proxy, w) = behind_a_proxy("networks-pay", |_| {}).await?;
     let mut pays = w.replies("pay_resp").await?;
     let mut withdrawals = w.replies("withdraw_resp").await?;
     let mut removes = w.replies("remove_resp").await?;
-    let hot = w.new_wallet(Label::User).await?;
-    let store = w.wallets().await?;
-    m2pool_payment::wallet::cli::enable(&store, "BSC", hot, Label::User).await?;
-    store.close().await;
-    w.fund(hot, 100_000_000, ether(1)).await?;
-    bsc.send_bnb(hot, U256::from(2 * E18)).await?;
+    let hot = hot_wallet_on_both(&w, &bsc, U256::from(2 * E18)).await?;
 
     // BSC's node is out of reach: a BSC withdrawal waits, queued, and is
     // cancelled there, while ETH pays.

@@ -214,6 +214,21 @@ impl Daemon {
     }
 }
 
+/// Deploys the test token (`tests/contracts/TestUSDT.sol`) from `from`.
+pub async fn deploy_test_usdt(rpc: &DynProvider, from: Address) -> Result<Address> {
+    let code = hex::decode(include_str!("../contracts/TestUSDT.bin").trim())?;
+    let receipt = rpc
+        .send_transaction(
+            TransactionRequest::default()
+                .with_from(from)
+                .with_deploy_code(code),
+        )
+        .await?
+        .get_receipt()
+        .await?;
+    receipt.contract_address.context("token deployed")
+}
+
 /// One test's world.
 pub struct World {
     pub name: String,
@@ -254,17 +269,7 @@ impl World {
             .connect_http(anvil.http().parse()?)
             .erased();
         let accounts = eth.get_accounts().await?;
-        let code = hex::decode(include_str!("../contracts/TestUSDT.bin").trim())?;
-        let receipt = eth
-            .send_transaction(
-                TransactionRequest::default()
-                    .with_from(accounts[0])
-                    .with_deploy_code(code),
-            )
-            .await?
-            .get_receipt()
-            .await?;
-        let token = receipt.contract_address.context("token deployed")?;
+        let token = deploy_test_usdt(&eth, accounts[0]).await?;
         let usdt = ITestUSDT::new(token, &eth);
         usdt.mint(accounts[1], U256::from(1_000_000_000_000u64))
             .from(accounts[0])
