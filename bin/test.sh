@@ -27,3 +27,13 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --no-fail-fast "$@" -- --test-threads 4
 fi
+# The message store's tests once more, on the MySQL/MariaDB engine (each on a
+# database of its own): the same assertions, the other engine.
+if [ $# -eq 0 ]; then
+    say "message store tests on MariaDB"
+    if cargo nextest --version >/dev/null 2>&1; then
+        M2POOL_TEST_STORE=mariadb cargo nextest run --no-fail-fast --lib -E 'test(/^store::/)'
+    else
+        M2POOL_TEST_STORE=mariadb cargo test --no-fail-fast --lib store:: -- --test-threads 4
+    fi
+fi

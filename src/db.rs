@@ -25,6 +25,33 @@ impl<T> Ctx<T> for Result<T, sqlx::Error> {
     }
 }
 
+/// The URL of the MySQL/MariaDB database `m` (password included: never
+/// logged) and how to name it in messages (`mysql://user@host:port/db`,
+/// no password).
+pub(crate) fn mysql_url(m: &crate::config::MysqlConfig) -> (String, String) {
+    let target = format!("mysql://{}@{}:{}/{}", m.user, m.host, m.port, m.database);
+    let mut url = match url::Url::parse("mysql://localhost") {
+        Ok(u) => u,
+        Err(_) => return (target.clone(), target),
+    };
+    let _ = url.set_host(Some(&m.host));
+    let _ = url.set_port(Some(m.port));
+    let _ = url.set_username(&m.user);
+    if !m.password.expose().is_empty() {
+        let _ = url.set_password(Some(m.password.expose()));
+    }
+    url.set_path(&m.database);
+    (url.to_string(), target)
+}
+
+/// A pool sized as `m` says.
+pub(crate) fn mysql_pool_options(m: &crate::config::MysqlConfig) -> sqlx::any::AnyPoolOptions {
+    sqlx::any::AnyPoolOptions::new()
+        .max_connections(m.max_open_conns)
+        .min_connections(m.max_idle_conns.min(m.max_open_conns))
+        .max_lifetime(m.conn_max_life)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

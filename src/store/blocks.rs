@@ -122,7 +122,7 @@ impl StoreTx {
 
     /// A setting kept between runs.
     pub async fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
-        sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+        sqlx::query_scalar("SELECT value FROM meta WHERE `key` = ?")
             .bind(key)
             .fetch_optional(&mut *self.tx)
             .await
@@ -132,7 +132,7 @@ impl StoreTx {
 
     /// Sets a setting kept between runs.
     pub async fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
-        sqlx::query("REPLACE INTO meta (key, value) VALUES (?, ?)")
+        sqlx::query("REPLACE INTO meta (`key`, value) VALUES (?, ?)")
             .bind(key)
             .bind(value)
             .execute(&mut *self.tx)

@@ -128,11 +128,53 @@ impl StoreTx {
         let fresh = self.match_earlier(ds, &mut out, now).await?;
         let mut inserted: HashSet<(String, Vec<u8>, i64)> = HashSet::with_capacity(fresh.len());
         for chunk in fresh.chunks(200) {
+            // MySQL has no RETURNING: the keys already stored are read first
+            // and only the rest is inserted, each key once (as SQLite's
+            // `ON CONFLICT DO NOTHING` keeps the first of a statement).
+            let chunk: Vec<usize> = match self.engine {
+                Engine::Sqlite => chunk.to_vec(),
+                Engine::MySql => {
+                    let mut q = QueryBuilder::<Any>::new(
+                        "SELECT chain, tx_hash, log_index FROM deposits WHERE (chain, tx_hash, log_index) IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for &i in chunk {
+                        let d = &ds[i];
+                        list.push("(")
+                            .push_bind_unseparated(d.chain)
+                            .push_unseparated(", ")
+                            .push_bind_unseparated(d.tx_hash.as_slice())
+                            .push_unseparated(", ")
+                            .push_bind_unseparated(d.log_index)
+                            .push_unseparated(")");
+                    }
+                    q.push(")");
+                    let mut taken: HashSet<(String, Vec<u8>, i64)> = q
+                        .build_query_as()
+                        .fetch_all(&mut *self.tx)
+                        .await
+                        .ctx("look up deposits")?
+                        .into_iter()
+                        .collect();
+                    let mine: Vec<usize> = chunk
+                        .iter()
+                        .copied()
+                        .filter(|&i| {
+                            let d = &ds[i];
+                            taken.insert((d.chain.to_owned(), d.tx_hash.to_vec(), d.log_index))
+                        })
+                        .collect();
+                    if mine.is_empty() {
+                        continue;
+                    }
+                    mine
+                }
+            };
             let mut q = QueryBuilder::<Any>::new(
                 "INSERT INTO deposits (chain, tx_hash, log_index, symbol, address, from_address,
                     amount, block_number, block_hash, state, due, created_at, updated_at, decimals) ",
             );
-            q.push_values(chunk, |mut b, &i| {
+            q.push_values(&chunk, |mut b, &i| {
                 let d = &ds[i];
                 b.push_bind(d.chain)
                     .push_bind(d.tx_hash.as_slice())
@@ -150,16 +192,28 @@ impl StoreTx {
                     .push_bind(i64::from(d.decimals));
             });
             match self.engine {
-                Engine::Sqlite => q.push(
-                    " ON CONFLICT (chain, tx_hash, log_index) DO NOTHING RETURNING chain, tx_hash, log_index",
-                ),
-            };
-            let rows: Vec<(String, Vec<u8>, i64)> = q
-                .build_query_as()
-                .fetch_all(&mut *self.tx)
-                .await
-                .ctx("insert deposits")?;
-            inserted.extend(rows);
+                Engine::Sqlite => {
+                    q.push(
+                        " ON CONFLICT (chain, tx_hash, log_index) DO NOTHING RETURNING chain, tx_hash, log_index",
+                    );
+                    let rows: Vec<(String, Vec<u8>, i64)> = q
+                        .build_query_as()
+                        .fetch_all(&mut *self.tx)
+                        .await
+                        .ctx("insert deposits")?;
+                    inserted.extend(rows);
+                }
+                Engine::MySql => {
+                    q.build()
+                        .execute(&mut *self.tx)
+                        .await
+                        .ctx("insert deposits")?;
+                    inserted.extend(chunk.iter().map(|&i| {
+                        let d = &ds[i];
+                        (d.chain.to_owned(), d.tx_hash.to_vec(), d.log_index)
+                    }));
+                }
+            }
         }
         for &i in &fresh {
             let d = &ds[i];
@@ -417,9 +471,12 @@ impl StoreTx {
     /// Transactions of the orphaned deposits of `chain` (left the chain,
     /// waiting to be mined again).
     pub async fn orphaned_deposit_txs(&mut self, chain: &str) -> Result<Vec<B256>, StoreError> {
-        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT DISTINCT tx_hash FROM deposits INDEXED BY deposits_due WHERE chain = ? AND state IN (0, 3) AND state = ?",
-        )
+        let from = self
+            .engine
+            .indexed("deposits", "deposits_due", "deposits_due");
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT tx_hash FROM {from} WHERE chain = ? AND state IN (0, 3) AND state = ?"
+        )))
         .bind(chain)
         .bind(ORPHANED)
         .fetch_all(&mut *self.tx)

@@ -19,6 +19,22 @@ pub enum Engine {
     /// An embedded SQLite file (WAL, `synchronous=FULL`), written by this
     /// process alone.
     Sqlite,
+    /// A MySQL 8 or MariaDB 10.6+ database (InnoDB, `READ COMMITTED`
+    /// transactions), which instances on several machines can share.
+    MySql,
+}
+
+impl Engine {
+    /// `table` (with an alias, if any) naming the index a statement must
+    /// read, so that the planner cannot pick a full scan: SQLite's
+    /// `INDEXED BY` (its partial indexes hold only the rows asked for),
+    /// MySQL's `FORCE INDEX`.
+    pub(super) fn indexed(self, table: &str, sqlite: &str, mysql: &str) -> String {
+        match self {
+            Engine::Sqlite => format!("{table} INDEXED BY {sqlite}"),
+            Engine::MySql => format!("{table} FORCE INDEX ({mysql})"),
+        }
+    }
 }
 
 /// How long a SQLite writer of another process (a tool) is waited for.
@@ -34,7 +50,7 @@ async fn sqlite_pool(
 ) -> Result<AnyPool, StoreError> {
     install_default_drivers();
     let open_err = |source| StoreError::Open {
-        path: path.to_owned(),
+        target: path.display().to_string(),
         source,
     };
     let file = SqliteConnectOptions::new()
@@ -74,7 +90,7 @@ impl Store {
         // half-way; running again finds the migration applied.
         let mut tries = 0;
         loop {
-            match sqlx::migrate!("./migrations/store").run(&pool).await {
+            match sqlx::migrate!("./migrations/store/sqlite").run(&pool).await {
                 Ok(()) => break,
                 Err(_) if tries < 3 => {
                     tries += 1;
@@ -82,7 +98,7 @@ impl Store {
                 }
                 Err(source) => {
                     return Err(StoreError::Migrate {
-                        path: path.to_owned(),
+                        target: path.display().to_string(),
                         source,
                     });
                 }
@@ -95,6 +111,34 @@ impl Store {
     /// tools and tests that look while the daemon runs.
     pub async fn open_read_only(path: &Path) -> Result<Self, StoreError> {
         Ok(Self::new(sqlite_pool(path, 1, true).await?, Engine::Sqlite))
+    }
+
+    /// Connects to and migrates the MySQL/MariaDB store `m`
+    /// (`mysql_config.msg`).
+    pub async fn open_mysql(m: &crate::config::MysqlConfig) -> Result<Self, StoreError> {
+        install_default_drivers();
+        let (url, target) = crate::db::mysql_url(m);
+        let pool = crate::db::mysql_pool_options(m)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // Each transaction reads what others committed before its
+                    // statements: the row locks, not a snapshot, order writers.
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(|source| StoreError::Open {
+                target: target.clone(),
+                source,
+            })?;
+        sqlx::migrate!("./migrations/store/mysql")
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate { target, source })?;
+        Ok(Self::new(pool, Engine::MySql))
     }
 
     /// The engine holding this store.

@@ -36,6 +36,12 @@ impl Outcome {
 /// word for word, so that SQLite uses the index.
 const DEDUPED: &str = "(kind <> 'topup' OR outcome <> 'accepted')";
 
+/// Whether request `r` is deduplicated by its body: every request but an
+/// accepted topup ([`DEDUPED`]).
+fn deduped(r: &InboxRow<'_>) -> bool {
+    r.kind != "topup" || r.outcome != Outcome::Accepted
+}
+
 /// A request to record in the inbox.
 #[derive(Debug, Clone, Copy)]
 pub struct InboxRow<'a> {
@@ -82,35 +88,88 @@ impl StoreTx {
     ) -> Result<HashSet<[u8; 32]>, StoreError> {
         let now = now_ms();
         let mut new = HashSet::with_capacity(rows.len());
+        // MySQL: the deduplicated hashes met so far in this call.
+        let mut seen: HashSet<&[u8; 32]> = HashSet::new();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Any>::new(
-                "INSERT INTO inbox (kind, body_hash, body, outcome, error, received_at) ",
-            );
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.kind)
-                    .push_bind(r.body_hash.as_slice())
-                    .push_bind(r.body)
-                    .push_bind(r.outcome.as_str())
-                    .push_bind(r.error)
-                    .push_bind(now);
-            });
+            let insert = |rows: &[&InboxRow<'_>]| {
+                let mut q = QueryBuilder::<Any>::new(
+                    "INSERT INTO inbox (kind, body_hash, body, outcome, error, received_at) ",
+                );
+                q.push_values(rows, |mut b, r| {
+                    b.push_bind(r.kind)
+                        .push_bind(r.body_hash.as_slice())
+                        .push_bind(r.body)
+                        .push_bind(r.outcome.as_str())
+                        .push_bind(r.error)
+                        .push_bind(now);
+                });
+                q
+            };
             match self.engine {
                 // The conflict target names the partial unique index by its
                 // predicate; the rows inserted come back.
                 Engine::Sqlite => {
+                    let all: Vec<&InboxRow<'_>> = chunk.iter().collect();
+                    let mut q = insert(&all);
                     q.push(" ON CONFLICT (body_hash) WHERE ")
                         .push(DEDUPED)
                         .push(" DO NOTHING RETURNING body_hash");
+                    let hashes: Vec<Vec<u8>> = q
+                        .build_query_scalar()
+                        .fetch_all(&mut *self.tx)
+                        .await
+                        .ctx("insert inbox")?;
+                    new.extend(
+                        hashes
+                            .iter()
+                            .filter_map(|h| <[u8; 32]>::try_from(h.as_slice()).ok()),
+                    );
                 }
-            }
-            let hashes: Vec<Vec<u8>> = q
-                .build_query_scalar()
-                .fetch_all(&mut *self.tx)
-                .await
-                .ctx("insert inbox")?;
-            for h in hashes {
-                if let Ok(h) = <[u8; 32]>::try_from(h.as_slice()) {
-                    new.insert(h);
+                // No RETURNING: the deduplicated hashes already stored are
+                // read first (under the unique index), and only the rest is
+                // inserted; a row another writer slipped in meanwhile fails
+                // the insert rather than passing for new.
+                Engine::MySql => {
+                    let asked: Vec<&[u8; 32]> = chunk
+                        .iter()
+                        .filter(|r| deduped(r))
+                        .map(|r| r.body_hash)
+                        .collect();
+                    let stored: HashSet<Vec<u8>> = if asked.is_empty() {
+                        HashSet::new()
+                    } else {
+                        let mut q = QueryBuilder::<Any>::new(
+                            "SELECT deduped FROM inbox WHERE deduped IN (",
+                        );
+                        let mut list = q.separated(", ");
+                        for h in &asked {
+                            list.push_bind(h.as_slice());
+                        }
+                        q.push(")");
+                        q.build_query_scalar()
+                            .fetch_all(&mut *self.tx)
+                            .await
+                            .ctx("look up inbox")?
+                            .into_iter()
+                            .collect()
+                    };
+                    let fresh: Vec<&InboxRow<'_>> = chunk
+                        .iter()
+                        .filter(|r| {
+                            !deduped(r)
+                                || (!stored.contains(r.body_hash.as_slice())
+                                    && seen.insert(r.body_hash))
+                        })
+                        .collect();
+                    if fresh.is_empty() {
+                        continue;
+                    }
+                    insert(&fresh)
+                        .build()
+                        .execute(&mut *self.tx)
+                        .await
+                        .ctx("insert inbox")?;
+                    new.extend(fresh.iter().map(|r| *r.body_hash));
                 }
             }
         }

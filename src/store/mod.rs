@@ -38,24 +38,23 @@ pub use watches::NewWatch;
 
 use alloy::primitives::{Address, B256};
 use sqlx::{Any, AnyPool, QueryBuilder, Transaction};
-use std::path::PathBuf;
 
 /// A message store failure, with the operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Opening or migrating the file failed.
-    #[error("message store {path}: {source}")]
+    /// Opening the database failed.
+    #[error("message store {target}: {source}")]
     Open {
-        /// The SQLite file.
-        path: PathBuf,
+        /// The SQLite file, or the MySQL database (no password).
+        target: String,
         /// Underlying error.
         source: sqlx::Error,
     },
     /// Applying migrations failed.
-    #[error("message store {path}: migration failed: {source}")]
+    #[error("message store {target}: migration failed: {source}")]
     Migrate {
-        /// The SQLite file.
-        path: PathBuf,
+        /// The SQLite file, or the MySQL database (no password).
+        target: String,
         /// Underlying error.
         source: sqlx::migrate::MigrateError,
     },
@@ -143,7 +142,13 @@ impl Store {
     /// Writers of this process queue first, in order, on one in-process lock.
     pub async fn begin(&self) -> Result<StoreTx, StoreError> {
         let turn = self.writer.clone().lock_owned().await;
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await.ctx("begin")?;
+        let tx = match self.engine {
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            // Row locks order writers; statements that read to decide lock
+            // what they read (`FOR UPDATE`).
+            Engine::MySql => self.pool.begin().await,
+        }
+        .ctx("begin")?;
         Ok(StoreTx {
             tx,
             engine: self.engine,
@@ -152,30 +157,37 @@ impl Store {
     }
 
     async fn prune_in_chunks(&self, cutoff: i64, chunk: i64) -> Result<(u64, u64), StoreError> {
-        // Deletes of a limited subquery, with numbered parameters.
-        let Engine::Sqlite = self.engine;
         let mut removed = [0u64; 2];
-        for (i, sql) in [
-            // Requests come in time order: only the oldest chunk is looked at.
-            "DELETE FROM inbox WHERE id IN (SELECT id FROM inbox ORDER BY id LIMIT ?)
-                AND received_at < ? AND id < (SELECT MAX(id) FROM inbox)",
-            // Responses go out in any order, and unsent ones may lead: the
-            // oldest sent ones are looked for past them.
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox
-                WHERE sent_at IS NOT NULL AND sent_at < ?2 AND id < (SELECT MAX(id) FROM outbox)
-                ORDER BY id LIMIT ?1)",
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        // SQLite deletes from a limited subquery (numbered parameters: chunk
+        // size, then cutoff); MySQL cannot limit a subquery of `IN` nor read
+        // the table it deletes from, so it deletes in id order with a limit
+        // and reads the highest id through a derived table.
+        let statements = match self.engine {
+            Engine::Sqlite => [
+                // Requests come in time order: only the oldest chunk is looked at.
+                "DELETE FROM inbox WHERE id IN (SELECT id FROM inbox ORDER BY id LIMIT ?1)
+                    AND received_at < ?2 AND id < (SELECT MAX(id) FROM inbox)",
+                // Responses go out in any order, and unsent ones may lead: the
+                // oldest sent ones are looked for past them.
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox
+                    WHERE sent_at IS NOT NULL AND sent_at < ?2 AND id < (SELECT MAX(id) FROM outbox)
+                    ORDER BY id LIMIT ?1)",
+            ],
+            Engine::MySql => [
+                "DELETE FROM inbox WHERE received_at < ?
+                    AND id < (SELECT m FROM (SELECT MAX(id) AS m FROM inbox) t) ORDER BY id LIMIT ?",
+                "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?
+                    AND id < (SELECT m FROM (SELECT MAX(id) AS m FROM outbox) t) ORDER BY id LIMIT ?",
+            ],
+        };
+        for (i, sql) in statements.into_iter().enumerate() {
             loop {
-                let done = sqlx::query(sql)
-                    .bind(chunk)
-                    .bind(cutoff)
-                    .execute(&self.pool)
-                    .await
-                    .ctx("prune")?
-                    .rows_affected();
+                let q = sqlx::query(sql);
+                let q = match self.engine {
+                    Engine::Sqlite => q.bind(chunk).bind(cutoff),
+                    Engine::MySql => q.bind(cutoff).bind(chunk),
+                };
+                let done = q.execute(&self.pool).await.ctx("prune")?.rows_affected();
                 removed[i] += done;
                 if done == 0 {
                     break;

@@ -1,7 +1,7 @@
 //! Signed payout transactions: what is (re)broadcast, byte for byte. Every
 //! transaction signed for a payout stays known (a replacement with higher
 //! fees, or the zero-value transfer that cancels it), and whichever is mined
-//! is the payout's. The schema is `migrations/store/0002_payouts.sql` and
+//! is the payout's. The schema is `migrations/store/sqlite/0002_payouts.sql` and
 //! `0007_money_safety.sql`.
 
 use super::payouts::{COLUMNS, payout};
@@ -46,9 +46,12 @@ impl StoreTx {
         let now = now_ms();
         let mut taken = std::collections::HashSet::with_capacity(signed.len());
         for chunk in signed.chunks(ROWS_PER_STATEMENT) {
+            if self.engine == Engine::MySql {
+                taken.extend(self.mark_signed_mysql(payer, chunk, now).await?);
+                continue;
+            }
             // One statement per chunk: an update joined to the chunk's values,
             // giving back the payouts it took.
-            let Engine::Sqlite = self.engine;
             let mut q = QueryBuilder::<Any>::new("WITH v(id, nonce, hash) AS (");
             q.push_values(chunk, |mut b, (nonce, tx)| {
                 b.push_bind(tx.payout_id)
@@ -78,6 +81,61 @@ impl StoreTx {
             .map(|(_, t)| t.payout_id)
             .filter(|id| !taken.contains(id))
             .collect())
+    }
+
+    /// [`StoreTx::mark_signed_many`] for one chunk on MySQL, which has
+    /// neither `UPDATE … FROM` nor `RETURNING`: the queued payouts of the
+    /// chunk are locked and read, then updated with one `CASE` per column.
+    async fn mark_signed_mysql(
+        &mut self,
+        payer: Address,
+        chunk: &[(u64, &SignedTx)],
+        now: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let ids: Vec<i64> = chunk.iter().map(|(_, t)| t.payout_id).collect();
+        let mut q =
+            QueryBuilder::<Any>::new("SELECT id FROM payouts WHERE state = 'queued' AND id IN (");
+        push_ids(&mut q, &ids);
+        q.push(" FOR UPDATE");
+        let queued: std::collections::HashSet<i64> = q
+            .build_query_scalar()
+            .fetch_all(&mut *self.tx)
+            .await
+            .ctx("mark payouts signed")?
+            .into_iter()
+            .collect();
+        let mine: Vec<&(u64, &SignedTx)> = chunk
+            .iter()
+            .filter(|(_, t)| queued.contains(&t.payout_id))
+            .collect();
+        if mine.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<Any>::new("UPDATE payouts SET state = 'signed', payer = ");
+        q.push_bind(payer.as_slice()).push(", nonce = CASE id");
+        for (nonce, t) in &mine {
+            q.push(" WHEN ")
+                .push_bind(t.payout_id)
+                .push(" THEN ")
+                .push_bind(*nonce as i64);
+        }
+        q.push(" END, tx_hash = CASE id");
+        for (_, t) in &mine {
+            q.push(" WHEN ")
+                .push_bind(t.payout_id)
+                .push(" THEN ")
+                .push_bind(t.tx_hash.as_slice());
+        }
+        q.push(" END, updated_at = ")
+            .push_bind(now)
+            .push(" WHERE id IN (");
+        let ids: Vec<i64> = mine.iter().map(|(_, t)| t.payout_id).collect();
+        push_ids(&mut q, &ids);
+        q.build()
+            .execute(&mut *self.tx)
+            .await
+            .ctx("mark payouts signed")?;
+        Ok(ids)
     }
 
     /// Stores signed transactions, many rows per statement.
@@ -177,16 +235,19 @@ impl StoreTx {
         let now = now_ms();
         for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
             let mut q = QueryBuilder::<Any>::new(
-                "UPDATE payouts SET state = CASE WHEN state = 'signed' THEN 'sent' ELSE state END,
-                    refused_at = NULL, refusal = NULL,
-                    updated_at = CASE WHEN state = 'signed' OR refused_at IS NOT NULL THEN ",
+                "UPDATE payouts SET updated_at = CASE WHEN state = 'signed' OR refused_at IS NOT NULL THEN ",
             );
             // A transaction the node already holds, sent again, changes
             // nothing: `updated_at` is when it was first taken, so that one
             // stranded in the pool is seen as stuck (and replaced) however
-            // often it is rebroadcast.
-            q.push_bind(now)
-                .push(" ELSE updated_at END WHERE state IN ('signed', 'sent') AND id IN (");
+            // often it is rebroadcast. `updated_at` comes first: MySQL
+            // evaluates assignments in order, on the values assigned before.
+            q.push_bind(now).push(
+                " ELSE updated_at END,
+                    state = CASE WHEN state = 'signed' THEN 'sent' ELSE state END,
+                    refused_at = NULL, refusal = NULL
+                 WHERE state IN ('signed', 'sent') AND id IN (",
+            );
             push_ids(&mut q, chunk);
             q.build()
                 .execute(&mut *self.tx)
@@ -201,20 +262,55 @@ impl StoreTx {
     pub async fn take_announcements(&mut self, ids: &[i64]) -> Result<Vec<Payout>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
-            // An update giving back the rows it changed.
-            let Engine::Sqlite = self.engine;
-            let mut q = QueryBuilder::<Any>::new(
-                "UPDATE payouts SET announced = 1, announced_tx = tx_hash WHERE announced = 0 AND id IN (",
-            );
-            push_ids(&mut q, chunk);
-            q.push(" RETURNING ").push(COLUMNS);
-            let rows = q
-                .build()
-                .fetch_all(&mut *self.tx)
-                .await
-                .ctx("announce payouts")?;
-            for r in &rows {
-                out.push(payout(r)?);
+            match self.engine {
+                // An update giving back the rows it changed.
+                Engine::Sqlite => {
+                    let mut q = QueryBuilder::<Any>::new(
+                        "UPDATE payouts SET announced = 1, announced_tx = tx_hash WHERE announced = 0 AND id IN (",
+                    );
+                    push_ids(&mut q, chunk);
+                    q.push(" RETURNING ").push(COLUMNS);
+                    let rows = q
+                        .build()
+                        .fetch_all(&mut *self.tx)
+                        .await
+                        .ctx("announce payouts")?;
+                    for r in &rows {
+                        out.push(payout(r)?);
+                    }
+                }
+                // The rows not yet announced are locked and read, then
+                // updated; what is read is set as the update sets it.
+                Engine::MySql => {
+                    let mut q = QueryBuilder::<Any>::new("SELECT ");
+                    q.push(COLUMNS)
+                        .push(" FROM payouts WHERE announced = 0 AND id IN (");
+                    push_ids(&mut q, chunk);
+                    q.push(" FOR UPDATE");
+                    let rows = q
+                        .build()
+                        .fetch_all(&mut *self.tx)
+                        .await
+                        .ctx("announce payouts")?;
+                    let mut ids = Vec::with_capacity(rows.len());
+                    for r in &rows {
+                        let mut p = payout(r)?;
+                        p.announced = true;
+                        p.announced_tx = p.tx_hash;
+                        ids.push(p.id);
+                        out.push(p);
+                    }
+                    if !ids.is_empty() {
+                        let mut q = QueryBuilder::<Any>::new(
+                            "UPDATE payouts SET announced = 1, announced_tx = tx_hash WHERE id IN (",
+                        );
+                        push_ids(&mut q, &ids);
+                        q.build()
+                            .execute(&mut *self.tx)
+                            .await
+                            .ctx("announce payouts")?;
+                    }
+                }
             }
         }
         out.sort_by_key(|p| p.id);
@@ -313,10 +409,13 @@ impl Store {
         &self,
         chain: &str,
     ) -> Result<Vec<(Payout, SignedTx)>, StoreError> {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT p.id FROM payouts p INDEXED BY payouts_cancel JOIN payout_txs t ON t.tx_hash = p.tx_hash
-             WHERE p.chain = ? AND p.cancel_requested = 1 AND p.state IN ('signed', 'sent') AND t.cancels = 0",
-        )
+        let from = self
+            .engine
+            .indexed("payouts p", "payouts_cancel", "payouts_cancel");
+        let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT p.id FROM {from} JOIN payout_txs t ON t.tx_hash = p.tx_hash
+             WHERE p.chain = ? AND p.cancel_requested = 1 AND p.state IN ('signed', 'sent') AND t.cancels = 0"
+        )))
         .bind(chain)
         .fetch_all(&self.pool)
         .await

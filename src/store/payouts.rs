@@ -5,7 +5,7 @@
 //! (`claimed` is no longer written: a store of an earlier version may hold
 //! it, and a start puts such payouts back to queued.)
 //!
-//! The schema is `migrations/store/0002_payouts.sql`.
+//! The schema is `migrations/store/sqlite/0002_payouts.sql`.
 
 use super::{Ctx, Engine, Store, StoreError, StoreTx, address, b256, now_ms};
 use crate::msg::Kind;
@@ -377,30 +377,44 @@ impl StoreTx {
     /// Stores a new queued payout.
     pub async fn insert_payout(&mut self, p: &NewPayout) -> Result<i64, StoreError> {
         let now = now_ms();
-        // The new row's id comes back from the insert.
-        let Engine::Sqlite = self.engine;
-        let done = sqlx::query(
-            "INSERT INTO payouts (chain, kind, queue_id, order_id, content_hash, symbol, from_address, to_address,
-                amount, state, created_at, updated_at, decimals, contract)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(&p.chain)
-        .bind(p.kind.as_str())
-        .bind(&p.queue_id)
-        .bind(&p.order_id)
-        .bind(p.content_hash.as_slice())
-        .bind(&p.symbol)
-        .bind(p.from.as_slice())
-        .bind(p.to.as_slice())
-        .bind(p.amount.to_string())
-        .bind(now)
-        .bind(now)
-        .bind(i64::from(p.decimals))
-        .bind(p.contract.as_ref().map(|c| c.as_slice()))
-        .fetch_one(&mut *self.tx)
-        .await
-        .ctx("insert payout")?;
-        Ok(done.get(0))
+        // The new row's id: given back by SQLite's insert, and by MySQL's
+        // LAST_INSERT_ID() (which the driver reports with the result).
+        macro_rules! insert {
+            () => {
+                "INSERT INTO payouts (chain, kind, queue_id, order_id, content_hash, symbol,
+                    from_address, to_address, amount, state, created_at, updated_at, decimals, contract)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)"
+            };
+        }
+        let sql = match self.engine {
+            Engine::Sqlite => concat!(insert!(), " RETURNING id"),
+            Engine::MySql => insert!(),
+        };
+        let q = sqlx::query(sql)
+            .bind(&p.chain)
+            .bind(p.kind.as_str())
+            .bind(&p.queue_id)
+            .bind(&p.order_id)
+            .bind(p.content_hash.as_slice())
+            .bind(&p.symbol)
+            .bind(p.from.as_slice())
+            .bind(p.to.as_slice())
+            .bind(p.amount.to_string())
+            .bind(now)
+            .bind(now)
+            .bind(i64::from(p.decimals))
+            .bind(p.contract.as_ref().map(|c| c.as_slice()));
+        match self.engine {
+            Engine::Sqlite => {
+                let row = q.fetch_one(&mut *self.tx).await.ctx("insert payout")?;
+                Ok(row.get(0))
+            }
+            Engine::MySql => {
+                let done = q.execute(&mut *self.tx).await.ctx("insert payout")?;
+                done.last_insert_id()
+                    .ok_or(StoreError::Corrupt { what: "payouts.id" })
+            }
+        }
     }
 
     /// Moves payout `id` from `from` to `to` (recording `error`); `false` if it

@@ -2,12 +2,93 @@ use super::*;
 use alloy::primitives::U256;
 use std::collections::HashSet;
 
-async fn store() -> (tempfile::TempDir, Store) {
+/// What a test's store lives in, removed when the test ends.
+enum Scratch {
+    /// The SQLite file's directory.
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    /// A MariaDB database of its own.
+    Database(String),
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Scratch::Database(name) = self {
+            let name = name.clone();
+            // Dropped from a thread of its own: the test's runtime is ending.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    use sqlx::Executor;
+                    let admin = sqlx::MySqlPool::connect(MARIADB_ADMIN).await.ok()?;
+                    // The test's own connections may still hold a transaction
+                    // (its runtime ended before they were given back): they
+                    // would keep the drop waiting for ever.
+                    let ids: Vec<i64> = sqlx::query_scalar(
+                        "SELECT CAST(id AS SIGNED) FROM information_schema.processlist WHERE db = ?",
+                    )
+                    .bind(&name)
+                    .fetch_all(&admin)
+                    .await
+                    .unwrap_or_default();
+                    for id in ids {
+                        let _ = admin.execute(sqlx::AssertSqlSafe(format!("KILL {id}"))).await;
+                    }
+                    let _ = admin
+                        .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
+                        .await;
+                    admin.close().await;
+                    Some(())
+                })
+            })
+            .join();
+        }
+    }
+}
+
+/// The local MariaDB `bin/test.sh` starts (root over TCP, no password).
+const MARIADB_ADMIN: &str = "mysql://root@127.0.0.1:3306/";
+
+/// The store each test runs on: SQLite, or with `M2POOL_TEST_STORE=mariadb`
+/// (as `bin/test.sh` runs them a second time) a fresh MariaDB database.
+async fn store() -> (Scratch, Store) {
+    if std::env::var("M2POOL_TEST_STORE").as_deref() == Ok("mariadb") {
+        use sqlx::Executor;
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "m2pool_store_{}_{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let admin = sqlx::MySqlPool::connect(MARIADB_ADMIN)
+            .await
+            .expect("MariaDB on 127.0.0.1:3306 (bin/test.sh starts it)");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("create database");
+        admin.close().await;
+        let cfg = crate::config::MysqlConfig {
+            user: "root".into(),
+            password: crate::secret::Secret::new(String::new()),
+            host: "127.0.0.1".into(),
+            port: 3306,
+            database: name.clone(),
+            max_open_conns: 4,
+            max_idle_conns: 1,
+            conn_max_life: std::time::Duration::from_secs(120),
+        };
+        let scratch = Scratch::Database(name);
+        let s = Store::open_mysql(&cfg).await.expect("opens");
+        return (scratch, s);
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let s = Store::open(&dir.path().join("msg.db"))
         .await
         .expect("opens");
-    (dir, s)
+    (Scratch::Dir(dir), s)
 }
 
 fn dep(block: u64, hash: u8) -> NewDeposit<'static> {
@@ -93,7 +174,7 @@ async fn a_store_of_the_previous_schema_keeps_its_watches_and_requests() {
         .filename(&path)
         .create_if_missing(true);
     let pool = sqlx::SqlitePool::connect_with(opts).await.expect("opens");
-    sqlx::migrate!("./migrations/store")
+    sqlx::migrate!("./migrations/store/sqlite")
         .run_to(4, &pool)
         .await
         .expect("schema 4");
@@ -899,7 +980,9 @@ async fn a_rebroadcast_the_node_already_holds_keeps_the_time_it_was_first_taken(
 #[tokio::test]
 async fn the_sqlite_engine_writes_ahead_and_syncs_every_commit() {
     let (_dir, s) = store().await;
-    assert_eq!(s.engine(), Engine::Sqlite);
+    if s.engine() != Engine::Sqlite {
+        return;
+    }
     let mut conn = s.pool.acquire().await.expect("connection");
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&mut *conn)

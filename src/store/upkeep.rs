@@ -1,7 +1,7 @@
 //! Upkeep: pruning old requests and sent responses, and the state counts
 //! the metrics show.
 
-use super::{Ctx, Engine, Store, StoreError};
+use super::{Ctx, Store, StoreError};
 
 impl Store {
     /// Deletes requests recorded before `cutoff` (unix milliseconds) and
@@ -26,17 +26,18 @@ impl Store {
         &self,
         chains: &[String],
     ) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>), StoreError> {
-        // The statements name the partial indexes that hold the few rows
-        // counted, so that the planner cannot pick a full scan.
-        let Engine::Sqlite = self.engine;
+        let e = self.engine;
+        let by_state = e.indexed("payouts", "payouts_state", "payouts_state");
+        let pending = e.indexed("deposits", "deposits_due", "deposits_state");
+        let failed = e.indexed("deposits", "deposits_failed", "deposits_state");
         let mut payouts: Vec<(String, i64)> = Vec::new();
         for chain in chains {
-            let rows: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT state, COUNT(*) FROM payouts INDEXED BY payouts_state
+            let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT state, COUNT(*) FROM {by_state}
                  WHERE chain = ? AND state IN ('queued', 'claimed', 'signed', 'sent', 'mined',
                                                'failed', 'refused', 'cancelled')
-                 GROUP BY state",
-            )
+                 GROUP BY state"
+            )))
             .bind(chain)
             .fetch_all(&self.pool)
             .await
@@ -55,16 +56,15 @@ impl Store {
         let open: i64 = payouts.iter().map(|(_, n)| n).sum();
         payouts.push(("confirmed".to_owned(), (all - open).max(0)));
 
-        let mut counts: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT state, COUNT(*) FROM deposits INDEXED BY deposits_due
-             WHERE state IN (0, 3) GROUP BY state",
-        )
+        let mut counts: Vec<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT state, COUNT(*) FROM {pending} WHERE state IN (0, 3) GROUP BY state"
+        )))
         .fetch_all(&self.pool)
         .await
         .ctx("count deposits")?;
-        let failed: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deposits INDEXED BY deposits_failed WHERE state = 2",
-        )
+        let failed: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {failed} WHERE state = 2"
+        )))
         .fetch_one(&self.pool)
         .await
         .ctx("count deposits")?;

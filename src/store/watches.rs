@@ -8,7 +8,9 @@
 //! commit. When stops make the log much longer than the set, it is compacted
 //! at start ([`Store::compact_watches`]).
 
-use super::{Ctx, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, WatchRow, address, now_ms};
+use super::{
+    Ctx, Engine, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, WatchRow, address, now_ms,
+};
 use alloy::primitives::Address;
 use sqlx::{Any, QueryBuilder, Row};
 use std::collections::HashMap;
@@ -94,10 +96,21 @@ impl Store {
         let mut tx = self.begin().await?;
         // Keep the last entry of each address and symbol, then drop those
         // that are stops.
-        let older = sqlx::query(
-            "DELETE FROM watch_log WHERE id NOT IN
-                 (SELECT MAX(id) FROM watch_log GROUP BY chain, address, symbol)",
-        )
+        // MySQL reads the table it deletes from only through a derived
+        // table, computed once here (a subquery of `NOT IN` would be asked
+        // again for every row).
+        let older = sqlx::query(match self.engine {
+            Engine::Sqlite => {
+                "DELETE FROM watch_log WHERE id NOT IN
+                     (SELECT MAX(id) FROM watch_log GROUP BY chain, address, symbol)"
+            }
+            Engine::MySql => {
+                "DELETE w FROM watch_log w LEFT JOIN
+                     (SELECT MAX(id) AS id FROM watch_log GROUP BY chain, address, symbol) k
+                     ON k.id = w.id
+                 WHERE k.id IS NULL"
+            }
+        })
         .execute(&mut *tx.tx)
         .await
         .ctx("compact watch log")?;
@@ -168,7 +181,7 @@ impl Store {
 
     /// The last watch-log row of `chain` whose lookback is applied.
     pub async fn lookback_done(&self, chain: &str) -> Result<i64, StoreError> {
-        let v: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+        let v: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE `key` = ?")
             .bind(format!("lookback_done.{chain}"))
             .fetch_optional(&self.pool)
             .await

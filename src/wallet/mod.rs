@@ -169,24 +169,8 @@ impl WalletStore {
         install_default_drivers();
         let (url, target, mysql, opts) = match cfg {
             WalletStoreConfig::Mysql(m) => {
-                let mut url =
-                    url::Url::parse("mysql://localhost").map_err(|e| WalletError::Corrupt {
-                        what: "mysql url",
-                        value: e.to_string(),
-                    })?;
-                let _ = url.set_host(Some(&m.host));
-                let _ = url.set_port(Some(m.port));
-                let _ = url.set_username(&m.user);
-                if !m.password.expose().is_empty() {
-                    let _ = url.set_password(Some(m.password.expose()));
-                }
-                url.set_path(&m.database);
-                let target = format!("mysql://{}@{}:{}/{}", m.user, m.host, m.port, m.database);
-                let opts = AnyPoolOptions::new()
-                    .max_connections(m.max_open_conns)
-                    .min_connections(m.max_idle_conns.min(m.max_open_conns))
-                    .max_lifetime(m.conn_max_life);
-                (url.to_string(), target, true, opts)
+                let (url, target) = crate::db::mysql_url(m);
+                (url, target, true, crate::db::mysql_pool_options(m))
             }
             WalletStoreConfig::Sqlite(path) => {
                 let url = format!("sqlite://{}?mode=rwc", path.display());
