@@ -392,9 +392,9 @@ fn describe(c: &Config) -> String {
         })
         .collect();
     let warnings: Vec<String> = c
-        .ignored_sections
+        .warnings()
         .iter()
-        .map(|s| format!("\n  warning: `{s}` is not a network `net` names; it is ignored"))
+        .map(|w| format!("\n  warning: {w}"))
         .collect();
     format!(
         "config OK\n  nets: {}\n  broker: {rmq}, {} queues{}\n  message store: {}\n  wallet store: {wallet}{}{}",
@@ -405,7 +405,7 @@ fn describe(c: &Config) -> String {
         } else {
             ""
         },
-        c.msg_store.display(),
+        c.msg_store_target(),
         nets.concat(),
         warnings.concat(),
     )

@@ -168,13 +168,19 @@ pub async fn run(
     secrets: Secrets,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let store = Store::open(&config.msg_store).await?;
+    let store = match &config.msg_mysql {
+        Some(m) => Store::open_mysql(m).await?,
+        None => Store::open(&config.msg_store).await?,
+    };
     let wallets = WalletStore::open(&config.wallet_store).await?;
     if secrets.wallet.is_none() {
         warn!(target: "m2pool::daemon",
               "no wallet key configured: wallet keys are encrypted with a key derived from the communication key");
     }
-    info!(target: "m2pool::daemon", store = %config.msg_store.display(), nets = ?config.net_names(),
+    for w in config.warnings() {
+        warn!(target: "m2pool::daemon", warning = %w, "configuration");
+    }
+    info!(target: "m2pool::daemon", store = %config.msg_store_target(), nets = ?config.net_names(),
           "starting");
     let health = Health::default();
     let tracker = TaskTracker::new();

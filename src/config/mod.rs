@@ -124,6 +124,10 @@ pub struct Config {
     /// SQLite file of the message store (inbox, outbox, watches, deposits,
     /// block cursor): `msg_config.sqlite_path`, default `./msg.db`.
     pub msg_store: PathBuf,
+    /// The message store on MySQL/MariaDB instead (`mysql_config.msg`, same
+    /// fields as `mysql_config.wallet`; may be the same database): what
+    /// instances on several machines share.
+    pub msg_mysql: Option<MysqlConfig>,
     /// Requests and sent responses older than this are deleted from the
     /// message store (`msg_config.keep_days`; `None`, the default: kept).
     pub keep: Option<Duration>,
@@ -428,6 +432,34 @@ pub struct Network {
 }
 
 impl Config {
+    /// Where the message store is, in words (no password).
+    pub fn msg_store_target(&self) -> String {
+        match &self.msg_mysql {
+            Some(m) => format!("MySQL {}@{}:{}/{}", m.user, m.host, m.port, m.database),
+            None => format!("SQLite {}", self.msg_store.display()),
+        }
+    }
+
+    /// Warnings about the configuration that do not stop the daemon, in
+    /// plain words: ignored sections, and a shared message store whose
+    /// wallet store is a local file.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .ignored_sections
+            .iter()
+            .map(|s| format!("`{s}` is not a network `net` names; it is ignored"))
+            .collect();
+        if self.msg_mysql.is_some() && matches!(self.wallet_store, WalletStore::Sqlite(_)) {
+            out.push(
+                "the message store is on MySQL (mysql_config.msg) but the wallet store is a local \
+                 SQLite file: another machine taking over would have the messages but not the \
+                 wallets' keys and ledger; put the wallet store on MySQL too (mysql_config.wallet)"
+                    .to_owned(),
+            );
+        }
+        out
+    }
+
     /// The network named `name` (upper case), if it runs.
     pub fn network(&self, name: &str) -> Option<&Network> {
         self.networks.iter().find(|n| n.name == name)
@@ -531,7 +563,14 @@ impl Config {
 
         let mut eth_section = raw.eth_config;
         let db_config = eth_section.as_mut().and_then(|e| e.db_config.take());
-        let mysql = match (raw.mysql_config.and_then(|m| m.wallet), db_config) {
+        let (wallet_mysql, msg_mysql) = match raw.mysql_config {
+            Some(m) => (m.wallet, m.msg),
+            None => (None, None),
+        };
+        let msg_mysql = msg_mysql
+            .map(|m| mysql("mysql_config.msg", m))
+            .transpose()?;
+        let mysql = match (wallet_mysql, db_config) {
             (Some(m), _) => Some(mysql("mysql_config.wallet", m)?),
             (None, Some(m)) => Some(mysql("eth_config.dbConfig", m)?),
             (None, None) => None,
@@ -605,6 +644,7 @@ impl Config {
             networks,
             rmq,
             msg_store,
+            msg_mysql,
             keep,
             wallet_store,
             log,

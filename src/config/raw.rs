@@ -75,6 +75,7 @@ pub(super) struct RawMsg {
 #[derive(Debug, Deserialize)]
 pub(super) struct RawMysqlSection {
     pub wallet: Option<RawMysql>,
+    pub msg: Option<RawMysql>,
 }
 
 #[derive(Debug, Deserialize)]

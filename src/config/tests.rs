@@ -376,3 +376,39 @@ fn a_network_without_a_well_formed_section_is_refused_by_key() {
     assert_eq!((f.native.as_str(), f.fee_model), ("FTM", FeeModel::Eip1559));
     assert!(f.tokens.is_empty(), "mainnet USDT is Ethereum's alone");
 }
+
+#[test]
+fn the_message_store_may_live_on_mysql_and_a_local_wallet_store_is_warned_of() {
+    let msg = serde_json::json!({"user": "m2", "password": "pw", "host": "db.internal", "port": 3306,
+                                 "database": "payment"});
+    let c = v2_with(|v| v["mysql_config"]["msg"] = msg.clone()).expect("loads");
+    let m = c.msg_mysql.as_ref().expect("on MySQL");
+    assert_eq!(
+        (m.host.as_str(), m.database.as_str()),
+        ("db.internal", "payment")
+    );
+    assert_eq!(c.msg_store_target(), "MySQL m2@db.internal:3306/payment");
+    assert!(c.warnings().is_empty(), "the wallet store is on MySQL too");
+    let c = v2_with(|v| {
+        v["mysql_config"]["msg"] = msg.clone();
+        v["mysql_config"]
+            .as_object_mut()
+            .expect("obj")
+            .remove("wallet");
+    })
+    .expect("loads");
+    let w = c.warnings();
+    assert!(
+        w.len() == 1 && w[0].contains("wallet store is a local SQLite file"),
+        "{w:?}"
+    );
+    let go = Config::from_json(V2).expect("loads");
+    assert!(go.msg_mysql.is_none() && go.warnings().is_empty());
+    assert_eq!(go.msg_store_target(), "SQLite ./msg.db");
+    let err = v2_with(|v| {
+        v["mysql_config"]["msg"] = msg.clone();
+        v["mysql_config"]["msg"]["host"] = "".into();
+    })
+    .expect_err("no host");
+    assert_eq!(key_of(err), "mysql_config.msg.host");
+}

@@ -134,7 +134,11 @@ impl Store {
                 target: target.clone(),
                 source,
             })?;
-        sqlx::migrate!("./migrations/store/mysql")
+        // Its own migrations table: the wallet store may share the database
+        // and keeps its migrations in sqlx's default one.
+        let mut migrator = sqlx::migrate!("./migrations/store/mysql");
+        migrator.dangerous_set_table_name("_m2pool_msg_migrations");
+        migrator
             .run(&pool)
             .await
             .map_err(|source| StoreError::Migrate { target, source })?;

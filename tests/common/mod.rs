@@ -330,7 +330,11 @@ impl World {
 
     /// The daemon's message store, read-only (the daemon must have created it).
     pub async fn store(&self) -> Result<Store> {
-        Ok(Store::open_read_only(&self.config()?.msg_store).await?)
+        let config = self.config()?;
+        match &config.msg_mysql {
+            Some(m) => Ok(Store::open_mysql(m).await?),
+            None => Ok(Store::open_read_only(&config.msg_store).await?),
+        }
     }
 
     pub async fn start(&self) -> Result<Daemon> {
