@@ -221,16 +221,6 @@ fn pay_on(
     ))
 }
 
-fn deposit_of(tx: B256, status: u64) -> impl Fn(&Value) -> bool {
-    let hash = format!("{tx:#x}");
-    move |v| v["tx_hash"] == hash && v["status"] == status
-}
-
-fn payout_of(queue_id: &str, status: u64) -> impl Fn(&Value) -> bool {
-    let q = queue_id.to_owned();
-    move |v| v["queue_id"] == q && v["status"] == status
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deposits_and_withdrawals_on_two_networks_at_once_are_exact_and_independent() -> Result<()>
 {

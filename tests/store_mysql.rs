@@ -8,17 +8,7 @@ use alloy::primitives::{Address, B256, U256};
 use anyhow::{Context, Result};
 use common::*;
 use m2pool_payment::wallet::Label;
-use serde_json::{Value, json};
-
-fn tx_is(tx: B256, status: u64) -> impl Fn(&Value) -> bool {
-    let hash = format!("{tx:#x}");
-    move |v| v["tx_hash"] == hash && v["status"] == status
-}
-
-fn payout_is(queue_id: &str, status: u64) -> impl Fn(&Value) -> bool {
-    let q = queue_id.to_owned();
-    move |v| v["queue_id"] == q && v["status"] == status
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_flow_runs_on_a_message_store_in_mariadb_and_survives_a_restart() -> Result<()> {
@@ -43,7 +33,7 @@ async fn every_flow_runs_on_a_message_store_in_mariadb_and_survives_a_restart() 
     w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
     w.wait_watched("USDT", addr, true).await?;
     let (deposit, _) = w.send_usdt(w.user(), addr, 7_250_000).await?;
-    let seen = topups.wait("deposit seen", tx_is(deposit, 2)).await?;
+    let seen = topups.wait("deposit seen", deposit_of(deposit, 2)).await?;
     assert!(seen.raw.contains(r#""amount":7.25,"#), "{}", seen.raw);
 
     // A withdrawal, and the very same request again: paid once.
@@ -52,10 +42,10 @@ async fn every_flow_runs_on_a_message_store_in_mariadb_and_survives_a_restart() 
                       "amount": 3.5, "chain": "ETH", "symbol": "USDT", "timestamp": 1758610297});
     let signed = signed(body)?;
     w.publish_raw("withdraw", &signed).await?;
-    let sent = withdrawals.wait("payout sent", payout_is("m-1", 2)).await?;
+    let sent = withdrawals.wait("payout sent", payout_of("m-1", 2)).await?;
     w.publish_raw("withdraw", &signed).await?;
     withdrawals
-        .wait_count("the repeat answered alike", 2, payout_is("m-1", 2))
+        .wait_count("the repeat answered alike", 2, payout_of("m-1", 2))
         .await?;
     let hash: B256 = sent.v["tx_hash"].as_str().context("tx_hash")?.parse()?;
 
@@ -63,9 +53,9 @@ async fn every_flow_runs_on_a_message_store_in_mariadb_and_survives_a_restart() 
     daemon.stop().await?;
     let daemon = w.start().await?;
     w.mine(20).await?;
-    topups.wait("deposit final", tx_is(deposit, 1)).await?;
+    topups.wait("deposit final", deposit_of(deposit, 1)).await?;
     let done = withdrawals
-        .wait("payout final", payout_is("m-1", 1))
+        .wait("payout final", payout_of("m-1", 1))
         .await?;
     assert_eq!(done.v["tx_hash"], format!("{hash:#x}"));
     assert_eq!(w.usdt_balance(to).await?, U256::from(3_500_000u64));

@@ -747,6 +747,18 @@ pub fn topup(address: &str, symbol: &str) -> Value {
     json!({"chain": "ETH", "symbol": symbol, "address": address, "timestamp": 1758610297})
 }
 
+/// A deposit answer for transaction `tx` with `status`.
+pub fn deposit_of(tx: B256, status: u64) -> impl Fn(&Value) -> bool {
+    let hash = format!("{tx:#x}");
+    move |v| v["tx_hash"] == hash && v["status"] == status
+}
+
+/// A payout answer for `queue_id` with `status`.
+pub fn payout_of(queue_id: &str, status: u64) -> impl Fn(&Value) -> bool {
+    let q = queue_id.to_owned();
+    move |v| v["queue_id"] == q && v["status"] == status
+}
+
 /// Lower-case hex of an address.
 pub fn hex_addr(a: Address) -> String {
     format!("{a:#x}")
