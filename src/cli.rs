@@ -354,7 +354,7 @@ fn describe(c: &Config) -> String {
     };
     let wallet = match &c.wallet_store {
         WalletStoreConfig::Mysql(m) => {
-            format!("MySQL {}@{}:{}/{}", m.user, m.host, m.port, m.database)
+            format!("MySQL {}", m.target())
         }
         WalletStoreConfig::Sqlite(p) => format!("SQLite {}", p.display()),
     };

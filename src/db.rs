@@ -29,7 +29,7 @@ impl<T> Ctx<T> for Result<T, sqlx::Error> {
 /// logged) and how to name it in messages (`mysql://user@host:port/db`,
 /// no password).
 pub(crate) fn mysql_url(m: &crate::config::MysqlConfig) -> (String, String) {
-    let target = format!("mysql://{}@{}:{}/{}", m.user, m.host, m.port, m.database);
+    let target = format!("mysql://{}", m.target());
     let mut url = match url::Url::parse("mysql://localhost") {
         Ok(u) => u,
         Err(_) => return (target.clone(), target),

@@ -282,6 +282,16 @@ pub struct MysqlConfig {
     pub conn_max_life: Duration,
 }
 
+impl MysqlConfig {
+    /// The database in words, without the password: `user@host:port/db`.
+    pub fn target(&self) -> String {
+        format!(
+            "{}@{}:{}/{}",
+            self.user, self.host, self.port, self.database
+        )
+    }
+}
+
 /// An ERC20 token the daemon knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
@@ -435,7 +445,7 @@ impl Config {
     /// Where the message store is, in words (no password).
     pub fn msg_store_target(&self) -> String {
         match &self.msg_mysql {
-            Some(m) => format!("MySQL {}@{}:{}/{}", m.user, m.host, m.port, m.database),
+            Some(m) => format!("MySQL {}", m.target()),
             None => format!("SQLite {}", self.msg_store.display()),
         }
     }

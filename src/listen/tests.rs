@@ -14,6 +14,11 @@ use serde_json::{Value, json};
 const CONFIG: &[u8] = include_bytes!("../../tests/fixtures/compat/config.go-v2.json");
 const KEY: &[u8] = b"unit-secret";
 const USER: &str = "0x4e5b2e1dc63f6b91cb6cd759936495434c7e972f";
+
+/// [`USER`] as an address.
+fn user() -> alloy::primitives::Address {
+    USER.parse().expect("address")
+}
 const TO: &str = "0x2222222222222222222222222222222222222222";
 
 struct Harness {
@@ -148,7 +153,7 @@ async fn a_remove_cancels_a_queued_payout_and_a_later_repeat_does_not_revive_it(
 #[tokio::test]
 async fn a_topup_watches_once_and_a_remove_stops_it() {
     let mut h = harness().await;
-    let address: alloy::primitives::Address = USER.parse().expect("address");
+    let address = user();
     let topup = signed(json!({"chain": "ETH", "symbol": "USDT", "address": USER, "timestamp": 1}));
     h.apply(vec![(Kind::Topup, topup.clone()), (Kind::Topup, topup)])
         .await;
@@ -233,7 +238,7 @@ fn usdt_to_user(tx: u8) -> crate::chain::Transfer {
         tx_hash: B256::repeat_byte(tx),
         log_index: 0,
         from: alloy::primitives::Address::repeat_byte(9),
-        to: USER.parse().expect("address"),
+        to: user(),
         value: U256::from(2_000_000u64),
     }
 }
@@ -321,6 +326,14 @@ fn signed_tx(id: i64, hash: u8) -> crate::store::SignedTx {
 }
 
 impl Harness {
+    /// Applies a withdrawal of `amount` as `queue_id` and returns its stored
+    /// payout.
+    async fn withdrawn(&mut self, queue_id: &str, amount: &str) -> crate::store::Payout {
+        self.apply(vec![(Kind::Withdraw, withdraw(queue_id, amount))])
+            .await;
+        self.payout(queue_id).await
+    }
+
     /// The stored payout of withdrawal `queue_id`.
     async fn payout(&self, queue_id: &str) -> crate::store::Payout {
         let all = self.store.payouts("ETH").await.expect("payouts");
@@ -343,10 +356,9 @@ impl Harness {
 #[tokio::test]
 async fn a_broadcast_the_node_refuses_answers_nothing_and_one_it_takes_answers_2_once() {
     let mut h = harness().await;
-    h.apply(vec![(Kind::Withdraw, withdraw("w-9", "1"))]).await;
-    let p = h.payout("w-9").await;
+    let p = h.withdrawn("w-9", "1").await;
     let rec = h.listen.recorder();
-    let wallet: alloy::primitives::Address = USER.parse().expect("address");
+    let wallet = user();
     let stx = signed_tx(p.id, 9);
     let gone = rec.signed(wallet, &[(7, &stx)], &[]).await.expect("signed");
     assert!(gone.is_empty());
@@ -388,8 +400,7 @@ async fn a_broadcast_the_node_refuses_answers_nothing_and_one_it_takes_answers_2
 #[tokio::test]
 async fn a_payout_nobody_can_pay_is_refused_once_with_its_reason() {
     let mut h = harness().await;
-    h.apply(vec![(Kind::Withdraw, withdraw("w-10", "3"))]).await;
-    let p = h.payout("w-10").await;
+    let p = h.withdrawn("w-10", "3").await;
     let rec = h.listen.recorder();
     let why = crate::chain::Refusal {
         payout: &p,
@@ -425,7 +436,7 @@ async fn a_signed_batch_with_a_payout_cancelled_meanwhile_commits_nothing() {
         h.payout("w-13").await,
     );
     let rec = h.listen.recorder();
-    let wallet: alloy::primitives::Address = USER.parse().expect("address");
+    let wallet = user();
     let (ta, tb) = (signed_tx(a.id, 1), signed_tx(b.id, 2));
     let refusal = crate::chain::Refusal {
         payout: &c,
@@ -456,10 +467,9 @@ async fn a_signed_batch_with_a_payout_cancelled_meanwhile_commits_nothing() {
 #[tokio::test]
 async fn a_replacement_is_recorded_only_while_the_transaction_it_replaces_is_current() {
     let mut h = harness().await;
-    h.apply(vec![(Kind::Withdraw, withdraw("w-14", "1"))]).await;
-    let p = h.payout("w-14").await;
+    let p = h.withdrawn("w-14", "1").await;
     let rec = h.listen.recorder();
-    let wallet: alloy::primitives::Address = USER.parse().expect("address");
+    let wallet = user();
     let (first, second, third) = (signed_tx(p.id, 1), signed_tx(p.id, 2), signed_tx(p.id, 3));
     rec.signed(wallet, &[(4, &first)], &[])
         .await

@@ -1,6 +1,6 @@
-//! The message store: one database (today an embedded SQLite file, WAL,
-//! `synchronous=FULL`; see [`Engine`]) holding everything the daemon
-//! decides, so that a change and the responses it causes commit in one
+//! The message store: one database (an embedded SQLite file, WAL,
+//! `synchronous=FULL`, or MySQL/MariaDB; see [`Engine`]) holding everything
+//! the daemon decides, so that a change and the responses it causes commit in one
 //! transaction (docs/architecture.md, "Invariants": no lost request, no lost
 //! response, no double payout, no missed deposit).
 //!
@@ -135,17 +135,16 @@ impl Store {
         }
     }
 
-    /// Starts a write transaction. It takes the write lock at once (`BEGIN
-    /// IMMEDIATE`), so two writers queue instead of one failing when its read
-    /// snapshot turns stale; another process's writer is waited for on the
-    /// busy timeout.
-    /// Writers of this process queue first, in order, on one in-process lock.
+    /// Starts a write transaction. Writers of this process queue first, in
+    /// order, on one in-process lock. On SQLite it then takes the write lock
+    /// at once (`BEGIN IMMEDIATE`), so two writers queue instead of one
+    /// failing when its read snapshot turns stale; another process's writer
+    /// is waited for on the busy timeout. On MySQL row locks order writers.
     pub async fn begin(&self) -> Result<StoreTx, StoreError> {
         let turn = self.writer.clone().lock_owned().await;
         let tx = match self.engine {
             Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            // Row locks order writers; statements that read to decide lock
-            // what they read (`FOR UPDATE`).
+            // Statements that read to decide lock what they read (`FOR UPDATE`).
             Engine::MySql => self.pool.begin().await,
         }
         .ctx("begin")?;

@@ -46,12 +46,15 @@ impl StoreTx {
         let now = now_ms();
         let mut taken = std::collections::HashSet::with_capacity(signed.len());
         for chunk in signed.chunks(ROWS_PER_STATEMENT) {
-            if self.engine == Engine::MySql {
-                taken.extend(self.mark_signed_mysql(payer, chunk, now).await?);
-                continue;
+            match self.engine {
+                // One statement per chunk (below): an update joined to the
+                // chunk's values, giving back the payouts it took.
+                Engine::Sqlite => {}
+                Engine::MySql => {
+                    taken.extend(self.mark_signed_mysql(payer, chunk, now).await?);
+                    continue;
+                }
             }
-            // One statement per chunk: an update joined to the chunk's values,
-            // giving back the payouts it took.
             let mut q = QueryBuilder::<Any>::new("WITH v(id, nonce, hash) AS (");
             q.push_values(chunk, |mut b, (nonce, tx)| {
                 b.push_bind(tx.payout_id)
