@@ -9,6 +9,7 @@ use crate::chain::{self, ChainContext, ChainError, ChainEvent};
 use crate::config::Config;
 use crate::health::Health;
 use crate::http::{self, HttpDeps};
+use crate::lease::{self, LeaseError};
 use crate::ledger;
 use crate::listen::{Inbound, Listen, ListenError, Wakers};
 use crate::metrics::{Metrics, SharedMetrics};
@@ -53,6 +54,9 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
+    /// The lease could not be waited for.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
     /// A critical task failed.
     #[error("critical task `{task}` failed: {source}")]
     Task {
@@ -183,6 +187,7 @@ pub async fn run(
     info!(target: "m2pool::daemon", store = %config.msg_store_target(), nets = ?config.net_names(),
           "starting");
     let health = Health::default();
+    let metrics: SharedMetrics = Arc::new(Metrics::default());
     let tracker = TaskTracker::new();
     let failure: Failure = Arc::new(Mutex::new(None));
     let wakers = Wakers {
@@ -204,6 +209,69 @@ pub async fn run(
     // Opened by the broker once the requests queued at start are handed over.
     let (caught_up_tx, caught_up_rx) = watch::channel(false);
 
+    if let Some(addr) = config.http_listen {
+        let deps = HttpDeps {
+            health: health.clone(),
+            metrics: metrics.clone(),
+            store: store.clone(),
+            requests: req_tx.downgrade(),
+            chain: chain_tx.downgrade(),
+            limits: crate::health::Limits {
+                head_stall: config
+                    .networks
+                    .iter()
+                    .map(|n| (n.name.clone(), n.evm.head_stall))
+                    .collect(),
+                max_cursor_lag: config.health.max_cursor_lag,
+                max_outbox_age: config.health.max_outbox_age,
+            },
+            nets: config.net_names(),
+        };
+        spawn_critical(
+            &tracker,
+            &shutdown,
+            &failure,
+            "http".into(),
+            http::serve(addr, deps, shutdown.clone()),
+        );
+    }
+
+    // A standby until this instance holds the lease (docs/architecture.md,
+    // "High availability"): only the endpoint above runs meanwhile.
+    let lock = config
+        .msg_mysql
+        .is_none()
+        .then(|| lease::lock_path(&config.msg_store));
+    let held =
+        match lease::acquire(&store, &config.lease, lock.as_deref(), &health, &shutdown).await {
+            Ok(Some(held)) => held,
+            Ok(None) => return wind_down(tracker, failure, &store, &wallets, None).await,
+            Err(e) => {
+                shutdown.cancel();
+                wind_down(tracker, failure, &store, &wallets, None).await?;
+                return Err(e.into());
+            }
+        };
+    let held_lease = held.lease.clone();
+    spawn_critical(
+        &tracker,
+        &shutdown,
+        &failure,
+        "lease".into(),
+        lease::keep(
+            store.clone(),
+            held.lease.clone(),
+            config.lease.length,
+            shutdown.clone(),
+        ),
+    );
+
+    // No other program may consume the request queues (a second gateway
+    // with a store of its own): wait while one does.
+    if !crate::queue::wait_for_queues(&config.rmq, &health, &shutdown).await {
+        return wind_down(tracker, failure, &store, &wallets, Some(&held.lease)).await;
+    }
+
     let (txlog, txlog_writer) = match &config.log.txlog_dir {
         Some(dir) => {
             let (log, _, writer) =
@@ -215,7 +283,6 @@ pub async fn run(
         }
         None => (TxLog::disabled(), None),
     };
-    let metrics: SharedMetrics = Arc::new(Metrics::default());
     let listen = Listen::new(
         store.clone(),
         &config,
@@ -259,7 +326,6 @@ pub async fn run(
             c.run(chain_tx.clone(), shutdown.clone()),
         );
     }
-    let chain_tx_weak = chain_tx.downgrade();
     drop(chain_tx);
 
     if let Some(keep) = config.keep {
@@ -295,33 +361,8 @@ pub async fn run(
         txlog,
         metrics: metrics.clone(),
         caught_up: caught_up_tx,
+        lease: held_lease.clone(),
     };
-    if let Some(addr) = config.http_listen {
-        let deps = HttpDeps {
-            health: health.clone(),
-            metrics: metrics.clone(),
-            store: store.clone(),
-            requests: broker.requests.downgrade(),
-            chain: chain_tx_weak.clone(),
-            limits: crate::health::Limits {
-                head_stall: config
-                    .networks
-                    .iter()
-                    .map(|n| (n.name.clone(), n.evm.head_stall))
-                    .collect(),
-                max_cursor_lag: config.health.max_cursor_lag,
-                max_outbox_age: config.health.max_outbox_age,
-            },
-            nets: config.net_names(),
-        };
-        spawn_critical(
-            &tracker,
-            &shutdown,
-            &failure,
-            "http".into(),
-            http::serve(addr, deps, shutdown.clone()),
-        );
-    }
     spawn_critical(
         &tracker,
         &shutdown,
@@ -330,14 +371,31 @@ pub async fn run(
         broker.run(shutdown.clone(), drained),
     );
 
-    tracker.close();
-    tracker.wait().await;
-    store.close().await;
-    wallets.close().await;
+    let stopped = wind_down(tracker, failure, &store, &wallets, Some(&held_lease)).await;
+    drop(held.lock);
     if let Some(writer) = txlog_writer {
         // Every handle is gone with its task: the writer drains and ends.
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     }
+    stopped
+}
+
+/// Waits for every task, gives the lease up (a standby need not wait for it
+/// to expire), closes the stores, and returns the first task failure.
+async fn wind_down(
+    tracker: TaskTracker,
+    failure: Failure,
+    store: &Store,
+    wallets: &WalletStore,
+    lease: Option<&lease::Lease>,
+) -> Result<(), RunError> {
+    tracker.close();
+    tracker.wait().await;
+    if let Some(lease) = lease {
+        lease::release(store, lease).await;
+    }
+    store.close().await;
+    wallets.close().await;
     let failed = failure.lock().ok().and_then(|mut f| f.take());
     match failed {
         Some(e) => Err(e),

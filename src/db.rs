@@ -44,12 +44,40 @@ pub(crate) fn mysql_url(m: &crate::config::MysqlConfig) -> (String, String) {
     (url.to_string(), target)
 }
 
-/// A pool sized as `m` says.
-pub(crate) fn mysql_pool_options(m: &crate::config::MysqlConfig) -> sqlx::any::AnyPoolOptions {
+/// How long the server keeps a session that sends nothing (MySQL's
+/// `wait_timeout`, 8 hours by default): a process frozen in the middle of a
+/// transaction (stopped, or cut off) loses it after this long, which rolls
+/// the transaction back and frees its row locks for the instance that took
+/// over (docs/architecture.md, "High availability"). Idle connections of
+/// the pool are closed before the server would.
+pub const MYSQL_SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A pool sized as `m` says, whose sessions end after
+/// [`MYSQL_SESSION_IDLE`] without a statement and then run `setup` (more
+/// `SET SESSION …` statements, or nothing).
+pub(crate) fn mysql_pool_options(
+    m: &crate::config::MysqlConfig,
+    setup: &'static str,
+) -> sqlx::any::AnyPoolOptions {
+    use sqlx::Executor;
     sqlx::any::AnyPoolOptions::new()
         .max_connections(m.max_open_conns)
         .min_connections(m.max_idle_conns.min(m.max_open_conns))
         .max_lifetime(m.conn_max_life)
+        .idle_timeout(MYSQL_SESSION_IDLE * 3 / 4)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "SET SESSION wait_timeout = {}",
+                    MYSQL_SESSION_IDLE.as_secs()
+                )))
+                .await?;
+                if !setup.is_empty() {
+                    conn.execute(setup).await?;
+                }
+                Ok(())
+            })
+        })
 }
 
 #[cfg(test)]

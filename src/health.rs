@@ -105,6 +105,9 @@ pub fn problems(
     limits: &Limits,
 ) -> Vec<String> {
     let mut out = Vec::new();
+    if let Some(why) = &snap.waiting {
+        out.push(why.clone());
+    }
     if !snap.broker_connected {
         out.push("the broker is not connected".to_owned());
     }
@@ -164,10 +167,40 @@ pub fn problems(
     out
 }
 
+/// This instance's part among those sharing the message store
+/// (docs/architecture.md, "High availability").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Not yet holding the lease: `holder` (empty if none) is active, in
+    /// `term`.
+    #[default]
+    Standby,
+    /// Holding the lease in this term: consuming, following the chains,
+    /// signing and answering.
+    Active {
+        /// The lease term.
+        term: u64,
+    },
+}
+
+/// The lease as a standby last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseSeen {
+    /// The active instance (empty if none).
+    pub holder: String,
+    /// Its term.
+    pub term: u64,
+}
+
 #[derive(Debug, Default)]
 struct State {
     broker_connected: bool,
     chains: BTreeMap<String, ChainHealth>,
+    role: Role,
+    lease: LeaseSeen,
+    /// Why this instance, holding the lease, does not start yet (a request
+    /// queue another program consumes), in plain words.
+    waiting: Option<String>,
 }
 
 /// Shared condition of the daemon; cheap to clone.
@@ -181,6 +214,12 @@ pub struct Snapshot {
     pub broker_connected: bool,
     /// Per chain.
     pub chains: BTreeMap<String, ChainHealth>,
+    /// Active or standby.
+    pub role: Role,
+    /// The lease as last seen.
+    pub lease: LeaseSeen,
+    /// Why the active instance waits to start, if it does.
+    pub waiting: Option<String>,
 }
 
 impl Health {
@@ -189,6 +228,21 @@ impl Health {
         // values; the data is still usable.
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut g)
+    }
+
+    /// Records this instance's role.
+    pub fn set_role(&self, role: Role) {
+        self.with(|s| s.role = role);
+    }
+
+    /// Records the lease as seen from a standby.
+    pub fn saw_lease(&self, lease: LeaseSeen) {
+        self.with(|s| s.lease = lease);
+    }
+
+    /// Records why the active instance does not start yet (`None`: it does).
+    pub fn set_waiting(&self, why: Option<String>) {
+        self.with(|s| s.waiting = why);
     }
 
     /// Records the broker connection state.
@@ -246,6 +300,9 @@ impl Health {
         self.with(|s| Snapshot {
             broker_connected: s.broker_connected,
             chains: s.chains.clone(),
+            role: s.role.clone(),
+            lease: s.lease.clone(),
+            waiting: s.waiting.clone(),
         })
     }
 }

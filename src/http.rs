@@ -11,7 +11,7 @@
 //! so it never keeps a channel open at shutdown).
 
 use crate::chain::ChainEvent;
-use crate::health::{self, Health, Limits, OutboxState};
+use crate::health::{self, Health, Limits, OutboxState, Role};
 use crate::listen::Inbound;
 use crate::metrics::{ChainGauge, Gauges, SharedMetrics};
 use crate::store::Store;
@@ -113,6 +113,11 @@ impl HttpDeps {
             .flatten()
             .collect(),
             broker_connected: snap.broker_connected,
+            active: matches!(snap.role, Role::Active { .. }),
+            lease_term: match snap.role {
+                Role::Active { term } => term,
+                Role::Standby => snap.lease.term,
+            },
         }
     }
 
@@ -120,6 +125,16 @@ impl HttpDeps {
     /// `"status":"degraded"` with the `problems` in plain words.
     async fn healthz(&self) -> (u16, String) {
         let snap = self.health.snapshot();
+        if snap.role == Role::Standby {
+            // Waiting is this instance's job: not a fault.
+            let body = json!({
+                "status": "standby",
+                "role": "standby",
+                "problems": [],
+                "active": {"instance": snap.lease.holder, "term": snap.lease.term},
+            });
+            return (200, body.to_string());
+        }
         let outbox = self.outbox().await;
         let problems = health::problems(&snap, &outbox, &self.limits);
         let mut chains = serde_json::Map::new();
@@ -141,8 +156,14 @@ impl HttpDeps {
             Err(_) => (-1, None),
         };
         let degraded = !problems.is_empty();
+        let term = match snap.role {
+            Role::Active { term } => term,
+            Role::Standby => 0,
+        };
         let body = json!({
             "status": if degraded { "degraded" } else { "ok" },
+            "role": "active",
+            "term": term,
             "problems": problems,
             "broker_connected": snap.broker_connected,
             "chains": chains,

@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod db;
 pub mod health;
 pub mod http;
+pub mod lease;
 pub mod ledger;
 pub mod listen;
 pub mod metrics;

@@ -123,6 +123,11 @@ pub struct Gauges {
     pub channels: Vec<(&'static str, usize, usize)>,
     /// Broker connected.
     pub broker_connected: bool,
+    /// This instance holds the lease (docs/architecture.md, "High availability").
+    pub active: bool,
+    /// The lease term: this instance's when active, the active one's as
+    /// last seen when standby.
+    pub lease_term: u64,
 }
 
 /// One network's figures, labelled `chain`.
@@ -207,6 +212,18 @@ impl Metrics {
             "m2pool_broker_connected",
             "1 when the broker connection is up.",
             u8::from(g.broker_connected).to_string(),
+        );
+        gauge(
+            &mut out,
+            "m2pool_active",
+            "1 when this instance holds the lease and works; 0 while it is a standby.",
+            u8::from(g.active).to_string(),
+        );
+        gauge(
+            &mut out,
+            "m2pool_lease_term",
+            "The lease term: this instance's when active, the active instance's when standby.",
+            g.lease_term.to_string(),
         );
         let _ = writeln!(
             out,

@@ -7,7 +7,10 @@
 //! checks every value, naming the key of the first one that is wrong. The result
 //! is a fully validated [`Config`]: the rest of the daemon never re-checks it.
 
+mod ha;
 mod raw;
+
+pub use ha::{DEFAULT_LEASE_SECS, LeaseConfig};
 
 use crate::msg::parse_address;
 use crate::secret::Secret;
@@ -143,6 +146,8 @@ pub struct Config {
     /// Network sections present but not named in `net` (`bsc_config` …):
     /// ignored, and `check-config` says so.
     pub ignored_sections: Vec<String>,
+    /// The lease that elects the active instance (`ha_config`).
+    pub lease: LeaseConfig,
 }
 
 /// Limits beyond which `/healthz` answers 503 (`http_config` keys). A lost
@@ -661,6 +666,7 @@ impl Config {
             http_listen,
             health,
             ignored_sections,
+            lease: ha::lease(raw.ha_config)?,
         })
     }
 }

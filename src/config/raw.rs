@@ -21,6 +21,7 @@ pub(super) struct RawConfig {
     pub eth_config: Option<RawEth>,
     pub log_config: Option<RawLog>,
     pub http_config: Option<RawHttp>,
+    pub ha_config: Option<super::ha::RawHa>,
     /// Every other top-level key: the sections of networks other than ETH
     /// (`bsc_config`, `polygon_config`, …), read once `net` names them.
     #[serde(flatten)]

@@ -54,11 +54,23 @@ pub(super) async fn consume(
         .basic_consume(
             entry.queue.as_str().into(),
             consumer_tag.as_str().into(),
-            BasicConsumeOptions::default(),
+            // One gateway per queue (see `claim`).
+            BasicConsumeOptions {
+                exclusive: true,
+                ..BasicConsumeOptions::default()
+            },
             FieldTable::default(),
         )
         .await
-        .map_err(amqp("basic.consume"))?;
+        .map_err(|e| {
+            if e.to_string().contains("ACCESS_REFUSED") || e.to_string().contains("ACCESSREFUSED") {
+                QueueError::QueueTaken {
+                    queue: entry.queue.clone(),
+                }
+            } else {
+                amqp("basic.consume")(e)
+            }
+        })?;
     info!(target: "m2pool::queue", queue = %entry.queue, %kind, "consuming");
     loop {
         if let Some(b) = backlog.take_if(|b| b.count == 0) {

@@ -14,10 +14,12 @@
 //! with a deposit to an address whose topup is still in the queue, and the
 //! deposit would be missed (docs/architecture.md, "Invariants": no missed deposit).
 
+mod claim;
 mod consumer;
 mod relay;
 mod topology;
 
+pub use claim::wait_for_queues;
 pub use topology::{Backlog, declare};
 
 use crate::backoff::{Backoff, sleep_or_shutdown};
@@ -54,6 +56,17 @@ pub enum QueueError {
         op: &'static str,
         /// lapin error.
         source: lapin::Error,
+    },
+    /// The broker refused this consumer exclusive use of a request queue:
+    /// another program consumes it.
+    #[error(
+        "the broker refused exclusive use of request queue `{queue}`: another program (another \
+         m2pool-payment with a different message store?) consumes it; stopping, since two \
+         gateways on one queue would both pay"
+    )]
+    QueueTaken {
+        /// The queue.
+        queue: String,
     },
     /// The broker cancelled a consumer (its queue was deleted, say).
     #[error("the broker cancelled the consumer of queue `{queue}`")]
@@ -105,6 +118,8 @@ pub struct Broker {
     /// broker when the daemon first connected are handed to listen, which
     /// holds the chains' blocks until then.
     pub caught_up: watch::Sender<bool>,
+    /// This instance's lease: answers are published only while it is held.
+    pub lease: crate::lease::Lease,
 }
 
 /// Counts the request consumers that still hand over the backlog found at
@@ -231,12 +246,27 @@ impl Broker {
     }
 }
 
+/// Heartbeat asked of the broker when `sub_addr` names none: a frozen or
+/// cut-off instance's connection, and with it its exclusive consumers and
+/// unacknowledged requests, is dropped by the broker within about this long.
+pub const HEARTBEAT_SECS: u16 = 10;
+
 /// Opens a connection with automatic recovery.
 pub async fn connect(cfg: &RmqConfig) -> Result<Connection, QueueError> {
     let props = ConnectionProperties::default()
         .with_connection_name("m2pool-payment".into())
         .enable_auto_recover();
-    Connection::connect(cfg.url.expose(), props)
+    let mut uri: lapin::uri::AMQPUri =
+        cfg.url
+            .expose()
+            .parse()
+            .map_err(|reason: String| QueueError::Declare {
+                what: "the broker address".into(),
+                key: "sub_addr",
+                reason,
+            })?;
+    uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
+    Connection::connect_uri(uri, props)
         .await
         .map_err(amqp("connect"))
 }

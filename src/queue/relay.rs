@@ -135,6 +135,22 @@ pub(super) async fn relay(
 }
 
 impl Relay<'_> {
+    /// Waits while this instance may not hold the lease (its renewal is
+    /// late: the store is away); `false` if shutdown came first. A deposed
+    /// instance is stopped by its lease task.
+    async fn lease_held(&self, shutdown: &CancellationToken) -> bool {
+        while !self.broker.lease.is_held() {
+            if shutdown.is_cancelled() {
+                return false;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        true
+    }
+
     /// Sweeps the outbox in id order, round after round.
     async fn run(
         &self,
@@ -189,6 +205,10 @@ impl Relay<'_> {
                     _ = tokio::time::sleep(idle) => {}
                 }
                 continue;
+            }
+            if !self.lease_held(shutdown).await {
+                warn!(target: "m2pool::queue", "the lease may have expired: stopping with responses unpublished");
+                break;
             }
             let round = self.publish(&rows).await?;
             self.record(rows, &round.sent).await?;

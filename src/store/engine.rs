@@ -118,22 +118,18 @@ impl Store {
     pub async fn open_mysql(m: &crate::config::MysqlConfig) -> Result<Self, StoreError> {
         install_default_drivers();
         let (url, target) = crate::db::mysql_url(m);
-        let pool = crate::db::mysql_pool_options(m)
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    // Each transaction reads what others committed before its
-                    // statements: the row locks, not a snapshot, order writers.
-                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                        .await?;
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await
-            .map_err(|source| StoreError::Open {
-                target: target.clone(),
-                source,
-            })?;
+        // Each transaction reads what others committed before its
+        // statements: the row locks, not a snapshot, order writers.
+        let pool = crate::db::mysql_pool_options(
+            m,
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        )
+        .connect(&url)
+        .await
+        .map_err(|source| StoreError::Open {
+            target: target.clone(),
+            source,
+        })?;
         // Its own migrations table: the wallet store may share the database
         // and keeps its migrations in sqlx's default one.
         let mut migrator = sqlx::migrate!("./migrations/store/mysql");

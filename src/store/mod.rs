@@ -19,6 +19,7 @@ mod blocks;
 mod deposits;
 mod engine;
 mod inbox;
+mod lease;
 mod ledger;
 mod outbox;
 mod payout_txs;
@@ -30,6 +31,7 @@ mod watches;
 pub use deposits::{DepositSeen, DueDeposit, NewDeposit};
 pub use engine::Engine;
 pub use inbox::{InboxRow, Outcome};
+pub use lease::{Fence, LeaseRow};
 pub use ledger::PendingMovement;
 pub use outbox::{DEAD_LETTER_PREFIX, OutboxRow, dead_letter_kind};
 pub use payout_txs::SignedTx;
@@ -61,6 +63,18 @@ pub enum StoreError {
     /// A statement failed.
     #[error("message store: {0}")]
     Db(#[from] crate::db::DbError),
+    /// Another instance holds the lease now: this commit was refused and
+    /// changed nothing (docs/architecture.md, "High availability").
+    #[error(
+        "message store: this instance ({holder}, term {term}) no longer holds the lease; \
+         another instance is active, so nothing was committed"
+    )]
+    Fenced {
+        /// This instance's id.
+        holder: String,
+        /// The term it held.
+        term: u64,
+    },
     /// A stored value does not decode (the file was edited or is damaged).
     #[error("message store: bad stored value in {what}")]
     Corrupt {
@@ -114,6 +128,8 @@ pub struct Store {
     /// task, the payout actors and the relays waiting far longer than the
     /// transactions they waited for.
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Set when the daemon holds the lease: every commit checks it.
+    fence: std::sync::Arc<std::sync::OnceLock<Fence>>,
 }
 
 /// Binds `ids` as the list of an `IN (` the query has just opened, and
@@ -132,6 +148,7 @@ impl Store {
             pool,
             engine,
             writer: Default::default(),
+            fence: Default::default(),
         }
     }
 
@@ -151,6 +168,7 @@ impl Store {
         Ok(StoreTx {
             tx,
             engine: self.engine,
+            fence: self.fence.get().cloned(),
             _turn: turn,
         })
     }
@@ -206,6 +224,8 @@ impl Store {
 pub struct StoreTx {
     tx: Transaction<'static, Any>,
     engine: Engine,
+    /// The lease this commit must still hold, if the daemon holds one.
+    fence: Option<Fence>,
     /// This process's write turn, released after the transaction ends (the
     /// fields drop in this order).
     _turn: tokio::sync::OwnedMutexGuard<()>,
@@ -216,8 +236,12 @@ pub struct StoreTx {
 const ROWS_PER_STATEMENT: usize = 200;
 
 impl StoreTx {
-    /// Commits.
-    pub async fn commit(self) -> Result<(), StoreError> {
+    /// Commits, if the fence (when one is set) still holds the lease;
+    /// otherwise rolls back and fails with [`StoreError::Fenced`].
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        if let Some(fence) = self.fence.take() {
+            self.check_fence(&fence).await?;
+        }
         self.tx.commit().await.ctx("commit").map_err(Into::into)
     }
 }

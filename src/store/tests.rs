@@ -5,7 +5,7 @@ use std::collections::HashSet;
 /// What a test's store lives in, removed when the test ends.
 enum Scratch {
     /// The SQLite file's directory.
-    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Dir(tempfile::TempDir),
     /// A MariaDB database of its own.
     Database(String),
 }
@@ -51,6 +51,29 @@ impl Drop for Scratch {
 /// The local MariaDB `bin/test.sh` starts (root over TCP, no password).
 const MARIADB_ADMIN: &str = "mysql://root@127.0.0.1:3306/";
 
+fn mysql_cfg(database: &str) -> crate::config::MysqlConfig {
+    crate::config::MysqlConfig {
+        user: "root".into(),
+        password: crate::secret::Secret::new(String::new()),
+        host: "127.0.0.1".into(),
+        port: 3306,
+        database: database.to_owned(),
+        max_open_conns: 4,
+        max_idle_conns: 1,
+        conn_max_life: std::time::Duration::from_secs(120),
+    }
+}
+
+/// Another handle on the store of `scratch`, as a second process would
+/// open it.
+async fn reopen(scratch: &Scratch) -> Store {
+    match scratch {
+        Scratch::Dir(dir) => Store::open(&dir.path().join("msg.db")).await,
+        Scratch::Database(name) => Store::open_mysql(&mysql_cfg(name)).await,
+    }
+    .expect("opens")
+}
+
 /// The store each test runs on: SQLite, or with `M2POOL_TEST_STORE=mariadb`
 /// (as `bin/test.sh` runs them a second time) a fresh MariaDB database.
 async fn store() -> (Scratch, Store) {
@@ -70,18 +93,8 @@ async fn store() -> (Scratch, Store) {
             .await
             .expect("create database");
         admin.close().await;
-        let cfg = crate::config::MysqlConfig {
-            user: "root".into(),
-            password: crate::secret::Secret::new(String::new()),
-            host: "127.0.0.1".into(),
-            port: 3306,
-            database: name.clone(),
-            max_open_conns: 4,
-            max_idle_conns: 1,
-            conn_max_life: std::time::Duration::from_secs(120),
-        };
         let scratch = Scratch::Database(name);
-        let s = Store::open_mysql(&cfg).await.expect("opens");
+        let s = reopen(&scratch).await;
         return (scratch, s);
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -998,3 +1011,5 @@ async fn the_sqlite_engine_writes_ahead_and_syncs_every_commit() {
         .expect("foreign keys");
     assert_eq!((mode.as_str(), sync, keys), ("wal", 2, 1));
 }
+
+mod lease;

@@ -170,7 +170,7 @@ impl WalletStore {
         let (url, target, mysql, opts) = match cfg {
             WalletStoreConfig::Mysql(m) => {
                 let (url, target) = crate::db::mysql_url(m);
-                (url, target, true, crate::db::mysql_pool_options(m))
+                (url, target, true, crate::db::mysql_pool_options(m, ""))
             }
             WalletStoreConfig::Sqlite(path) => {
                 let url = format!("sqlite://{}?mode=rwc", path.display());

@@ -338,7 +338,14 @@ impl World {
     }
 
     pub async fn start(&self) -> Result<Daemon> {
-        let config = self.config()?;
+        self.start_with(|_| {})
+    }
+
+    /// A daemon in this process with this world's config edited by `edit`.
+    pub fn start_with(&self, edit: impl FnOnce(&mut Value)) -> Result<Daemon> {
+        let mut json = self.config_json.clone();
+        edit(&mut json);
+        let config = Config::from_json(&serde_json::to_vec(&json)?)?;
         let token = CancellationToken::new();
         let secrets = Secrets {
             comm: Secret::new(KEY.to_vec()),
@@ -359,14 +366,40 @@ impl World {
     /// killed when the guard drops.
     pub fn spawn_process(&self, env: &[(&str, &str)]) -> Result<ChildGuard> {
         let path = self.config_file()?;
+        self.spawn_with(&path, self.daemon_log()?, env)
+    }
+
+    /// A daemon process named `name` with its own `config` (written to
+    /// `{name}.json`) and log (`{name}.log`), beside this world's others.
+    pub fn spawn_process_as(
+        &self,
+        name: &str,
+        config: &Value,
+        env: &[(&str, &str)],
+    ) -> Result<ChildGuard> {
+        let path = self.dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(config)?)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))?;
+        self.spawn_with(&path, log, env)
+    }
+
+    fn spawn_with(
+        &self,
+        config: &std::path::Path,
+        log: std::fs::File,
+        env: &[(&str, &str)],
+    ) -> Result<ChildGuard> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_m2pool-payment"));
         cmd.arg("--config")
-            .arg(path)
+            .arg(config)
             .env("M2POOL_PAYMENT_KEY", std::str::from_utf8(KEY)?)
             .env("M2POOL_WALLET_KEY", WALLET_KEY)
             .env("RUST_LOG", "warn,m2pool=info")
-            .stdout(self.daemon_log()?)
-            .stderr(self.daemon_log()?);
+            .stdout(log.try_clone()?)
+            .stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }
