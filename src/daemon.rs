@@ -5,6 +5,7 @@
 //! daemon cancels the others and [`run`] returns that error, so a supervisor
 //! (systemd, Docker) restarts it loudly instead of it limping on.
 
+use crate::backoff::{Backoff, sleep_or_shutdown};
 use crate::chain::{self, ChainContext, ChainError, ChainEvent};
 use crate::config::Config;
 use crate::health::Health;
@@ -21,6 +22,7 @@ use crate::txlog::TxLog;
 use crate::wallet::{Kek, WalletError, WalletStore};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -172,11 +174,43 @@ pub async fn run(
     secrets: Secrets,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let store = match &config.msg_mysql {
-        Some(m) => Store::open_mysql(m).await?,
-        None => Store::open(&config.msg_store).await?,
+    // A database server that cannot be reached yet (it is starting, or
+    // restarting) is waited for; anything else stops the daemon.
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    let store = loop {
+        let opened = match &config.msg_mysql {
+            Some(m) => Store::open_mysql(m).await,
+            None => Store::open(&config.msg_store).await,
+        };
+        match opened {
+            Ok(s) => break s,
+            Err(e @ StoreError::Open { .. }) if config.msg_mysql.is_some() => {
+                let (delay, attempt) = backoff.next_delay();
+                warn!(target: "m2pool::daemon", attempt, error = %e, "cannot reach the message store; waiting");
+                if sleep_or_shutdown(delay, &shutdown).await {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
     };
-    let wallets = WalletStore::open(&config.wallet_store).await?;
+    backoff.reset();
+    let wallets = loop {
+        match WalletStore::open(&config.wallet_store).await {
+            Ok(w) => break w,
+            Err(e @ WalletError::Connect { .. })
+                if matches!(config.wallet_store, crate::config::WalletStore::Mysql(_)) =>
+            {
+                let (delay, attempt) = backoff.next_delay();
+                warn!(target: "m2pool::daemon", attempt, error = %e, "cannot reach the wallet store; waiting");
+                if sleep_or_shutdown(delay, &shutdown).await {
+                    store.close().await;
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     if secrets.wallet.is_none() {
         warn!(target: "m2pool::daemon",
               "no wallet key configured: wallet keys are encrypted with a key derived from the communication key");

@@ -7,7 +7,7 @@ mod common;
 
 use alloy::primitives::{Address, B256, U256};
 use anyhow::{Context, Result, ensure};
-use common::http::{free_port, metrics, sample, wait_health};
+use common::http::{free_port, metrics, sample, wait_health, wait_metrics};
 use common::*;
 use m2pool_payment::wallet::Label;
 use serde_json::{Value, json};
@@ -160,10 +160,12 @@ async fn the_standby_takes_over_after_a_sigkill_and_nothing_is_lost_or_paid_twic
     active(pa, 1).await?;
     let b = instance(&w, "b", pb)?;
     standby(pb).await?;
-    let m = metrics(pb).await?;
-    assert_eq!(sample(&m, "m2pool_active"), Some(0.0), "{m}");
+    wait_metrics(pb, &[("m2pool_active", 0.0), ("m2pool_lease_term", 1.0)]).await?;
+    let h = standby(pb).await?;
+    assert_eq!(h["active"]["instance"], "a", "{h}");
+    let m = metrics(pa).await?;
+    assert_eq!(sample(&m, "m2pool_active"), Some(1.0), "{m}");
     assert_eq!(sample(&m, "m2pool_lease_term"), Some(1.0), "{m}");
-    assert_eq!(sample(&metrics(pa).await?, "m2pool_active"), Some(1.0));
 
     // 100 watched addresses, 200 withdrawals from two wallets, deposits.
     let watched: Vec<Address> = (0..100).map(|_| Address::random()).collect();
@@ -404,5 +406,104 @@ async fn a_gateway_with_a_store_of_its_own_on_the_same_queues_is_refused() -> Re
     })
     .await?;
     b.stop().await?;
+    w.cleanup().await
+}
+
+/// Starts again, as a supervisor would, each instance whose process ended;
+/// returns how many were started again.
+fn supervise(w: &World, instances: &mut [(&str, u16, ChildGuard)]) -> Result<usize> {
+    let mut restarted = 0;
+    for (name, port, child) in instances.iter_mut() {
+        if child.0.try_wait()?.is_some() {
+            *child = instance(w, name, *port)?;
+            restarted += 1;
+        }
+    }
+    Ok(restarted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_while_both_run_loses_nothing() -> Result<()> {
+    let mut db = common::mariadb::PrivateMariadb::start()?;
+    let cfg = db.database("ha").await?;
+    let w = World::with("failover-db", &[], |c| {
+        c["mysql_config"] = json!({"wallet": cfg.clone(), "msg": cfg.clone()});
+        c["ha_config"] = json!({"lease_secs": LEASE_SECS});
+        c["eth_config"]["rebroadcast_secs"] = 1.into();
+    })
+    .await?;
+    let mut topups = w.replies("topup_resp").await?;
+    let mut payouts = w.replies("withdraw_resp").await?;
+    let hot = w.new_wallet(Label::User).await?;
+    w.fund(hot, 1_000_000_000, ether(10)).await?;
+    let (pa, pb) = (free_port()?, free_port()?);
+    let a = instance(&w, "a", pa)?;
+    active(pa, 1).await?;
+    let b = instance(&w, "b", pb)?;
+    standby(pb).await?;
+    let mut instances = [("a", pa, a), ("b", pb, b)];
+
+    let watched: Vec<Address> = (0..10).map(|_| Address::random()).collect();
+    for a in &watched {
+        w.publish("topup", topup(&hex_addr(*a), "USDT")).await?;
+    }
+    for a in &watched {
+        w.wait_watched("USDT", *a, true).await?;
+    }
+    let mut queue_ids: Vec<String> = (0..30).map(|i| format!("fd-{i}")).collect();
+    for q in &queue_ids {
+        w.publish("withdraw", withdraw(q, hot, Address::random(), 3_000))
+            .await?;
+    }
+    payouts
+        .wait_count("a few payouts sent", 5, |v| v["status"] == 2)
+        .await?;
+
+    // The database restarts while requests and blocks keep coming.
+    db.stop_server()?;
+    let mut deposits = Vec::new();
+    for (i, to) in watched.iter().enumerate().take(5) {
+        deposits.push(w.send_usdt(w.user(), *to, 7_000 + i as u64).await?.0);
+    }
+    for i in 30..40 {
+        let q = format!("fd-{i}");
+        w.publish("withdraw", withdraw(&q, hot, Address::random(), 3_000))
+            .await?;
+        queue_ids.push(q);
+    }
+    db.start_server()?;
+    for (i, to) in watched.iter().enumerate().skip(5) {
+        deposits.push(w.send_usdt(w.user(), *to, 7_000 + i as u64).await?.0);
+    }
+
+    // One of them is active again (each stopped instance started again, as
+    // its supervisor would), and everything is answered once.
+    let mut restarts = 0;
+    for _ in 0..80 {
+        restarts += supervise(&w, &mut instances)?;
+        topups.drain();
+        payouts.drain();
+        let done = deposits
+            .iter()
+            .all(|tx| !topups.matching(deposit_of(*tx, 1)).is_empty())
+            && queue_ids
+                .iter()
+                .all(|q| !payouts.matching(payout_of(q, 1)).is_empty());
+        if done {
+            break;
+        }
+        w.mine(3).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("instances started again after the database restart: {restarts}");
+    for tx in &deposits {
+        topups.wait("deposit final", deposit_of(*tx, 1)).await?;
+    }
+    for q in &queue_ids {
+        payouts.wait(&format!("{q} final"), payout_of(q, 1)).await?;
+    }
+    answers_are_consistent(&topups, &payouts, &deposits);
+    paid_once(&w, &[hot], queue_ids.len()).await?;
+    drop(instances);
     w.cleanup().await
 }

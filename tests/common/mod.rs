@@ -6,6 +6,7 @@
 pub mod broker;
 #[allow(dead_code)]
 pub mod http;
+pub mod mariadb;
 pub mod probe;
 pub mod rpc_proxy;
 
