@@ -10,6 +10,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "gateway/ha.rs"]
+mod ha;
 
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider};
@@ -660,7 +662,12 @@ async fn watch_set(n: usize) -> Result<(Row, Row)> {
 /// Row 4: withdrawals from one hot wallet signed, persisted and accepted per
 /// second, next to a plain loop that signs and sends the same transfers.
 async fn payouts(n: usize) -> Result<Row> {
-    let w = world("bench-payout", &["--block-time", "1"], |_| {}).await?;
+    payouts_on(n, "payout broadcast (one hot wallet)", |_| {}).await
+}
+
+/// The payout row, named `name`, with the config edited by `edit`.
+async fn payouts_on(n: usize, name: &str, edit: impl FnOnce(&mut Value)) -> Result<Row> {
+    let w = world("bench-payout", &["--block-time", "1"], edit).await?;
     let mut replies = w.replies("withdraw_resp").await?;
     let user = w.new_wallet(Label::User).await?;
     w.fund(user, n as u64 * 2_000_000, ether(100)).await?;
@@ -689,16 +696,7 @@ async fn payouts(n: usize) -> Result<Row> {
     ensure!(distinct.len() == n, "a status 2 for every withdrawal");
     // From the first payout's commit (the request is in; signing can start)
     // to the commit that records the last one accepted by the node.
-    let path = w.config()?.msg_store;
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", path.display())).await?;
-    let (first, last): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT MIN(created_at) FROM payouts),
-                (SELECT MAX(created_at) FROM outbox WHERE kind = 'withdraw_resp'
-                   AND CAST(body AS TEXT) LIKE '%\"status\":2,%')",
-    )
-    .fetch_one(&pool)
-    .await?;
-    pool.close().await;
+    let (first, last) = payout_span(&w).await?;
     let rate = per_sec(n, Duration::from_millis((last - first).max(1) as u64));
     // Gap-free nonces: after they are all mined, the wallet's nonce is n.
     eventually("all payouts mined", || async {
@@ -760,7 +758,7 @@ async fn payouts(n: usize) -> Result<Row> {
     .await?;
     w.cleanup().await?;
     let ratio = rate / raw;
-    Ok(Row::new("payout broadcast (one hot wallet)", rate, Some(raw), "tx/s")
+    Ok(Row::new(name, rate, Some(raw), "tx/s")
         .target(">= 1000 tx/s, gap-free, >= 0.7 of raw", rate >= 1000.0 && ratio >= 0.7)
         .note(format!(
             "{n} withdrawals, anvil --block-time 1; nonces gap-free, every transaction stored before it is sent; \
@@ -770,6 +768,37 @@ async fn payouts(n: usize) -> Result<Row> {
             anvil_cpu * 1e6 / n as f64,
             raw_anvil_cpu * 1e6 / n as f64
         )))
+}
+
+/// When the first payout was recorded and when the last `2` was committed
+/// (unix milliseconds), from the world's message store, SQLite or MariaDB.
+async fn payout_span(w: &World) -> Result<(i64, i64)> {
+    let config = w.config()?;
+    let span = "SELECT (SELECT MIN(created_at) FROM payouts),
+                (SELECT MAX(created_at) FROM outbox WHERE kind = 'withdraw_resp'
+                   AND CAST(body AS {text}) LIKE '%\"status\":2,%')";
+    Ok(match &config.msg_mysql {
+        Some(m) => {
+            let pool =
+                sqlx::MySqlPool::connect(&format!("mysql://root@127.0.0.1:3306/{}", m.database))
+                    .await?;
+            let r = sqlx::query_as(sqlx::AssertSqlSafe(span.replace("{text}", "CHAR")))
+                .fetch_one(&pool)
+                .await?;
+            pool.close().await;
+            r
+        }
+        None => {
+            let path = config.msg_store;
+            let pool =
+                sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", path.display())).await?;
+            let r = sqlx::query_as(sqlx::AssertSqlSafe(span.replace("{text}", "TEXT")))
+                .fetch_one(&pool)
+                .await?;
+            pool.close().await;
+            r
+        }
+    })
 }
 
 /// Transfers in one raw JSON-RPC batch of the payout row's raw sender.
@@ -1110,7 +1139,7 @@ async fn main() -> Result<()> {
         // SAFETY: set once, before any thread reads the environment.
         unsafe { std::env::set_var("RUST_LOG", "error") };
     }
-    // BENCH_ONLY=ingest,detection,networks,watchset,payouts,confirm,e2e picks
+    // BENCH_ONLY=ingest,detection,networks,watchset,payouts,mariadb,failover,confirm,e2e picks
     // rows (networks runs detection too: its figure is the baseline).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
@@ -1137,6 +1166,15 @@ async fn main() -> Result<()> {
     if run("payouts") {
         eprintln!("payout broadcast…");
         rows.push(payouts(s.payouts).await?);
+    }
+    if run("mariadb") {
+        eprintln!("message store on MariaDB…");
+        rows.push(ha::ingest(s.ingest).await?);
+        rows.push(ha::payouts(s.payouts).await?);
+    }
+    if run("failover") {
+        eprintln!("failover…");
+        rows.push(ha::failover(if quick { 1 } else { 3 }).await?);
     }
     if run("confirm") {
         eprintln!("confirmation work…");

@@ -48,7 +48,12 @@ fn check_config_accepts_both_go_layouts() {
 
 #[test]
 fn the_example_and_deployment_configs_are_valid() {
-    for f in ["config/config.example.json", "deploy/docker-config.json"] {
+    for f in [
+        "config/config.example.json",
+        "deploy/docker-config.json",
+        "deploy/docker-config.ha.json",
+        "deploy/docker-config.ha-b.json",
+    ] {
         let path = format!("{}/{f}", env!("CARGO_MANIFEST_DIR"));
         let out = Command::new(BIN)
             .args(["check-config", "--config", &path])

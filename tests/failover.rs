@@ -507,3 +507,56 @@ async fn a_database_restart_while_both_run_loses_nothing() -> Result<()> {
     drop(instances);
     w.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queues_serve_every_flow_with_one_gateway_per_queue() -> Result<()> {
+    let w = World::with("failover-quorum", &[], |c| {
+        if let Some(entries) = c["rmq_config"].as_object_mut() {
+            for e in entries.values_mut().filter(|e| e.is_object()) {
+                e["arguments"] = json!({"x-queue-type": "quorum"});
+            }
+        }
+    })
+    .await?;
+    let mut topups = w.replies("topup_resp").await?;
+    let mut payouts = w.replies("withdraw_resp").await?;
+    let hot = w.new_wallet(Label::User).await?;
+    w.fund(hot, 100_000_000, ether(1)).await?;
+    let (pa, pb) = (free_port()?, free_port()?);
+    let a = w.start_with(common::http::with_http(pa, json!({})))?;
+    wait_health(pa, "up", WAIT, |s, h| s == 200 && h["role"] == "active").await?;
+
+    let addr = Address::random();
+    w.publish("topup", topup(&hex_addr(addr), "USDT")).await?;
+    w.wait_watched("USDT", addr, true).await?;
+    let (tx, _) = w.send_usdt(w.user(), addr, 4_000).await?;
+    topups.wait("deposit seen", deposit_of(tx, 2)).await?;
+    w.publish("withdraw", withdraw("fq-1", hot, Address::random(), 5_000))
+        .await?;
+    payouts.wait("payout sent", payout_of("fq-1", 2)).await?;
+
+    // A second gateway with a store of its own waits: exclusive consumers
+    // hold on quorum queues too.
+    let other = tempfile::tempdir()?;
+    let (store_path, wallet_path) = (other.path().join("msg.db"), other.path().join("wallet.db"));
+    let edit_http = common::http::with_http(pb, json!({}));
+    let b = w.start_with(move |c| {
+        edit_http(c);
+        c["msg_config"]["sqlite_path"] = json!(store_path);
+        c["eth_config"]["sqlite_path"] = json!(wallet_path);
+    })?;
+    wait_health(pb, "refused the queues", WAIT, |s, h| {
+        s == 503
+            && h["problems"]
+                .to_string()
+                .contains("is consumed by another program")
+    })
+    .await?;
+
+    w.mine(20).await?;
+    topups.wait("deposit final", deposit_of(tx, 1)).await?;
+    payouts.wait("payout final", payout_of("fq-1", 1)).await?;
+    a.stop().await?;
+    b.stop().await?;
+    w.cleanup().await
+}

@@ -791,6 +791,42 @@ async fn dev_sh_then_demo_sh_show_every_flow_and_stop_cleanly() -> Result<()> {
     Ok(())
 }
 
+/// The high-availability overlay: two instances, each with its config, on
+/// one MySQL message and wallet store, distinct names, quorum request
+/// queues, restarted by Docker.
+#[test]
+fn the_ha_compose_runs_two_instances_on_one_database() -> Result<()> {
+    let compose = std::fs::read_to_string(root().join("docker-compose.ha.yml"))?;
+    assert!(
+        compose.matches("restart: unless-stopped").count() >= 2,
+        "both restarted by Docker"
+    );
+    let mut names = Vec::new();
+    for f in [
+        "deploy/docker-config.ha.json",
+        "deploy/docker-config.ha-b.json",
+    ] {
+        assert!(compose.contains(&format!("./{f}:")), "compose mounts {f}");
+        let c: Value = serde_json::from_slice(&std::fs::read(root().join(f))?)?;
+        assert_eq!(
+            c["mysql_config"]["msg"], c["mysql_config"]["wallet"],
+            "{f}: both stores on the shared database"
+        );
+        assert_eq!(
+            c["rmq_config"]["withdraw"]["arguments"]["x-queue-type"],
+            "quorum"
+        );
+        names.push(
+            c["ha_config"]["instance_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert!(names[0] != names[1] && !names[0].is_empty(), "{names:?}");
+    Ok(())
+}
+
 /// What `docker compose` would do, short of running docker: the files it
 /// mounts exist, the daemon's config validates, and the token deployer it
 /// runs puts the test USDT at the address that config names (run here
