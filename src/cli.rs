@@ -397,7 +397,7 @@ fn describe(c: &Config) -> String {
         .map(|w| format!("\n  warning: {w}"))
         .collect();
     format!(
-        "config OK\n  nets: {}\n  broker: {rmq}, {} queues{}\n  message store: {}\n  wallet store: {wallet}{}{}",
+        "config OK\n  nets: {}\n  broker: {rmq}, {} queues{}\n  message store: {}\n  wallet store: {wallet}\n  lease: {} s, this instance `{}`{}{}",
         c.net_names().join(", "),
         c.rmq.entries().len(),
         if c.rmq.remove.is_none() {
@@ -406,6 +406,8 @@ fn describe(c: &Config) -> String {
             ""
         },
         c.msg_store_target(),
+        c.lease.length.as_secs(),
+        c.lease.instance,
         nets.concat(),
         warnings.concat(),
     )
@@ -485,6 +487,7 @@ mod tests {
         let c = Config::from_json(&serde_json::to_vec(&v).expect("json")).expect("loads");
         let text = describe(&c);
         assert!(text.contains("nets: ETH, BSC, POLYGON"), "{text}");
+        assert!(text.contains("lease: 10 s, this instance `"), "{text}");
         assert!(
             text.contains(
                 "BSC: native BNB (18 decimals), fees legacy, block time 3000 ms, poll 1500 ms"
