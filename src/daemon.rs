@@ -276,16 +276,24 @@ pub async fn run(
         .msg_mysql
         .is_none()
         .then(|| lease::lock_path(&config.msg_store));
-    let held =
-        match lease::acquire(&store, &config.lease, lock.as_deref(), &health, &shutdown).await {
-            Ok(Some(held)) => held,
-            Ok(None) => return wind_down(tracker, failure, &store, &wallets, None).await,
-            Err(e) => {
-                shutdown.cancel();
-                wind_down(tracker, failure, &store, &wallets, None).await?;
-                return Err(e.into());
-            }
-        };
+    let warm = CancellationToken::new();
+    tracker.spawn(crate::queue::keep_warm(
+        config.rmq.clone(),
+        health.clone(),
+        warm.clone(),
+        shutdown.clone(),
+    ));
+    let acquired = lease::acquire(&store, &config.lease, lock.as_deref(), &health, &shutdown).await;
+    warm.cancel();
+    let held = match acquired {
+        Ok(Some(held)) => held,
+        Ok(None) => return wind_down(tracker, failure, &store, &wallets, None).await,
+        Err(e) => {
+            shutdown.cancel();
+            wind_down(tracker, failure, &store, &wallets, None).await?;
+            return Err(e.into());
+        }
+    };
     let held_lease = held.lease.clone();
     spawn_critical(
         &tracker,

@@ -132,6 +132,7 @@ impl HttpDeps {
                 "role": "standby",
                 "problems": [],
                 "active": {"instance": snap.lease.holder, "term": snap.lease.term},
+                "broker_connected": snap.broker_connected,
             });
             return (200, body.to_string());
         }

@@ -318,6 +318,10 @@ async fn a_second_instance_on_the_same_sqlite_file_waits_as_a_standby() -> Resul
     active(pa, 1).await?;
     let b = w.start_with(common::http::with_http(pb, json!({})))?;
     standby(pb).await?;
+    wait_health(pb, "a standby keeps a broker connection", WAIT, |s, h| {
+        s == 200 && h["broker_connected"] == true
+    })
+    .await?;
     assert!(
         w.dir.path().join("msg.db.lease").exists(),
         "the lock file beside the store"

@@ -123,6 +123,52 @@ pub async fn wait_for_queues(
     }
 }
 
+/// Keeps a broker connection open while this instance is a standby, so
+/// that `/healthz` and `m2pool_broker_connected` show whether the broker
+/// can be reached before it is needed; reconnects until `done` (the lease
+/// was taken) or `shutdown`.
+pub async fn keep_warm(
+    cfg: RmqConfig,
+    health: Health,
+    done: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    while !done.is_cancelled() && !shutdown.is_cancelled() {
+        let conn = tokio::select! {
+            _ = done.cancelled() => break,
+            _ = shutdown.cancelled() => break,
+            c = connect(&cfg) => c,
+        };
+        match conn {
+            Ok(conn) => {
+                backoff.reset();
+                while conn.status().connected() && !done.is_cancelled() {
+                    health.set_broker(true);
+                    tokio::select! {
+                        _ = done.cancelled() => {}
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                health.set_broker(false);
+                let _ = conn.close(200, "standby".into()).await;
+            }
+            Err(e) => {
+                health.set_broker(false);
+                let (delay, attempt) = backoff.next_delay();
+                warn!(target: "m2pool::queue", attempt, error = %e, "standby: the broker cannot be reached");
+                tokio::select! {
+                    _ = done.cancelled() => {}
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

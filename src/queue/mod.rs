@@ -19,7 +19,7 @@ mod consumer;
 mod relay;
 mod topology;
 
-pub use claim::wait_for_queues;
+pub use claim::{keep_warm, wait_for_queues};
 pub use topology::{Backlog, declare};
 
 use crate::backoff::{Backoff, sleep_or_shutdown};
