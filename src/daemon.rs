@@ -295,8 +295,13 @@ pub async fn run(
         }
     };
     let held_lease = held.lease.clone();
+    // Renewed until every other task has finished, so that a drain at
+    // shutdown (listen's last commit, the relay's flush) still holds it;
+    // its own tracker, waited for after theirs.
+    let keeper = TaskTracker::new();
+    let keep_until = CancellationToken::new();
     spawn_critical(
-        &tracker,
+        &keeper,
         &shutdown,
         &failure,
         "lease".into(),
@@ -304,14 +309,19 @@ pub async fn run(
             store.clone(),
             held.lease.clone(),
             config.lease.length,
-            shutdown.clone(),
+            keep_until.clone(),
         ),
     );
+    let keeping = Keeping {
+        keeper,
+        keep_until,
+        lease: held.lease.clone(),
+    };
 
     // No other program may consume the request queues (a second gateway
     // with a store of its own): wait while one does.
     if !crate::queue::wait_for_queues(&config.rmq, &health, &shutdown).await {
-        return wind_down(tracker, failure, &store, &wallets, Some(&held.lease)).await;
+        return wind_down(tracker, failure, &store, &wallets, Some(keeping)).await;
     }
 
     let (txlog, txlog_writer) = match &config.log.txlog_dir {
@@ -413,7 +423,7 @@ pub async fn run(
         broker.run(shutdown.clone(), drained),
     );
 
-    let stopped = wind_down(tracker, failure, &store, &wallets, Some(&held_lease)).await;
+    let stopped = wind_down(tracker, failure, &store, &wallets, Some(keeping)).await;
     drop(held.lock);
     if let Some(writer) = txlog_writer {
         // Every handle is gone with its task: the writer drains and ends.
@@ -422,19 +432,31 @@ pub async fn run(
     stopped
 }
 
-/// Waits for every task, gives the lease up (a standby need not wait for it
-/// to expire), closes the stores, and returns the first task failure.
+/// The lease's renewal, run apart from the other tasks so that it outlives
+/// them.
+struct Keeping {
+    keeper: TaskTracker,
+    keep_until: CancellationToken,
+    lease: lease::Lease,
+}
+
+/// Waits for every task, then stops renewing the lease and gives it up (a
+/// standby need not wait for it to expire), closes the stores, and returns
+/// the first task failure.
 async fn wind_down(
     tracker: TaskTracker,
     failure: Failure,
     store: &Store,
     wallets: &WalletStore,
-    lease: Option<&lease::Lease>,
+    keeping: Option<Keeping>,
 ) -> Result<(), RunError> {
     tracker.close();
     tracker.wait().await;
-    if let Some(lease) = lease {
-        lease::release(store, lease).await;
+    if let Some(k) = keeping {
+        k.keep_until.cancel();
+        k.keeper.close();
+        k.keeper.wait().await;
+        lease::release(store, &k.lease).await;
     }
     store.close().await;
     wallets.close().await;
