@@ -376,7 +376,10 @@ async fn a_gateway_with_a_store_of_its_own_on_the_same_queues_is_refused() -> Re
     let (pa, pb) = (free_port()?, free_port()?);
     let a = w.start_with(common::http::with_http(pa, json!({})))?;
     active(pa, 1).await?;
-    wait_health(pa, "consuming", WAIT, |s, _| s == 200).await?;
+    wait_health(pa, "consuming", WAIT, |s, h| {
+        s == 200 && h["status"] == "ok"
+    })
+    .await?;
 
     let other = tempfile::tempdir()?;
     let other_store = other.path().join("msg.db");

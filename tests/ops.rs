@@ -37,7 +37,10 @@ async fn health_and_metrics_answer_real_http_requests() -> Result<()> {
     let mut withdrawals = w.replies("withdraw_resp").await?;
     let daemon = w.start().await?;
 
-    let h = wait_health(port, "ok with a head", WAIT, |s, _| s == 200).await?;
+    let h = wait_health(port, "ok with a head", WAIT, |s, h| {
+        s == 200 && h["status"] == "ok"
+    })
+    .await?;
     assert_eq!(h["status"], "ok");
     assert_eq!(h["problems"], json!([]));
     assert_eq!(h["broker_connected"], true);
@@ -200,7 +203,7 @@ async fn healthz_is_503_while_the_broker_is_stopped() -> Result<()> {
     .await?;
     let daemon = w.start().await?;
     wait_health(port, "ok", WAIT, |s, h| {
-        s == 200 && h["broker_connected"] == true
+        s == 200 && h["status"] == "ok" && h["broker_connected"] == true
     })
     .await?;
 
@@ -216,7 +219,7 @@ async fn healthz_is_503_while_the_broker_is_stopped() -> Result<()> {
     tokio::task::block_in_place(|| broker.start_app())?;
     // The daemon reconnects with backoff (up to 30 s between attempts).
     let h = wait_health(port, "ok with the broker back", WAIT * 2, |s, h| {
-        s == 200 && h["broker_connected"] == true
+        s == 200 && h["status"] == "ok" && h["broker_connected"] == true
     })
     .await?;
     assert_eq!(h["problems"], json!([]));
@@ -240,7 +243,7 @@ async fn healthz_is_503_while_the_head_stalls() -> Result<()> {
         .raw_request("evm_setAutomine".into(), (false,))
         .await?;
     let daemon = w.start().await?;
-    let h = wait_health(port, "ok", WAIT, |s, _| s == 200).await?;
+    let h = wait_health(port, "ok", WAIT, |s, h| s == 200 && h["status"] == "ok").await?;
     let head = h["chains"]["ETH"]["head"].as_u64().context("head")?;
 
     let h = wait_health(port, "503 with the head stalled", WAIT, |s, h| {
@@ -330,7 +333,7 @@ async fn healthz_is_503_while_responses_cannot_reach_a_queue() -> Result<()> {
     .await?;
     let mut removes = w.replies("remove_resp").await?;
     let daemon = w.start().await?;
-    wait_health(port, "ok", WAIT, |s, _| s == 200).await?;
+    wait_health(port, "ok", WAIT, |s, h| s == 200 && h["status"] == "ok").await?;
     // Answered: the daemon has declared its topology and serves.
     let first = hex_addr(Address::random());
     w.publish("remove", topup(&first, "USDT")).await?;
@@ -378,7 +381,10 @@ async fn healthz_is_503_while_responses_cannot_reach_a_queue() -> Result<()> {
     removes
         .wait("the held response", |v| v["address"] == stranger.as_str())
         .await?;
-    let h = wait_health(port, "ok once it is out", WAIT, |s, _| s == 200).await?;
+    let h = wait_health(port, "ok once it is out", WAIT, |s, h| {
+        s == 200 && h["status"] == "ok"
+    })
+    .await?;
     assert_eq!(h["outbox_backlog"], 0, "{h}");
     daemon.stop().await?;
     w.cleanup().await
@@ -402,7 +408,7 @@ async fn logged_run(w: &World, port: u16, args: &[&str], rust_log: Option<&str>)
         cmd.env("RUST_LOG", filter);
     }
     let mut child = ChildGuard(cmd.spawn()?);
-    let ready = wait_health(port, "ok", WAIT, |s, _| s == 200).await;
+    let ready = wait_health(port, "ok", WAIT, |s, h| s == 200 && h["status"] == "ok").await;
     let pid = i32::try_from(child.0.id())?;
     // SAFETY: kill(2) on the pid of the child this test started.
     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -676,7 +682,10 @@ async fn dev_sh_then_demo_sh_show_every_flow_and_stop_cleanly() -> Result<()> {
     let mut dev = DevEnv { child, pgid };
     let dev_out = || std::fs::read_to_string(&out_path).unwrap_or_default();
 
-    let ready = wait_health(http_port, "ok from bin/dev.sh", WAIT * 3, |s, _| s == 200).await;
+    let ready = wait_health(http_port, "ok from bin/dev.sh", WAIT * 3, |s, h| {
+        s == 200 && h["status"] == "ok"
+    })
+    .await;
     ready.with_context(|| format!("bin/dev.sh output:\n{}", dev_out()))?;
 
     let demo = tokio::time::timeout(

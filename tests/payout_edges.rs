@@ -203,7 +203,7 @@ async fn a_reorganisation_deeper_than_confirm_height_under_final_answers_is_repo
     w.mine(21).await?;
     withdrawals.wait("status 1", is("d-1", 1)).await?;
     topups.wait("deposit status 1", tx_is(deposit, 1)).await?;
-    wait_health(port, "ok", WAIT, |s, _| s == 200).await?;
+    wait_health(port, "ok", WAIT, |s, h| s == 200 && h["status"] == "ok").await?;
 
     // Both answers' blocks are taken back, deeper than confirm_height.
     let depth = w.head().await? - block + 1;
@@ -429,7 +429,7 @@ async fn a_payout_the_node_keeps_refusing_is_reported_and_can_be_cancelled() -> 
     let user = w.new_wallet(Label::User).await?;
     w.fund(user, 100_000_000, ether(1)).await?;
     let daemon = w.start().await?;
-    wait_health(port, "ok", WAIT, |s, _| s == 200).await?;
+    wait_health(port, "ok", WAIT, |s, h| s == 200 && h["status"] == "ok").await?;
 
     // The node takes none of the wallet's transactions (its ether was spent
     // elsewhere, say): the first payout and the one behind it wait, signed.
@@ -494,7 +494,10 @@ async fn a_payout_the_node_keeps_refusing_is_reported_and_can_be_cancelled() -> 
         withdrawals.matching(is("r-1", 2)).is_empty(),
         "r-1 was never sent, and never said so"
     );
-    wait_health(port, "ok again", WAIT, |s, _| s == 200).await?;
+    wait_health(port, "ok again", WAIT, |s, h| {
+        s == 200 && h["status"] == "ok"
+    })
+    .await?;
     wait_metrics(port, &[("m2pool_payouts_refused_by_node", 0.0)]).await?;
     daemon.stop().await?;
     w.cleanup().await
