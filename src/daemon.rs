@@ -150,6 +150,36 @@ async fn retention(
     }
 }
 
+/// Opens with `open` until it succeeds, waiting (with a warning each time)
+/// while it fails in a way `unreachable` says a wait may cure; `None` if
+/// `shutdown` came first.
+async fn patiently<T, E, F, Fut>(
+    what: &'static str,
+    shutdown: &CancellationToken,
+    unreachable: impl Fn(&E) -> bool,
+    mut open: F,
+) -> Result<Option<T>, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    loop {
+        match open().await {
+            Ok(t) => return Ok(Some(t)),
+            Err(e) if unreachable(&e) => {
+                let (delay, attempt) = backoff.next_delay();
+                warn!(target: "m2pool::daemon", store = what, attempt, error = %e, "cannot reach the store; waiting");
+                if sleep_or_shutdown(delay, shutdown).await {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The daemon's secrets.
 #[derive(Debug, Clone)]
 pub struct Secrets {
@@ -176,40 +206,32 @@ pub async fn run(
 ) -> Result<(), RunError> {
     // A database server that cannot be reached yet (it is starting, or
     // restarting) is waited for; anything else stops the daemon.
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
-    let store = loop {
-        let opened = match &config.msg_mysql {
-            Some(m) => Store::open_mysql(m).await,
-            None => Store::open(&config.msg_store).await,
-        };
-        match opened {
-            Ok(s) => break s,
-            Err(e @ StoreError::Open { .. }) if config.msg_mysql.is_some() => {
-                let (delay, attempt) = backoff.next_delay();
-                warn!(target: "m2pool::daemon", attempt, error = %e, "cannot reach the message store; waiting");
-                if sleep_or_shutdown(delay, &shutdown).await {
-                    return Ok(());
-                }
+    let Some(store) = patiently(
+        "message store",
+        &shutdown,
+        |e: &StoreError| config.msg_mysql.is_some() && matches!(e, StoreError::Open { .. }),
+        || async {
+            match &config.msg_mysql {
+                Some(m) => Store::open_mysql(m).await,
+                None => Store::open(&config.msg_store).await,
             }
-            Err(e) => return Err(e.into()),
-        }
+        },
+    )
+    .await?
+    else {
+        return Ok(());
     };
-    backoff.reset();
-    let wallets = loop {
-        match WalletStore::open(&config.wallet_store).await {
-            Ok(w) => break w,
-            Err(e @ WalletError::Connect { .. })
-                if matches!(config.wallet_store, crate::config::WalletStore::Mysql(_)) =>
-            {
-                let (delay, attempt) = backoff.next_delay();
-                warn!(target: "m2pool::daemon", attempt, error = %e, "cannot reach the wallet store; waiting");
-                if sleep_or_shutdown(delay, &shutdown).await {
-                    store.close().await;
-                    return Ok(());
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
+    let mysql_wallets = matches!(config.wallet_store, crate::config::WalletStore::Mysql(_));
+    let Some(wallets) = patiently(
+        "wallet store",
+        &shutdown,
+        |e: &WalletError| mysql_wallets && matches!(e, WalletError::Connect { .. }),
+        || WalletStore::open(&config.wallet_store),
+    )
+    .await?
+    else {
+        store.close().await;
+        return Ok(());
     };
     if secrets.wallet.is_none() {
         warn!(target: "m2pool::daemon",
@@ -294,7 +316,6 @@ pub async fn run(
             return Err(e.into());
         }
     };
-    let held_lease = held.lease.clone();
     // Renewed until every other task has finished, so that a drain at
     // shutdown (listen's last commit, the relay's flush) still holds it;
     // its own tracker, waited for after theirs.
@@ -413,7 +434,7 @@ pub async fn run(
         txlog,
         metrics: metrics.clone(),
         caught_up: caught_up_tx,
-        lease: held_lease.clone(),
+        lease: held.lease.clone(),
     };
     spawn_critical(
         &tracker,

@@ -23,7 +23,7 @@
 use crate::backoff::sleep_or_shutdown;
 use crate::config::LeaseConfig;
 use crate::health::{Health, LeaseSeen, Role};
-use crate::store::{Fence, Store, StoreError};
+use crate::store::{Fence, Store};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,9 +60,6 @@ pub enum LeaseError {
         /// Why.
         source: std::io::Error,
     },
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 #[derive(Debug)]
@@ -88,19 +85,6 @@ impl Lease {
         }));
         lease.extend(taken_at, length);
         lease
-    }
-
-    /// A lease held for good, for a daemon that shares its store with no
-    /// one (tools and tests).
-    pub fn sole(holder: &str) -> Self {
-        Self::new(
-            Fence {
-                holder: holder.to_owned(),
-                term: 0,
-            },
-            Instant::now(),
-            Duration::from_secs(100 * 365 * 86_400),
-        )
     }
 
     /// The holder id and term.
@@ -273,9 +257,6 @@ pub async fn keep(
 
 /// Gives the lease up after a clean stop, so a standby takes over at once.
 pub async fn release(store: &Store, lease: &Lease) {
-    if lease.fence().term == 0 {
-        return;
-    }
     match store.release_lease(lease.fence()).await {
         Ok(()) => info!(target: "m2pool::lease", term = lease.fence().term, "lease released"),
         Err(e) => {
@@ -308,7 +289,6 @@ mod tests {
         assert!(lapsed.is_held(), "an older renewal never shortens it");
         lapsed.lose();
         assert!(!lapsed.is_held(), "deposed is deposed");
-        assert!(Lease::sole("t").is_held());
     }
 
     #[test]

@@ -64,13 +64,14 @@ async fn standby(port: u16) -> Result<Value> {
 }
 
 /// Mines until every deposit and payout of the lists is answered final,
-/// waiting for the daemon to apply each round of blocks.
+/// a few blocks a round, calling `each_round` first in each round.
 async fn finish(
     w: &World,
     topups: &mut Replies,
     payouts: &mut Replies,
     deposits: &[B256],
     queue_ids: &[String],
+    mut each_round: impl FnMut() -> Result<()>,
 ) -> Result<()> {
     let done = |topups: &Replies, payouts: &Replies| {
         deposits
@@ -80,7 +81,8 @@ async fn finish(
                 .iter()
                 .all(|q| !payouts.matching(payout_of(q, 1)).is_empty())
     };
-    for _ in 0..40 {
+    for _ in 0..80 {
+        each_round()?;
         topups.drain();
         payouts.drain();
         if done(topups, payouts) {
@@ -96,6 +98,47 @@ async fn finish(
         payouts.wait(&format!("{q} final"), payout_of(q, 1)).await?;
     }
     Ok(())
+}
+
+/// Instance `a`, active in term 1, and `b`, its standby, each with its
+/// `/healthz` port.
+async fn pair(w: &World) -> Result<[(&'static str, u16, ChildGuard); 2]> {
+    let (pa, pb) = (free_port()?, free_port()?);
+    let a = instance(w, "a", pa)?;
+    active(pa, 1).await?;
+    let b = instance(w, "b", pb)?;
+    standby(pb).await?;
+    Ok([("a", pa, a), ("b", pb, b)])
+}
+
+/// `n` new addresses, watched for USDT once the active instance has them.
+async fn watch_new(w: &World, n: usize) -> Result<Vec<Address>> {
+    let watched: Vec<Address> = (0..n).map(|_| Address::random()).collect();
+    let bodies: Vec<Vec<u8>> = watched
+        .iter()
+        .map(|a| signed(topup(&hex_addr(*a), "USDT")))
+        .collect::<Result<_>>()?;
+    w.publish_all("topup", &bodies).await?;
+    for a in &watched {
+        w.wait_watched("USDT", *a, true).await?;
+    }
+    Ok(watched)
+}
+
+/// Publishes a withdrawal of `units` per queue id, the `i`-th from
+/// `from(i)`, each to a new address.
+async fn publish_withdrawals(
+    w: &World,
+    queue_ids: &[String],
+    from: impl Fn(usize) -> Address,
+    units: impl Fn(usize) -> u64,
+) -> Result<()> {
+    let bodies: Vec<Vec<u8>> = queue_ids
+        .iter()
+        .enumerate()
+        .map(|(i, q)| signed(withdraw(q, from(i), Address::random(), units(i))))
+        .collect::<Result<_>>()?;
+    w.publish_all("withdraw", &bodies).await
 }
 
 /// Every answer repeated is the identical body, and a payout has one `2`
@@ -155,11 +198,7 @@ async fn the_standby_takes_over_after_a_sigkill_and_nothing_is_lost_or_paid_twic
     for h in hot {
         w.fund(h, 1_000_000_000, ether(10)).await?;
     }
-    let (pa, pb) = (free_port()?, free_port()?);
-    let mut a = instance(&w, "a", pa)?;
-    active(pa, 1).await?;
-    let b = instance(&w, "b", pb)?;
-    standby(pb).await?;
+    let [(_, pa, mut a), (_, pb, b)] = pair(&w).await?;
     wait_metrics(pb, &[("m2pool_active", 0.0), ("m2pool_lease_term", 1.0)]).await?;
     let h = standby(pb).await?;
     assert_eq!(h["active"]["instance"], "a", "{h}");
@@ -168,22 +207,9 @@ async fn the_standby_takes_over_after_a_sigkill_and_nothing_is_lost_or_paid_twic
     assert_eq!(sample(&m, "m2pool_lease_term"), Some(1.0), "{m}");
 
     // 100 watched addresses, 200 withdrawals from two wallets, deposits.
-    let watched: Vec<Address> = (0..100).map(|_| Address::random()).collect();
-    let bodies: Vec<Vec<u8>> = watched
-        .iter()
-        .map(|a| signed(topup(&hex_addr(*a), "USDT")))
-        .collect::<Result<_>>()?;
-    w.publish_all("topup", &bodies).await?;
-    for a in &watched {
-        w.wait_watched("USDT", *a, true).await?;
-    }
+    let watched = watch_new(&w, 100).await?;
     let queue_ids: Vec<String> = (0..200).map(|i| format!("fk-{i}")).collect();
-    let bodies: Vec<Vec<u8>> = queue_ids
-        .iter()
-        .enumerate()
-        .map(|(i, q)| signed(withdraw(q, hot[i % 2], Address::random(), 1_000 + i as u64)))
-        .collect::<Result<_>>()?;
-    w.publish_all("withdraw", &bodies).await?;
+    publish_withdrawals(&w, &queue_ids, |i| hot[i % 2], |i| 1_000 + i as u64).await?;
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .subsec_nanos() as usize;
@@ -210,7 +236,10 @@ async fn the_standby_takes_over_after_a_sigkill_and_nothing_is_lost_or_paid_twic
         killed.elapsed()
     );
 
-    finish(&w, &mut topups, &mut payouts, &deposits, &queue_ids).await?;
+    finish(&w, &mut topups, &mut payouts, &deposits, &queue_ids, || {
+        Ok(())
+    })
+    .await?;
     answers_are_consistent(&topups, &payouts, &deposits);
     paid_once(&w, &hot, 100).await?;
     drop(b);
@@ -225,24 +254,10 @@ async fn a_frozen_active_instance_is_fenced_when_it_wakes() -> Result<()> {
     let mut payouts = w.replies("withdraw_resp").await?;
     let hot = w.new_wallet(Label::User).await?;
     w.fund(hot, 1_000_000_000, ether(10)).await?;
-    let (pa, pb) = (free_port()?, free_port()?);
-    let a = instance(&w, "a", pa)?;
-    active(pa, 1).await?;
-    let b = instance(&w, "b", pb)?;
-    standby(pb).await?;
-
-    let watched: Vec<Address> = (0..10).map(|_| Address::random()).collect();
-    for a in &watched {
-        w.publish("topup", topup(&hex_addr(*a), "USDT")).await?;
-    }
-    for a in &watched {
-        w.wait_watched("USDT", *a, true).await?;
-    }
+    let [(_, _, a), (_, pb, b)] = pair(&w).await?;
+    let watched = watch_new(&w, 10).await?;
     let mut queue_ids: Vec<String> = (0..20).map(|i| format!("fs-{i}")).collect();
-    for q in &queue_ids {
-        w.publish("withdraw", withdraw(q, hot, Address::random(), 2_000))
-            .await?;
-    }
+    publish_withdrawals(&w, &queue_ids, |_| hot, |_| 2_000).await?;
     payouts
         .wait_count("a few payouts sent", 5, |v| v["status"] == 2)
         .await?;
@@ -307,7 +322,10 @@ async fn a_frozen_active_instance_is_fenced_when_it_wakes() -> Result<()> {
         .map(|t| t.split_whitespace().next().unwrap_or_default().to_owned())
         .collect();
 
-    finish(&w, &mut topups, &mut payouts, &deposits, &queue_ids).await?;
+    finish(&w, &mut topups, &mut payouts, &deposits, &queue_ids, || {
+        Ok(())
+    })
+    .await?;
     for tx in &signed_after_waking {
         assert!(
             payouts.seen.iter().any(|r| r.v["tx_hash"] == tx.as_str()),
@@ -430,7 +448,7 @@ async fn a_gateway_with_a_store_of_its_own_on_the_same_queues_is_refused() -> Re
 
 /// Starts again, as a supervisor would, each instance whose process ended;
 /// returns how many were started again.
-fn supervise(w: &World, instances: &mut [(&str, u16, ChildGuard)]) -> Result<usize> {
+fn supervise(w: &World, instances: &mut [(&'static str, u16, ChildGuard)]) -> Result<usize> {
     let mut restarted = 0;
     for (name, port, child) in instances.iter_mut() {
         if child.0.try_wait()?.is_some() {
@@ -455,25 +473,10 @@ async fn a_database_restart_while_both_run_loses_nothing() -> Result<()> {
     let mut payouts = w.replies("withdraw_resp").await?;
     let hot = w.new_wallet(Label::User).await?;
     w.fund(hot, 1_000_000_000, ether(10)).await?;
-    let (pa, pb) = (free_port()?, free_port()?);
-    let a = instance(&w, "a", pa)?;
-    active(pa, 1).await?;
-    let b = instance(&w, "b", pb)?;
-    standby(pb).await?;
-    let mut instances = [("a", pa, a), ("b", pb, b)];
-
-    let watched: Vec<Address> = (0..10).map(|_| Address::random()).collect();
-    for a in &watched {
-        w.publish("topup", topup(&hex_addr(*a), "USDT")).await?;
-    }
-    for a in &watched {
-        w.wait_watched("USDT", *a, true).await?;
-    }
+    let mut instances = pair(&w).await?;
+    let watched = watch_new(&w, 10).await?;
     let mut queue_ids: Vec<String> = (0..30).map(|i| format!("fd-{i}")).collect();
-    for q in &queue_ids {
-        w.publish("withdraw", withdraw(q, hot, Address::random(), 3_000))
-            .await?;
-    }
+    publish_withdrawals(&w, &queue_ids, |_| hot, |_| 3_000).await?;
     payouts
         .wait_count("a few payouts sent", 5, |v| v["status"] == 2)
         .await?;
@@ -498,29 +501,12 @@ async fn a_database_restart_while_both_run_loses_nothing() -> Result<()> {
     // One of them is active again (each stopped instance started again, as
     // its supervisor would), and everything is answered once.
     let mut restarts = 0;
-    for _ in 0..80 {
+    finish(&w, &mut topups, &mut payouts, &deposits, &queue_ids, || {
         restarts += supervise(&w, &mut instances)?;
-        topups.drain();
-        payouts.drain();
-        let done = deposits
-            .iter()
-            .all(|tx| !topups.matching(deposit_of(*tx, 1)).is_empty())
-            && queue_ids
-                .iter()
-                .all(|q| !payouts.matching(payout_of(q, 1)).is_empty());
-        if done {
-            break;
-        }
-        w.mine(3).await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        Ok(())
+    })
+    .await?;
     eprintln!("instances started again after the database restart: {restarts}");
-    for tx in &deposits {
-        topups.wait("deposit final", deposit_of(*tx, 1)).await?;
-    }
-    for q in &queue_ids {
-        payouts.wait(&format!("{q} final"), payout_of(q, 1)).await?;
-    }
     answers_are_consistent(&topups, &payouts, &deposits);
     paid_once(&w, &[hot], queue_ids.len()).await?;
     drop(instances);

@@ -8,29 +8,18 @@ use super::{Row, per_sec, world};
 use crate::common::http::{free_port, wait_health};
 use crate::common::*;
 use alloy::primitives::Address;
-use anyhow::{Result, ensure};
+use anyhow::Result;
 use m2pool_payment::wallet::Label;
 use serde_json::json;
 use sqlx::MySqlPool;
 use std::time::{Duration, Instant};
 
-/// A fresh MariaDB database for the message and wallet stores: its name,
-/// the `mysql_config` section and a pool on it.
-async fn database(tag: &str) -> Result<(String, serde_json::Value, MySqlPool)> {
+/// A fresh MariaDB database for the message and wallet stores: its name
+/// and the `mysql_config` section.
+async fn database(tag: &str) -> Result<(String, serde_json::Value)> {
     let (db, mysql) = mariadb_database(tag).await?;
-    let pool = MySqlPool::connect(&format!("mysql://root@127.0.0.1:3306/{db}")).await?;
     let section = json!({"wallet": mysql["wallet"].clone(), "msg": mysql["wallet"].clone()});
-    Ok((db, section, pool))
-}
-
-/// Rows of a request of the daemon's first commit: left out of the rate,
-/// as the time they took is.
-async fn received_at(pool: &MySqlPool, at: i64) -> Result<usize> {
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE received_at = ?")
-        .bind(at)
-        .fetch_one(pool)
-        .await?;
-    Ok(usize::try_from(n)?)
+    Ok((db, section))
 }
 
 /// Requests per commit of the raw loop: about what the daemon commits at
@@ -93,7 +82,7 @@ fn unix_ms() -> i64 {
 /// Ingest with the message store on MariaDB, next to the raw insert loop
 /// in the same database (its rows written to a second, fresh one).
 pub async fn ingest(n: usize) -> Result<Row> {
-    let (db, section, pool) = database("bench_ingest").await?;
+    let (db, section) = database("bench_ingest").await?;
     let w = world("bench-ingest-mariadb", &[], |c| {
         c["mysql_config"] = section.clone();
     })
@@ -103,41 +92,13 @@ pub async fn ingest(n: usize) -> Result<Row> {
         .collect::<Result<_>>()?;
     w.publish_all("topup", &bodies).await?;
     let daemon = w.start().await?;
-    let started = Instant::now();
-    let (first, last) = loop {
-        let span: Option<(i64, i64, i64)> = sqlx::query_as(
-            "SELECT COALESCE(MAX(id), 0),
-                    COALESCE((SELECT received_at FROM inbox ORDER BY id LIMIT 1), 0),
-                    COALESCE((SELECT received_at FROM inbox ORDER BY id DESC LIMIT 1), 0)
-             FROM inbox",
-        )
-        .fetch_optional(&pool)
-        .await
-        .ok()
-        .flatten();
-        if let Some((count, first, last)) = span
-            && count >= n as i64
-        {
-            break (first, last);
-        }
-        ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "ingest on MariaDB did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let in_first = received_at(&pool, first).await?;
-    let rate = per_sec(
-        n - in_first,
-        Duration::from_millis((last - first).max(1) as u64),
-    );
+    let rate = super::ingest_rate(&w, n).await?;
     daemon.stop().await?;
     w.cleanup().await?;
-    pool.close().await;
     drop_mariadb_database(&db).await?;
 
     // Raw, the same run: the same rows into the same tables of a fresh store.
-    let (raw_db, _, raw_pool) = database("bench_raw").await?;
+    let (raw_db, _) = database("bench_raw").await?;
     let cfg = m2pool_payment::config::MysqlConfig {
         user: "root".into(),
         password: m2pool_payment::secret::Secret::new(String::new()),
@@ -153,6 +114,7 @@ pub async fn ingest(n: usize) -> Result<Row> {
         .await?
         .close()
         .await;
+    let raw_pool = MySqlPool::connect(&format!("mysql://root@127.0.0.1:3306/{raw_db}")).await?;
     let raw = raw_inserts(&raw_pool, &bodies).await?;
     raw_pool.close().await;
     drop_mariadb_database(&raw_db).await?;
@@ -171,8 +133,7 @@ pub async fn ingest(n: usize) -> Result<Row> {
 /// Payout broadcast with the message store on MariaDB: the SQLite row's
 /// measurement, the store swapped.
 pub async fn payouts(n: usize) -> Result<Row> {
-    let (db, section, pool) = database("bench_payouts").await?;
-    pool.close().await;
+    let (db, section) = database("bench_payouts").await?;
     let row = super::payouts_on(n, "payout broadcast, message store on MariaDB", |c| {
         c["mysql_config"] = section.clone();
     })
@@ -186,8 +147,7 @@ pub async fn payouts(n: usize) -> Result<Row> {
 /// default lease; `runs` times. The raw figure is the lease length: the
 /// standby must wait that long by design.
 pub async fn failover(runs: usize) -> Result<Row> {
-    let (db, section, pool) = database("bench_failover").await?;
-    pool.close().await;
+    let (db, section) = database("bench_failover").await?;
     let w = world("bench-failover", &[], |c| {
         c["mysql_config"] = section.clone();
     })
@@ -209,7 +169,7 @@ pub async fn failover(runs: usize) -> Result<Row> {
     let mut times = Vec::new();
     for run in 0..runs {
         // The standby of this run.
-        let (now, next) = (run % 2, (run + 1) % 2);
+        let next = (run + 1) % 2;
         procs.push(spawn(names[next], ports[next])?);
         wait_health(ports[next], "standby", WAIT, |s, h| {
             s == 200 && h["role"] == "standby"
@@ -236,7 +196,6 @@ pub async fn failover(runs: usize) -> Result<Row> {
             .await?;
         times.push(t.elapsed().as_secs_f64());
         wait_health(ports[next], "active", WAIT, |_, h| h["role"] == "active").await?;
-        let _ = now;
     }
     drop(procs);
     w.cleanup().await?;

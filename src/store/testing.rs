@@ -21,6 +21,17 @@ impl Store {
         .map_err(Into::into)
     }
 
+    /// How many requests the inbox recorded at `at` (unix milliseconds, one
+    /// commit's time): for benchmarks.
+    pub async fn inbox_received_at(&self, at: i64) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE received_at = ?")
+            .bind(at)
+            .fetch_one(&self.pool)
+            .await
+            .ctx("count requests of a commit")
+            .map_err(Into::into)
+    }
+
     /// Bodies of the outbox rows of `kind` (`topup_resp`, …), sent or not,
     /// oldest first: for tools and tests.
     pub async fn outbox_bodies(&self, kind: &str) -> Result<Vec<Vec<u8>>, StoreError> {
