@@ -24,6 +24,9 @@ use tracing::{info, warn};
 
 /// How often the queues are looked at again.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long one look may take: a broker that does not answer does not
+/// hold the start back.
+const LOOK_LIMIT: Duration = Duration::from_secs(10);
 
 /// The request queues (config key, queue) that other consumers hold, with
 /// how many consumers each.
@@ -83,17 +86,21 @@ pub async fn wait_for_queues(
 ) -> bool {
     let mut said = String::new();
     loop {
-        let conn = tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            c = connect(cfg) => c,
+        let look = async {
+            let conn = connect(cfg).await?;
+            let found = taken(&conn, cfg).await;
+            let _ = conn.close(200, "looked".into()).await;
+            found
         };
-        let found = match conn {
-            Ok(conn) => {
-                let found = taken(&conn, cfg).await;
-                let _ = conn.close(200, "looked".into()).await;
-                found
-            }
-            Err(e) => Err(e),
+        let found = tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            r = tokio::time::timeout(LOOK_LIMIT, look) => r,
+        };
+        let Ok(found) = found else {
+            warn!(target: "m2pool::queue", limit_secs = LOOK_LIMIT.as_secs(),
+                  "the broker did not show the request queues in time; starting, the consumers ask for exclusive use");
+            health.set_waiting(None);
+            return true;
         };
         match found {
             Ok(q) if q.is_empty() => {
@@ -114,6 +121,7 @@ pub async fn wait_for_queues(
             Err(e) => {
                 warn!(target: "m2pool::queue", error = %e,
                       "cannot look at the request queues; starting, the consumers ask for exclusive use");
+                health.set_waiting(None);
                 return true;
             }
         }
