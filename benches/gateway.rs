@@ -15,7 +15,7 @@ mod ha;
 
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider};
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use common::*;
 use futures::{StreamExt, TryStreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
@@ -181,9 +181,8 @@ async fn ingest(n: usize) -> Result<Vec<Row>> {
     w.publish_all("topup", &bodies).await?;
     let cpu_before = cpu_seconds();
     let daemon = w.start().await?;
-    let rate = ingest_rate(&w, n).await?;
+    let rate = ingest_rate(&w, daemon, n).await?;
     let cpu = cpu_seconds() - cpu_before;
-    daemon.stop().await?;
     // Every delivery was acknowledged: nothing is left in the queue.
     let left = ch
         .queue_declare(
@@ -254,7 +253,7 @@ fn cpu_seconds() -> f64 {
 /// Waits until the daemon of `w` has recorded `n` requests; returns them
 /// per second from its first commit to its last, the requests of the first
 /// commit left out of the count as the time they took is. Either engine.
-async fn ingest_rate(w: &World, n: usize) -> Result<f64> {
+async fn ingest_rate(w: &World, daemon: Daemon, n: usize) -> Result<f64> {
     let mut store = None;
     let started = Instant::now();
     let (first, last) = loop {
@@ -267,12 +266,17 @@ async fn ingest_rate(w: &World, n: usize) -> Result<f64> {
         {
             break (first, last);
         }
+        if daemon.has_stopped() {
+            daemon.exited().await?;
+            bail!("the daemon stopped before ingest finished");
+        }
         ensure!(
             started.elapsed() < Duration::from_secs(600),
             "ingest did not finish"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    daemon.stop().await?;
     let store = store.context("the store")?;
     let in_first = usize::try_from(store.inbox_received_at(first).await?)?;
     store.close().await;

@@ -80,6 +80,77 @@ pub(crate) fn mysql_pool_options(
         })
 }
 
+/// How long an instance waits for another to finish migrating the same
+/// MySQL/MariaDB database before it gives up.
+const MIGRATE_LOCK_WAIT_SECS: u32 = 600;
+
+/// Runs `migrator` on the MySQL/MariaDB database `database` behind `pool`,
+/// one instance at a time.
+///
+/// sqlx's own migration lock asks `GET_LOCK(name, -1)`, which MariaDB
+/// answers with NULL at once instead of waiting: two instances starting
+/// together on a fresh database (a standby and an active one, a tool and the
+/// daemon) would both apply a migration and one would fail on a duplicate
+/// row. So this takes a named lock of its own, with a finite wait both
+/// servers honour, on the one connection the migrations then run on; the
+/// lock goes with the session if the process dies.
+pub(crate) async fn migrate_mysql(
+    pool: &sqlx::AnyPool,
+    mut migrator: sqlx::migrate::Migrator,
+    database: &str,
+) -> Result<(), sqlx::migrate::MigrateError> {
+    use sqlx::migrate::MigrateError;
+    // Lock names are at most 64 characters; a longer database name shares
+    // its lock with another, which only makes them migrate in turn.
+    let name: String = format!("m2pool-migrate:{database}")
+        .chars()
+        .take(64)
+        .collect();
+    let mut conn = pool.acquire().await?;
+    let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+        .bind(name.clone())
+        .bind(i64::from(MIGRATE_LOCK_WAIT_SECS))
+        .fetch_one(&mut *conn)
+        .await?;
+    if got != Some(1) {
+        return Err(MigrateError::Execute(sqlx::Error::Protocol(format!(
+            "another instance held the migration lock {name} for {MIGRATE_LOCK_WAIT_SECS} s"
+        ))));
+    }
+    migrator.set_locking(false);
+    // `run_direct` takes the connection itself: `run`'s `Acquire` bound
+    // leaves the daemon's future not provably `Send` (sqlx says as much
+    // beside it).
+    let applied = migrator.run_direct(None, &mut *conn, false).await;
+    let released = sqlx::query("SELECT RELEASE_LOCK(?)")
+        .bind(name.clone())
+        .execute(&mut *conn)
+        .await;
+    applied?;
+    released?;
+    Ok(())
+}
+
+/// Runs `migrator` on the SQLite file behind `pool`. SQLite has no
+/// migration lock: when another process (a second instance, a tool, a test)
+/// migrates the same file at the same moment, one of the two fails
+/// half-way, and running again finds the migration applied.
+pub(crate) async fn migrate_sqlite(
+    pool: &sqlx::AnyPool,
+    migrator: sqlx::migrate::Migrator,
+) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut tries = 0;
+    loop {
+        match migrator.run(pool).await {
+            Err(_) if tries < 3 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100 * tries)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,8 +92,7 @@ pub async fn ingest(n: usize) -> Result<Row> {
         .collect::<Result<_>>()?;
     w.publish_all("topup", &bodies).await?;
     let daemon = w.start().await?;
-    let rate = super::ingest_rate(&w, n).await?;
-    daemon.stop().await?;
+    let rate = super::ingest_rate(&w, daemon, n).await?;
     w.cleanup().await?;
     drop_mariadb_database(&db).await?;
 

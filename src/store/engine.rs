@@ -85,25 +85,12 @@ impl Store {
     /// Opens (creating if needed) and migrates the SQLite store at `path`.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let pool = sqlite_pool(path, 4, false).await?;
-        // SQLite has no migration lock: when another process (a tool, a test)
-        // migrates the same file at the same moment, one of the two fails
-        // half-way; running again finds the migration applied.
-        let mut tries = 0;
-        loop {
-            match sqlx::migrate!("./migrations/store/sqlite").run(&pool).await {
-                Ok(()) => break,
-                Err(_) if tries < 3 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
-                }
-                Err(source) => {
-                    return Err(StoreError::Migrate {
-                        target: path.display().to_string(),
-                        source,
-                    });
-                }
-            }
-        }
+        crate::db::migrate_sqlite(&pool, sqlx::migrate!("./migrations/store/sqlite"))
+            .await
+            .map_err(|source| StoreError::Migrate {
+                target: path.display().to_string(),
+                source,
+            })?;
         Ok(Self::new(pool, Engine::Sqlite))
     }
 
@@ -134,8 +121,7 @@ impl Store {
         // and keeps its migrations in sqlx's default one.
         let mut migrator = sqlx::migrate!("./migrations/store/mysql");
         migrator.dangerous_set_table_name("_m2pool_msg_migrations");
-        migrator
-            .run(&pool)
+        crate::db::migrate_mysql(&pool, migrator, &m.database)
             .await
             .map_err(|source| StoreError::Migrate { target, source })?;
         Ok(Self::new(pool, Engine::MySql))

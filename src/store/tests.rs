@@ -77,6 +77,14 @@ async fn reopen(scratch: &Scratch) -> Store {
 /// The store each test runs on: SQLite, or with `M2POOL_TEST_STORE=mariadb`
 /// (as `bin/test.sh` runs them a second time) a fresh MariaDB database.
 async fn store() -> (Scratch, Store) {
+    let scratch = scratch().await;
+    let s = reopen(&scratch).await;
+    (scratch, s)
+}
+
+/// A place for a store, nothing in it yet: a directory, or with
+/// `M2POOL_TEST_STORE=mariadb` an empty MariaDB database.
+async fn scratch() -> Scratch {
     if std::env::var("M2POOL_TEST_STORE").as_deref() == Ok("mariadb") {
         use sqlx::Executor;
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -93,15 +101,41 @@ async fn store() -> (Scratch, Store) {
             .await
             .expect("create database");
         admin.close().await;
-        let scratch = Scratch::Database(name);
-        let s = reopen(&scratch).await;
-        return (scratch, s);
+        return Scratch::Database(name);
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let s = Store::open(&dir.path().join("msg.db"))
+    Scratch::Dir(tempfile::tempdir().expect("tempdir"))
+}
+
+#[tokio::test]
+async fn instances_starting_together_on_a_fresh_store_all_open_it() {
+    // Two daemons (an active one and a standby) and a tool, started at the
+    // same moment on an empty database, each migrate the message store and
+    // the wallet store beside it: each must open both, schema made once.
+    let scratch = scratch().await;
+    let wallets = match &scratch {
+        Scratch::Dir(dir) => crate::config::WalletStore::Sqlite(dir.path().join("wallet.db")),
+        Scratch::Database(name) => crate::config::WalletStore::Mysql(mysql_cfg(name)),
+    };
+    let opens = (0..4).map(|_| async {
+        let msg = match &scratch {
+            Scratch::Dir(dir) => Store::open(&dir.path().join("msg.db")).await,
+            Scratch::Database(name) => Store::open_mysql(&mysql_cfg(name)).await,
+        };
+        let wallet = crate::wallet::WalletStore::open(&wallets).await;
+        (msg, wallet)
+    });
+    let mut stores = Vec::new();
+    for (msg, wallet) in futures::future::join_all(opens).await {
+        stores.push(msg.expect("message store opens"));
+        wallet.expect("wallet store opens");
+    }
+    // The store works for all of them.
+    let mut tx = stores[0].begin().await.expect("begin");
+    tx.push_outbox("topup_resp", b"{}", None)
         .await
-        .expect("opens");
-    (Scratch::Dir(dir), s)
+        .expect("push");
+    tx.commit().await.expect("commit");
+    assert_eq!(stores[3].unsent(0, 10).await.expect("unsent").len(), 1);
 }
 
 fn dep(block: u64, hash: u8) -> NewDeposit<'static> {

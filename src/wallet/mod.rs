@@ -167,15 +167,16 @@ impl WalletStore {
     /// Connects to (creating, for SQLite) and migrates the configured store.
     pub async fn open(cfg: &WalletStoreConfig) -> Result<Self, WalletError> {
         install_default_drivers();
-        let (url, target, mysql, opts) = match cfg {
+        let (url, target, mysql_db, opts) = match cfg {
             WalletStoreConfig::Mysql(m) => {
                 let (url, target) = crate::db::mysql_url(m);
-                (url, target, true, crate::db::mysql_pool_options(m, ""))
+                let opts = crate::db::mysql_pool_options(m, "");
+                (url, target, Some(m.database.as_str()), opts)
             }
             WalletStoreConfig::Sqlite(path) => {
                 let url = format!("sqlite://{}?mode=rwc", path.display());
                 let target = format!("sqlite {}", path.display());
-                (url, target, false, AnyPoolOptions::new().max_connections(2))
+                (url, target, None, AnyPoolOptions::new().max_connections(2))
             }
         };
         let pool = opts
@@ -185,16 +186,21 @@ impl WalletStore {
                 target: target.clone(),
                 source,
             })?;
-        let migrator = if mysql {
-            sqlx::migrate!("./migrations/wallet/mysql")
-        } else {
-            sqlx::migrate!("./migrations/wallet/sqlite")
+        let migrated = match mysql_db {
+            Some(database) => {
+                let migrator = sqlx::migrate!("./migrations/wallet/mysql");
+                crate::db::migrate_mysql(&pool, migrator, database).await
+            }
+            None => {
+                let migrator = sqlx::migrate!("./migrations/wallet/sqlite");
+                crate::db::migrate_sqlite(&pool, migrator).await
+            }
         };
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|source| WalletError::Migrate { target, source })?;
-        Ok(Self { pool, mysql })
+        migrated.map_err(|source| WalletError::Migrate { target, source })?;
+        Ok(Self {
+            pool,
+            mysql: mysql_db.is_some(),
+        })
     }
 
     /// Adds a wallet; `false` if the address is already there.

@@ -197,6 +197,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Whether it has stopped (by itself, as nothing asked it to unless
+    /// [`Daemon::stop`] was called).
+    pub fn has_stopped(&self) -> bool {
+        self.handle.is_finished()
+    }
+
     /// Waits for it to stop by itself (a fatal error), without asking it to.
     pub async fn exited(self) -> Result<()> {
         tokio::time::timeout(WAIT, self.handle)
