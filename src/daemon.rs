@@ -9,7 +9,7 @@ use crate::backoff::{Backoff, sleep_or_shutdown};
 use crate::chain::{self, ChainContext, ChainError, ChainEvent};
 use crate::config::Config;
 use crate::health::Health;
-use crate::http::{self, HttpDeps};
+use crate::http::{self, ApiDeps, HttpDeps};
 use crate::lease::{self, LeaseError};
 use crate::ledger;
 use crate::listen::{Inbound, Listen, ListenError, Wakers};
@@ -248,6 +248,7 @@ pub async fn run(
     let failure: Failure = Arc::new(Mutex::new(None));
     let wakers = Wakers {
         outbox: Arc::new(Notify::new()),
+        stream: Arc::new(Notify::new()),
         ledger: Arc::new(Notify::new()),
         payouts: config
             .net_names()
@@ -265,8 +266,26 @@ pub async fn run(
     // Opened by the broker once the requests queued at start are handed over.
     let (caught_up_tx, caught_up_rx) = watch::channel(false);
 
+    // The HTTP API's stream, numbered by its sequencer once this instance
+    // is active.
+    let hub = config
+        .api
+        .as_ref()
+        .map(|_| http::stream::Hub::new(wakers.stream.clone()));
     if let Some(addr) = config.http_listen {
+        let api = config
+            .api
+            .as_ref()
+            .zip(hub.clone())
+            .map(|(a, hub)| ApiDeps {
+                router: Router::new(&config, secrets.comm.clone()),
+                tokens: Arc::new(crate::listen::Tokens::new(&config)),
+                token: a.token.clone().map(Arc::new),
+                stream: hub,
+                shutdown: shutdown.clone(),
+            });
         let deps = HttpDeps {
+            api,
             health: health.clone(),
             metrics: metrics.clone(),
             store: store.clone(),
@@ -375,6 +394,16 @@ pub async fn run(
         listen_done.cancel();
         r
     });
+
+    if let Some(hub) = hub {
+        spawn_critical(
+            &tracker,
+            &shutdown,
+            &failure,
+            "stream".into(),
+            http::stream::sequence(store.clone(), hub, shutdown.clone()),
+        );
+    }
 
     let kek = secrets.kek();
     for network in &config.networks {

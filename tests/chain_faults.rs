@@ -452,7 +452,7 @@ fn free_port() -> Result<u16> {
 async fn healthz(port: u16) -> Result<(u16, Value)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await?;
     let mut raw = String::new();
     s.read_to_string(&mut raw).await?;

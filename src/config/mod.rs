@@ -7,9 +7,11 @@
 //! checks every value, naming the key of the first one that is wrong. The result
 //! is a fully validated [`Config`]: the rest of the daemon never re-checks it.
 
+mod api;
 mod ha;
 mod raw;
 
+pub use api::{ApiConfig, TOKEN_ENV as API_TOKEN_ENV};
 pub use ha::{DEFAULT_LEASE_SECS, LeaseConfig};
 
 use crate::msg::parse_address;
@@ -141,6 +143,8 @@ pub struct Config {
     /// Health and metrics endpoint (`http_config.listen`, e.g.
     /// `127.0.0.1:9100`; off by default).
     pub http_listen: Option<std::net::SocketAddr>,
+    /// The HTTP API on `http_listen` (`http_config.api`; off by default).
+    pub api: Option<ApiConfig>,
     /// When `/healthz` says degraded besides lost connections and a stalled head.
     pub health: HealthLimits,
     /// Network sections present but not named in `net` (`bsc_config` …):
@@ -636,9 +640,15 @@ impl Config {
             main_log_dir: main.filter(|d| !d.as_os_str().is_empty()),
             json,
         };
-        let (listen, max_lag, max_age) = match raw.http_config {
-            Some(h) => (h.listen, h.max_cursor_lag, h.max_outbox_age_secs),
-            None => (None, None, None),
+        let (listen, max_lag, max_age, api_on, token_file) = match raw.http_config {
+            Some(h) => (
+                h.listen,
+                h.max_cursor_lag,
+                h.max_outbox_age_secs,
+                h.api,
+                h.api_token_file,
+            ),
+            None => (None, None, None, None, None),
         };
         let health = HealthLimits {
             max_cursor_lag: Some(max_lag.unwrap_or(DEFAULT_MAX_CURSOR_LAG)).filter(|n| *n > 0),
@@ -655,6 +665,7 @@ impl Config {
                 )
             })?),
         };
+        let api = api::api(api_on, token_file, http_listen.is_some())?;
         Ok(Self {
             networks,
             rmq,
@@ -664,6 +675,7 @@ impl Config {
             wallet_store,
             log,
             http_listen,
+            api,
             health,
             ignored_sections,
             lease: ha::lease(raw.ha_config)?,

@@ -39,6 +39,8 @@ pub(super) struct RawLog {
 #[derive(Debug, Deserialize)]
 pub(super) struct RawHttp {
     pub listen: Option<String>,
+    pub api: Option<bool>,
+    pub api_token_file: Option<PathBuf>,
     pub max_cursor_lag: Option<u64>,
     pub max_outbox_age_secs: Option<u64>,
 }

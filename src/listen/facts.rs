@@ -26,19 +26,19 @@ use tracing::{info, warn};
 pub struct Recorder {
     store: Store,
     tokens: Arc<Tokens>,
-    /// Woken after answers are queued.
-    outbox: Arc<Notify>,
+    /// Woken after answers are queued: the outbox relay and the stream.
+    outbox: [Arc<Notify>; 2],
     /// Payout broadcast latency.
     metrics: SharedMetrics,
 }
 
 impl Recorder {
     /// A recorder writing to `store`, reading decimals from `tokens`, waking
-    /// the outbox relay through `outbox`.
+    /// the outbox relay and the stream sequencer through `outbox`.
     pub fn new(
         store: Store,
         tokens: Arc<Tokens>,
-        outbox: Arc<Notify>,
+        outbox: [Arc<Notify>; 2],
         metrics: SharedMetrics,
     ) -> Self {
         Self {
@@ -53,7 +53,7 @@ impl Recorder {
     async fn commit(&self, tx: StoreTx, replies: usize) -> Result<(), StoreError> {
         tx.commit().await?;
         if replies > 0 {
-            self.outbox.notify_one();
+            self.outbox.iter().for_each(|n| n.notify_one());
         }
         Ok(())
     }

@@ -69,14 +69,33 @@ pub struct Inbound {
     pub ack: Option<Box<dyn Ack>>,
 }
 
-/// The broker's handle on one delivery, as listen sees it: listen calls it
-/// once the delivery's inbox row is committed. The queue module implements
-/// it; listen knows nothing of the broker.
+/// The sender's handle on one request, as listen sees it: listen calls it
+/// once the request's inbox row is committed. The queue module (a broker
+/// delivery) and the HTTP API (a caller waiting for its answer) implement
+/// it; listen knows neither.
 pub trait Ack: Send + Sync + std::fmt::Debug {
-    /// Acknowledges this delivery and every delivery its consumer handed
-    /// over before it. A failure is the implementation's to report: the
-    /// broker then delivers again, which the inbox makes harmless.
-    fn through(self: Box<Self>) -> futures::future::BoxFuture<'static, ()>;
+    /// Whether acknowledging this request acknowledges every request of its
+    /// kind handed over before it (a broker's `multiple`): listen then
+    /// calls only the last of each kind in a batch, and gathers no answers
+    /// for it.
+    fn cumulative(&self) -> bool {
+        false
+    }
+
+    /// Acknowledges this request (and, when [`Ack::cumulative`], every one
+    /// of its kind before it). A failure is the implementation's to report:
+    /// a broker then delivers again, which the inbox makes harmless.
+    fn through(self: Box<Self>, receipt: Receipt) -> futures::future::BoxFuture<'static, ()>;
+}
+
+/// What became of a committed request.
+#[derive(Debug, Default, Clone)]
+pub struct Receipt {
+    /// The very same body was recorded before: it moved nothing.
+    pub repeat: bool,
+    /// The answers it caused in this commit, in order (empty for a
+    /// cumulative acknowledgement).
+    pub answers: Vec<Reply>,
 }
 
 /// A listen failure; it stops the daemon.
@@ -95,6 +114,8 @@ pub enum ListenError {
 pub struct Wakers {
     /// The outbox relay (responses queued).
     pub outbox: Arc<Notify>,
+    /// The HTTP API's stream sequencer (responses queued), when it runs.
+    pub stream: Arc<Notify>,
     /// The ledger relay (movements queued).
     pub ledger: Arc<Notify>,
     /// Each chain's payout sender (payouts queued, or mined ones reorganised away).
@@ -117,12 +138,18 @@ struct Effects {
     lookback_chains: Vec<String>,
     /// Transaction-log lines, written after the commit.
     lines: Vec<Line>,
+    /// While `Some`, a copy of every response queued, for the receipt of
+    /// the request being applied.
+    tap: Option<Vec<Reply>>,
 }
 
 impl Effects {
     /// Queues a response; it reaches the outbox at the next [`Effects::flush`].
     fn push(&mut self, reply: Reply) {
         self.replies += 1;
+        if let Some(tap) = &mut self.tap {
+            tap.push(reply.clone());
+        }
         self.outbox.push(reply);
     }
 
@@ -320,7 +347,7 @@ impl Listen {
         Recorder::new(
             self.store.clone(),
             self.tokens.clone(),
-            self.wakers.outbox.clone(),
+            [self.wakers.outbox.clone(), self.wakers.stream.clone()],
             self.metrics.clone(),
         )
     }
@@ -434,6 +461,7 @@ impl Listen {
             .collect();
         let mut new = tx.record_requests(&rows).await?;
         let mut adds = Vec::new();
+        let mut receipts = Vec::with_capacity(batch.len());
         for inbound in batch.iter() {
             let r = &inbound.request;
             // Accepted topups are always recorded anew (not looked up by
@@ -448,8 +476,15 @@ impl Listen {
             if repeat {
                 debug!(target: "m2pool::listen", kind = %r.kind, "request seen before; applied as a repeat");
             }
+            // A caller waiting for this very request gets its answers.
+            let tapped = inbound.ack.as_ref().is_some_and(|a| !a.cumulative());
+            fx.tap = tapped.then(Vec::new);
             self.apply_request(&mut tx, r, repeat, &mut adds, &mut fx)
                 .await?;
+            receipts.push(Receipt {
+                repeat,
+                answers: fx.tap.take().unwrap_or_default(),
+            });
         }
         self.add_watches(&mut tx, &mut adds, &mut fx).await?;
         drop(adds);
@@ -462,12 +497,18 @@ impl Listen {
         // that has since been replaced fails to ack and is redelivered, which
         // the inbox makes harmless.
         let mut last: HashMap<Kind, Box<dyn Ack>> = HashMap::new();
-        for inbound in batch.drain(..) {
-            if let Some(a) = inbound.ack {
-                last.insert(inbound.request.kind, a);
+        let mut each = Vec::new();
+        for (inbound, receipt) in batch.drain(..).zip(receipts) {
+            match inbound.ack {
+                Some(a) if a.cumulative() => {
+                    last.insert(inbound.request.kind, a);
+                }
+                Some(a) => each.push(a.through(receipt)),
+                None => {}
             }
         }
-        futures::future::join_all(last.into_values().map(Ack::through)).await;
+        let cumulative = last.into_values().map(|a| a.through(Receipt::default()));
+        futures::future::join_all(cumulative.chain(each)).await;
         // The broker sends more as soon as it has the acks; the log lines
         // (queued to their writer) come after.
         self.log_lines(std::mem::take(&mut fx.lines)).await;
@@ -549,6 +590,7 @@ impl Listen {
     fn wake(&self, fx: &Effects) {
         if fx.replies > 0 {
             self.wakers.outbox.notify_one();
+            self.wakers.stream.notify_one();
         }
         if fx.movements > 0 {
             self.wakers.ledger.notify_one();

@@ -36,6 +36,7 @@ async fn harness() -> Harness {
         .expect("store");
     let wakers = Wakers {
         outbox: Arc::default(),
+        stream: Arc::default(),
         ledger: Arc::default(),
         payouts: HashMap::new(),
         lookback: HashMap::new(),

@@ -9,7 +9,7 @@
 
 use super::{QueueError, amqp};
 use crate::config::QueueEntry;
-use crate::listen::{Ack, Inbound};
+use crate::listen::{Ack, Inbound, Receipt};
 use crate::msg::Kind;
 use futures::StreamExt;
 use lapin::Connection;
@@ -143,7 +143,11 @@ pub(super) async fn consume(
 struct Delivery(lapin::Acker);
 
 impl Ack for Delivery {
-    fn through(self: Box<Self>) -> futures::future::BoxFuture<'static, ()> {
+    fn cumulative(&self) -> bool {
+        true
+    }
+
+    fn through(self: Box<Self>, _: Receipt) -> futures::future::BoxFuture<'static, ()> {
         Box::pin(async move {
             if let Err(e) = self.0.ack(BasicAckOptions { multiple: true }).await {
                 warn!(target: "m2pool::queue", error = %e, "ack failed after commit; the broker will redeliver");

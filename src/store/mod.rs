@@ -15,6 +15,7 @@
 //! recorder what the payout senders report: signed bytes, what the node
 //! said); the relays only mark rows sent. Schema: `migrations/store/`.
 
+mod api;
 mod blocks;
 mod deposits;
 mod engine;
@@ -28,7 +29,11 @@ mod testing;
 mod upkeep;
 mod watches;
 
-pub use deposits::{DepositSeen, DueDeposit, NewDeposit};
+pub use api::{DepositView, StreamRow};
+pub use deposits::{
+    CONFIRMED as DEPOSIT_CONFIRMED, DepositSeen, DueDeposit, FAILED as DEPOSIT_FAILED, NewDeposit,
+    ORPHANED as DEPOSIT_ORPHANED,
+};
 pub use engine::Engine;
 pub use inbox::{InboxRow, Outcome};
 pub use lease::{Fence, LeaseRow};

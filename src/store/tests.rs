@@ -1047,3 +1047,71 @@ async fn the_sqlite_engine_writes_ahead_and_syncs_every_commit() {
 }
 
 mod lease;
+
+#[tokio::test]
+async fn stream_positions_are_consecutive_in_commit_order_and_never_reused() {
+    let (_scratch, s) = store().await;
+    assert_eq!(s.stream_top().await.expect("top"), 0);
+    assert!(s.sequence_outbox(10).await.expect("none").is_empty());
+    // Row 1 is written first but commits after row 2 (MySQL lets the two
+    // transactions run at once; SQLite has one writer at a time).
+    let mut slow = s.begin().await.expect("begin");
+    slow.push_outbox("topup_resp", b"{\"n\":1}", None)
+        .await
+        .expect("push");
+    if s.engine() == Engine::MySql {
+        let mut fast = s.begin().await.expect("begin");
+        fast.push_outbox("topup_resp", b"{\"n\":2}", None)
+            .await
+            .expect("push");
+        fast.commit().await.expect("commit");
+        let first = s.sequence_outbox(10).await.expect("sequence");
+        assert_eq!(
+            first
+                .iter()
+                .map(|r| (r.seq, r.body.clone()))
+                .collect::<Vec<_>>(),
+            vec![(1, b"{\"n\":2}".to_vec())],
+            "the uncommitted row waits"
+        );
+    }
+    slow.commit().await.expect("commit");
+    let mut tx = s.begin().await.expect("begin");
+    if s.engine() != Engine::MySql {
+        tx.push_outbox("topup_resp", b"{\"n\":2}", None)
+            .await
+            .expect("push");
+    }
+    tx.push_outbox("pay_resp", b"{\"n\":3}", None)
+        .await
+        .expect("push");
+    tx.commit().await.expect("commit");
+    let mut all = Vec::new();
+    loop {
+        let more = s.sequence_outbox(1).await.expect("sequence");
+        if more.is_empty() {
+            break;
+        }
+        all.extend(more);
+    }
+    let read = s.stream_after(0, 10).await.expect("read");
+    let seqs: Vec<i64> = read.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3], "consecutive, each once");
+    assert_eq!(s.stream_top().await.expect("top"), 3);
+    assert_eq!(
+        s.stream_after(2, 10).await.expect("resume")[0].body,
+        read[2].body
+    );
+    // Rows deleted by retention do not give their positions out again.
+    sqlx::query("DELETE FROM outbox")
+        .execute(&s.pool)
+        .await
+        .expect("delete");
+    let mut tx = s.begin().await.expect("begin");
+    tx.push_outbox("pay_resp", b"{\"n\":4}", None)
+        .await
+        .expect("push");
+    tx.commit().await.expect("commit");
+    let next = s.sequence_outbox(10).await.expect("sequence");
+    assert_eq!(next[0].seq, 4);
+}

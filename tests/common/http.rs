@@ -28,8 +28,11 @@ pub fn with_http(port: u16, extra: Value) -> impl FnOnce(&mut Value) {
 /// A plain HTTP request; returns the status and the body.
 pub async fn http(port: u16, method: &str, path: &str) -> Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
     let mut raw = String::new();
     s.read_to_string(&mut raw).await?;
     let status = raw.split_whitespace().nth(1).context("status")?.parse()?;

@@ -3,6 +3,8 @@
 //! running in-process against them. Nothing is mocked.
 #![allow(dead_code)]
 
+#[allow(dead_code)]
+pub mod api;
 pub mod broker;
 #[allow(dead_code)]
 pub mod http;

@@ -1,0 +1,138 @@
+//! `GET /healthz` (JSON; 503 when degraded) and `GET /metrics`
+//! (Prometheus).
+//!
+//! `/healthz` is degraded while the broker or a node is unreachable, a head
+//! has stalled, the block cursor trails the head or responses wait too long
+//! for the broker ([`crate::health::problems`]); it lists why in `problems`.
+//! The figures come from the shared health state, the metrics, the message
+//! store and the internal channels (through weak handles, so the endpoint
+//! never keeps a channel open at shutdown).
+
+use super::HttpDeps;
+use crate::health::{self, OutboxState, Role};
+use crate::metrics::{ChainGauge, Gauges};
+use serde_json::json;
+use std::time::Duration;
+use tracing::warn;
+
+impl HttpDeps {
+    /// The outbox as the store reports it, or why it cannot.
+    pub(super) async fn outbox(&self) -> Result<OutboxState, String> {
+        let (backlog, oldest_ms) = self.store.outbox_unsent().await.map_err(|e| {
+            warn!(target: "m2pool::http", error = %e, "cannot read the outbox for health");
+            e.to_string()
+        })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Ok(OutboxState {
+            backlog,
+            oldest: oldest_ms.map(|t| Duration::from_millis(now.saturating_sub(t).max(0) as u64)),
+        })
+    }
+
+    pub(super) async fn gauges(&self) -> Gauges {
+        let snap = self.health.snapshot();
+        let (payouts, deposits) = self
+            .store
+            .state_counts(&self.nets)
+            .await
+            .unwrap_or_else(|e| {
+                warn!(target: "m2pool::http", error = %e, "cannot read state counts for metrics");
+                Default::default()
+            });
+        let fill = |name, cap: Option<(usize, usize)>| cap.map(|(c, m)| (name, m - c, m));
+        Gauges {
+            outbox_backlog: self.outbox().await.map_or(-1, |o| o.backlog),
+            payouts,
+            deposits,
+            chains: snap
+                .chains
+                .iter()
+                .map(|(n, c)| ChainGauge {
+                    chain: n.clone(),
+                    head: c.head,
+                    cursor: c.cursor.unwrap_or_default(),
+                    node_connected: c.node_connected,
+                    stalled: c.stalled,
+                })
+                .collect(),
+            channels: [
+                fill(
+                    "requests",
+                    self.requests
+                        .upgrade()
+                        .map(|s| (s.capacity(), s.max_capacity())),
+                ),
+                fill(
+                    "chain_events",
+                    self.chain
+                        .upgrade()
+                        .map(|s| (s.capacity(), s.max_capacity())),
+                ),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            broker_connected: snap.broker_connected,
+            active: matches!(snap.role, Role::Active { .. }),
+            lease_term: match snap.role {
+                Role::Active { term } => term,
+                Role::Standby => snap.lease.term,
+            },
+        }
+    }
+
+    /// The `/healthz` answer: 200 and `"status":"ok"`, or 503 and
+    /// `"status":"degraded"` with the `problems` in plain words.
+    pub(super) async fn healthz(&self) -> (u16, String) {
+        let snap = self.health.snapshot();
+        if snap.role == Role::Standby {
+            // Waiting is this instance's job: not a fault.
+            let body = json!({
+                "status": "standby",
+                "role": "standby",
+                "problems": [],
+                "active": {"instance": snap.lease.holder, "term": snap.lease.term},
+                "broker_connected": snap.broker_connected,
+            });
+            return (200, body.to_string());
+        }
+        let outbox = self.outbox().await;
+        let problems = health::problems(&snap, &outbox, &self.limits);
+        let mut chains = serde_json::Map::new();
+        for (name, c) in &snap.chains {
+            chains.insert(
+                name.clone(),
+                json!({
+                    "node_connected": c.node_connected,
+                    "head": c.head,
+                    "cursor": c.cursor,
+                    "cursor_lag": c.lag(),
+                    "seconds_since_head": c.since_head().map(|d| d.as_secs()),
+                    "head_stalled": self.limits.stalled(name, c).is_some(),
+                }),
+            );
+        }
+        let (backlog, oldest) = match &outbox {
+            Ok(o) => (o.backlog, o.oldest.map(|d| d.as_secs())),
+            Err(_) => (-1, None),
+        };
+        let degraded = !problems.is_empty();
+        let term = match snap.role {
+            Role::Active { term } => term,
+            Role::Standby => 0,
+        };
+        let body = json!({
+            "status": if degraded { "degraded" } else { "ok" },
+            "role": "active",
+            "term": term,
+            "problems": problems,
+            "broker_connected": snap.broker_connected,
+            "chains": chains,
+            "outbox_backlog": backlog,
+            "outbox_oldest_secs": oldest,
+        });
+        (if degraded { 503 } else { 200 }, body.to_string())
+    }
+}
