@@ -2,9 +2,9 @@
 //! order, each with its stream position `id`; `?after=ID` resumes after a
 //! disconnect without loss or gaps.
 //!
-//! Outbox ids are given when a row is written, not when it commits, so two
-//! writers (listen and the payout recorder) can commit them out of order.
-//! The stream therefore has positions of its own: one task, the sequencer
+//! Outbox ids are given when a row is written, not when it commits: today
+//! the store's writers take turns, but the stream does not rely on it. It
+//! has positions of its own: one task, the sequencer
 //! ([`sequence`]), numbers committed rows in the order it finds them, in a
 //! transaction of its own, and hands them to the connected clients. A
 //! client reads what it missed from the store, then follows live; when it

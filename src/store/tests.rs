@@ -1050,22 +1050,24 @@ mod lease;
 
 #[tokio::test]
 async fn stream_positions_are_consecutive_in_commit_order_and_never_reused() {
-    let (_scratch, s) = store().await;
+    let (scratch, s) = store().await;
     assert_eq!(s.stream_top().await.expect("top"), 0);
     assert!(s.sequence_outbox(10).await.expect("none").is_empty());
-    // Row 1 is written first but commits after row 2 (MySQL lets the two
-    // transactions run at once; SQLite has one writer at a time).
+    // Row 1 is written first but commits after row 2, written through
+    // another handle (as another process would: one handle's writers take
+    // turns). MySQL lets the two run at once; SQLite has one writer.
     let mut slow = s.begin().await.expect("begin");
     slow.push_outbox("topup_resp", b"{\"n\":1}", None)
         .await
         .expect("push");
     if s.engine() == Engine::MySql {
-        let mut fast = s.begin().await.expect("begin");
+        let other = reopen(&scratch).await;
+        let mut fast = other.begin().await.expect("begin");
         fast.push_outbox("topup_resp", b"{\"n\":2}", None)
             .await
             .expect("push");
         fast.commit().await.expect("commit");
-        let first = s.sequence_outbox(10).await.expect("sequence");
+        let first = other.sequence_outbox(10).await.expect("sequence");
         assert_eq!(
             first
                 .iter()
