@@ -146,7 +146,9 @@ fn refuse(code: StatusCode, error: impl std::fmt::Display) -> Response {
 }
 
 /// Checks the `Authorization: Bearer …` token reads and the stream need.
-fn authorize(api: &ApiDeps, headers: &HeaderMap) -> Result<(), Response> {
+/// Returns the API's deps once the token checks out.
+fn authorize<'d>(deps: &'d HttpDeps, headers: &HeaderMap) -> Result<&'d ApiDeps, Response> {
+    let api = api_of(deps)?;
     let Some(token) = &api.token else {
         return Err(refuse(
             StatusCode::FORBIDDEN,
@@ -161,7 +163,7 @@ fn authorize(api: &ApiDeps, headers: &HeaderMap) -> Result<(), Response> {
     let same: bool =
         subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.expose().as_bytes()).into();
     if same {
-        Ok(())
+        Ok(api)
     } else {
         let mut r = refuse(
             StatusCode::UNAUTHORIZED,

@@ -4,7 +4,7 @@
 //! `answers` are the ones it has been given, a deposit is its topup answer
 //! as of now.
 
-use super::{State, answer, api_of, authorize, refuse};
+use super::{State, answer, authorize, refuse};
 use crate::msg::{Status, addr_hex, parse_address};
 use crate::reply::{self, DepositFacts};
 use crate::store::{DEPOSIT_CONFIRMED, DEPOSIT_FAILED, DepositView, Payout, PayoutState};
@@ -41,6 +41,21 @@ pub(super) struct ChainFilter {
     chain: Option<String>,
 }
 
+impl ChainFilter {
+    /// The chain asked for, or every one that runs.
+    fn chains(&self, nets: &[String]) -> Result<Vec<String>, Response> {
+        match &self.chain {
+            Some(c) => Ok(vec![chain_of(nets, c)?]),
+            None => Ok(nets.to_vec()),
+        }
+    }
+}
+
+/// An address from the URL, or the 400 that says what is wrong with it.
+fn address_of(text: &str) -> Result<alloy::primitives::Address, Response> {
+    parse_address(text).map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("address: {e}")))
+}
+
 /// `GET /v1/payouts/{queue_id}[?chain=ETH]`: every item of the payout
 /// request `queue_id` with its state, transactions and answers so far.
 pub(super) async fn payouts(
@@ -48,45 +63,30 @@ pub(super) async fn payouts(
     headers: HeaderMap,
     Path(queue_id): Path<String>,
     Query(filter): Query<ChainFilter>,
-) -> Response {
-    let api = match api_of(&deps) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    if let Err(r) = authorize(api, &headers) {
-        return r;
-    }
-    let chains = match &filter.chain {
-        Some(c) => match chain_of(&deps.nets, c) {
-            Ok(c) => vec![c],
-            Err(r) => return r,
-        },
-        None => deps.nets.clone(),
-    };
+) -> Result<Response, Response> {
+    let api = authorize(&deps, &headers)?;
     let mut items = Vec::new();
-    for chain in &chains {
-        let found = match deps.store.payouts_of_queue(chain, &queue_id).await {
-            Ok(f) => f,
-            Err(e) => return store_failed(e),
-        };
+    for chain in filter.chains(&deps.nets)? {
+        let found = deps
+            .store
+            .payouts_of_queue(&chain, &queue_id)
+            .await
+            .map_err(store_failed)?;
         for p in found {
-            let txs = match deps.store.signed_txs_of(p.id).await {
-                Ok(t) => t,
-                Err(e) => return store_failed(e),
-            };
+            let txs = deps.store.signed_txs_of(p.id).await.map_err(store_failed)?;
             items.push(item(&p, api.tokens.of_payout(&p), &txs));
         }
     }
     if items.is_empty() {
-        return refuse(
+        return Err(refuse(
             StatusCode::NOT_FOUND,
             format!("no payout with queue_id `{queue_id}`"),
-        );
+        ));
     }
-    answer(
+    Ok(answer(
         StatusCode::OK,
         json!({"queue_id": queue_id, "items": items}),
-    )
+    ))
 }
 
 /// One payout item.
@@ -145,53 +145,32 @@ pub(super) async fn deposits(
     axum::extract::State(deps): State,
     headers: HeaderMap,
     Query(q): Query<DepositQuery>,
-) -> Response {
-    let api = match api_of(&deps) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    if let Err(r) = authorize(api, &headers) {
-        return r;
-    }
-    let chain = match chain_of(&deps.nets, &q.chain) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let address = match parse_address(&q.address) {
-        Ok(a) => a,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("address: {e}")),
-    };
+) -> Result<Response, Response> {
+    let api = authorize(&deps, &headers)?;
+    let chain = chain_of(&deps.nets, &q.chain)?;
+    let address = address_of(&q.address)?;
     let limit = q.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
     let symbol = q.symbol.map(|s| s.to_ascii_uppercase());
-    let rows = match deps
+    let after = q.after.unwrap_or(0);
+    let rows = deps
         .store
-        .deposits_of(
-            &chain,
-            &address,
-            symbol.as_deref(),
-            q.after.unwrap_or(0),
-            limit,
-        )
+        .deposits_of(&chain, &address, symbol.as_deref(), after, limit)
         .await
-    {
-        Ok(r) => r,
-        Err(e) => return store_failed(e),
-    };
+        .map_err(store_failed)?;
     let next = (rows.len() == limit as usize).then(|| rows.last().map(|d| d.id));
     let list: Vec<Value> = rows
         .iter()
         .map(|d| {
-            deposit(
-                d,
-                d.decimals
-                    .unwrap_or_else(|| api.tokens.decimals(&d.chain, &d.symbol)),
-            )
+            let decimals = d
+                .decimals
+                .unwrap_or_else(|| api.tokens.decimals(&d.chain, &d.symbol));
+            deposit(d, decimals)
         })
         .collect();
-    answer(
+    Ok(answer(
         StatusCode::OK,
         json!({"deposits": list, "next": next.flatten()}),
-    )
+    ))
 }
 
 /// A deposit as its topup answer now, with its row id and state.
@@ -229,41 +208,26 @@ pub(super) async fn watches(
     headers: HeaderMap,
     Path(address): Path<String>,
     Query(filter): Query<ChainFilter>,
-) -> Response {
-    let api = match api_of(&deps) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    if let Err(r) = authorize(api, &headers) {
-        return r;
-    }
-    let address = match parse_address(&address) {
-        Ok(a) => a,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("address: {e}")),
-    };
-    let chains = match &filter.chain {
-        Some(c) => match chain_of(&deps.nets, c) {
-            Ok(c) => vec![c],
-            Err(r) => return r,
-        },
-        None => deps.nets.clone(),
-    };
+) -> Result<Response, Response> {
+    authorize(&deps, &headers)?;
+    let address = address_of(&address)?;
     let mut list = Vec::new();
-    for chain in &chains {
-        let state = match deps.store.watch_state(chain, &address).await {
-            Ok(s) => s,
-            Err(e) => return store_failed(e),
-        };
+    for chain in filter.chains(&deps.nets)? {
+        let state = deps
+            .store
+            .watch_state(&chain, &address)
+            .await
+            .map_err(store_failed)?;
         for (symbol, watched, at) in state {
             list.push(
                 json!({"chain": chain, "symbol": symbol, "watched": watched, "since_ms": at}),
             );
         }
     }
-    answer(
+    Ok(answer(
         StatusCode::OK,
         json!({"address": addr_hex(&address), "watches": list}),
-    )
+    ))
 }
 
 /// The store could not be read: 503, the reason logged.

@@ -10,7 +10,7 @@
 //! client reads what it missed from the store, then follows live; when it
 //! falls behind, it reads from the store again.
 
-use super::{State, api_of, authorize};
+use super::{State, authorize};
 use crate::store::{DEAD_LETTER_PREFIX, Store, StoreError, StreamRow};
 use axum::extract::Query;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -88,13 +88,10 @@ pub(super) async fn connect(
     Query(q): Query<StreamQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let api = match api_of(&deps) {
+    let api = match authorize(&deps, &headers) {
         Ok(a) => a,
         Err(r) => return r,
     };
-    if let Err(r) = authorize(api, &headers) {
-        return r;
-    }
     let (store, hub, shutdown) = (deps.store.clone(), api.stream.clone(), api.shutdown.clone());
     ws.on_upgrade(move |socket| async move {
         if let Err(e) = follow(socket, store, hub, q.after, shutdown).await {
