@@ -7,7 +7,7 @@ mod common;
 
 use alloy::primitives::Address;
 use anyhow::{Context, Result, ensure};
-use common::api::{Api, Pushed, TOKEN, with_api};
+use common::api::{Api, Pushed, with_api};
 use common::http::free_port;
 use common::*;
 use m2pool_payment::wallet::Label;
@@ -35,13 +35,19 @@ async fn api_world(test: &str) -> Result<(World, Api, tempfile::TempDir)> {
     Ok((w, Api::new(port), dir))
 }
 
-/// Waits until the API answers (the daemon is up and active).
+/// Waits until the daemon is active and its API answers (a standby
+/// answers requests with 503, reads already).
 async fn up(api: &Api) -> Result<()> {
-    eventually("the API answers", || async {
-        Ok(api
-            .get("/v1/watches/0x0000000000000000000000000000000000000001")
+    eventually("the API answers, active", || async {
+        let active = api
+            .get_as("/healthz", None)
             .await
-            .is_ok_and(|(s, _)| s == 200))
+            .is_ok_and(|(_, health)| health["role"] == "active");
+        Ok(active
+            && api
+                .get("/v1/watches/0x0000000000000000000000000000000000000001")
+                .await
+                .is_ok_and(|(s, _)| s == 200))
     })
     .await
 }
@@ -65,6 +71,9 @@ async fn every_flow_runs_over_http_with_answers_on_the_stream() -> Result<()> {
         code == 202 && body["accepted"] == true,
         "topup: {code} {body}"
     );
+    // Watched, and the chain followed: a deposit from now on is scanned
+    // forward (one before a fresh store's first block is not looked back for).
+    w.wait_watched("USDT", watched, true).await?;
     let (tx, _) = w.send_usdt(w.accounts[1], watched, 7_500_000).await?;
     let seen = stream
         .wait(
@@ -230,7 +239,6 @@ async fn the_same_withdrawal_by_http_and_by_rabbitmq_pays_once() -> Result<()> {
     ensure!(code == 200 && again["repeat"] == true, "{code} {again}");
     w.mine(20).await?;
     replies.wait("status 1", payout_of("twice", 1)).await?;
-    eventually("every answer read", || async { Ok(true) }).await?;
     let transfers = w.transfers_from(user).await?;
     assert_eq!(transfers.len(), 1, "one transfer: {transfers:?}");
     assert_eq!(w.nonce(user).await?, 1);
@@ -295,7 +303,6 @@ async fn bad_input_over_http_is_refused_and_nothing_is_stored() -> Result<()> {
         .get(&format!("/v1/deposits?address={addr}&chain=DOGE"))
         .await?;
     ensure!(code == 404, "unknown chain: {code}");
-    assert_ne!(TOKEN, "");
 
     // Nothing was stored: the inbox is empty, then holds the good request.
     let store = w.store().await?;
