@@ -203,7 +203,9 @@ impl Store {
                     symbol: r.get(4),
                     address: address(r.get(5), "deposits.address")?,
                     from: address(r.get(6), "deposits.from_address")?,
-                    amount: amount.parse().unwrap_or_default(),
+                    amount: U256::from_str_radix(&amount, 10).map_err(|_| StoreError::Corrupt {
+                        what: "deposits.amount",
+                    })?,
                     block: u64::try_from(r.get::<i64, _>(8)).unwrap_or_default(),
                     state: r.get(9),
                     decimals: r
