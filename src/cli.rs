@@ -6,6 +6,8 @@
 //! package takes long flags with one dash, so `-key`, `-key-file` and `-config`
 //! are rewritten to their two-dash forms before clap sees them.
 
+mod webhook;
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use m2pool_payment::Secrets;
@@ -85,6 +87,9 @@ pub(crate) enum Command {
     /// Manage hot wallets (keys are encrypted at rest and never printed).
     #[command(subcommand)]
     Wallet(WalletCommand),
+    /// Webhook deliveries: the dead list, and sending them again.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -454,6 +459,11 @@ pub(crate) fn sign(cli: &Cli, file: &str) -> Result<()> {
     }
     println!("{}", sign_message(key.expose(), &body)?);
     Ok(())
+}
+
+/// `webhook …`: the dead list and replays.
+pub(crate) fn webhook(cli: &Cli, cmd: &webhook::WebhookCommand) -> Result<()> {
+    webhook::run(&load_config(cli)?, cmd)
 }
 
 /// `wallet …`: the wallet commands, on their own runtime.

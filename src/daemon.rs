@@ -144,6 +144,15 @@ async fn retention(
                 warn!(target: "m2pool::store", error = %e, "pruning the message store failed; trying again later")
             }
         }
+        match store.prune_webhooks(cutoff).await {
+            Ok(0) => {}
+            Ok(deliveries) => {
+                info!(target: "m2pool::store", deliveries, "old delivered webhooks deleted")
+            }
+            Err(e) => {
+                warn!(target: "m2pool::store", error = %e, "pruning webhook deliveries failed; trying again later")
+            }
+        }
         if crate::backoff::sleep_or_shutdown(PRUNE_EVERY, &shutdown).await {
             return Ok(());
         }
@@ -266,24 +275,17 @@ pub async fn run(
     // Opened by the broker once the requests queued at start are handed over.
     let (caught_up_tx, caught_up_rx) = watch::channel(false);
 
-    // The HTTP API's stream, numbered by its sequencer once this instance
-    // is active.
-    let hub = config
-        .api
-        .as_ref()
-        .map(|_| http::stream::Hub::new(wakers.stream.clone()));
+    // The stream of answers, numbered by its sequencer (which also plans
+    // the webhooks) once this instance is active; served when the API is on.
+    let hub = http::stream::Hub::new(wakers.stream.clone());
     if let Some(addr) = config.http_listen {
-        let api = config
-            .api
-            .as_ref()
-            .zip(hub.clone())
-            .map(|(a, hub)| ApiDeps {
-                router: Router::new(&config, secrets.comm.clone()),
-                tokens: Arc::new(crate::listen::Tokens::new(&config)),
-                token: a.token.clone().map(Arc::new),
-                stream: hub,
-                shutdown: shutdown.clone(),
-            });
+        let api = config.api.as_ref().map(|a| ApiDeps {
+            router: Router::new(&config, secrets.comm.clone()),
+            tokens: Arc::new(crate::listen::Tokens::new(&config)),
+            token: a.token.clone().map(Arc::new),
+            stream: hub.clone(),
+            shutdown: shutdown.clone(),
+        });
         let deps = HttpDeps {
             api,
             health: health.clone(),
@@ -395,15 +397,34 @@ pub async fn run(
         r
     });
 
-    if let Some(hub) = hub {
-        spawn_critical(
-            &tracker,
-            &shutdown,
-            &failure,
-            "stream".into(),
-            http::stream::sequence(store.clone(), hub, shutdown.clone()),
-        );
-    }
+    let webhooks_wake = Arc::new(Notify::new());
+    spawn_critical(
+        &tracker,
+        &shutdown,
+        &failure,
+        "stream".into(),
+        http::stream::sequence(
+            store.clone(),
+            hub,
+            crate::webhook::Planner::new(&config.webhooks),
+            webhooks_wake.clone(),
+            shutdown.clone(),
+        ),
+    );
+    spawn_critical(
+        &tracker,
+        &shutdown,
+        &failure,
+        "webhooks".into(),
+        crate::webhook::dispatch::dispatch(
+            store.clone(),
+            config.webhooks.clone(),
+            secrets.comm.clone(),
+            webhooks_wake,
+            metrics.clone(),
+            shutdown.clone(),
+        ),
+    );
 
     let kek = secrets.kek();
     for network in &config.networks {

@@ -9,7 +9,8 @@
 //! - [`server`]: decode, verify and validate a request (pure);
 //! - [`listen`]: the one owner of state, committing each change with its responses;
 //! - [`chain`]: follows the node from a persisted cursor and reports blocks;
-//! - [`store`]: the SQLite message store;
+//! - [`store`]: the message store (SQLite or MySQL/MariaDB);
+//! - [`http`], [`webhook`]: the HTTP API, its WebSocket stream, and signed webhooks;
 //! - [`msg`], [`config`], [`secret`]: the wire contract, settings and secrets;
 //! - [`daemon`]: wiring and critical-task supervision.
 
@@ -33,5 +34,6 @@ pub mod server;
 pub mod store;
 pub mod txlog;
 pub mod wallet;
+pub mod webhook;
 
 pub use daemon::{RunError, Secrets, run};

@@ -1,6 +1,6 @@
 //! `m2pool-payment`: parse the command line, set up tracing, load the config,
 //! and run the daemon until SIGTERM or SIGINT, or run one of the small tools
-//! (`sign`, `check-config`, `wallet`; see [`cli`]).
+//! (`sign`, `check-config`, `wallet`, `webhook`; see [`cli`]).
 
 mod cli;
 
@@ -16,6 +16,7 @@ fn main() -> Result<()> {
         Some(Command::CheckConfig) => cli::check_config(&cli),
         Some(Command::Sign { file }) => cli::sign(&cli, file),
         Some(Command::Wallet(cmd)) => cli::wallet(&cli, cmd),
+        Some(Command::Webhook(cmd)) => cli::webhook(&cli, cmd),
         None | Some(Command::Run) => daemon(&cli),
     }
 }

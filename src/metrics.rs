@@ -85,6 +85,10 @@ pub struct Metrics {
     /// Payouts whose signed transaction the node refuses for longer than
     /// `stuck_payout_secs` now.
     pub refused_payouts: AtomicU64,
+    /// Webhook attempts the receiver answered 2xx.
+    pub webhooks_delivered: AtomicU64,
+    /// Webhook attempts that failed (each retry counts).
+    pub webhooks_failed: AtomicU64,
 }
 
 /// Shared metrics; cheap to clone.
@@ -128,6 +132,8 @@ pub struct Gauges {
     /// The lease term: this instance's when active, the active one's as
     /// last seen when standby.
     pub lease_term: u64,
+    /// Webhook deliveries waiting, and dead (`webhook replay` sends them).
+    pub webhooks: (i64, i64),
 }
 
 /// One network's figures, labelled `chain`.
@@ -194,6 +200,30 @@ impl Metrics {
             "m2pool_responses_published_total",
             "Responses confirmed by the broker.",
             self.published.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "m2pool_webhooks_delivered_total",
+            "Webhook deliveries the receiver answered 2xx.",
+            self.webhooks_delivered.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "m2pool_webhook_failures_total",
+            "Webhook attempts that failed (each retry counts).",
+            self.webhooks_failed.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "m2pool_webhooks_pending",
+            "Webhook deliveries waiting for an attempt.",
+            g.webhooks.0.to_string(),
+        );
+        gauge(
+            &mut out,
+            "m2pool_webhooks_dead",
+            "Webhook deliveries given up (`m2pool-payment webhook replay` sends them again).",
+            g.webhooks.1.to_string(),
         );
         gauge(
             &mut out,

@@ -29,43 +29,52 @@ fn withdraw(queue_id: &str, from: Address, to: Address, amount: f64) -> Value {
 
 /// A world serving the API, and a client of it.
 async fn api_world(test: &str) -> Result<(World, Api, tempfile::TempDir)> {
+    api_world_hooked(test, false).await
+}
+
+/// The same, calling webhooks on this machine when `local_hooks`.
+async fn api_world_hooked(
+    test: &str,
+    local_hooks: bool,
+) -> Result<(World, Api, tempfile::TempDir)> {
     let port = free_port()?;
     let dir = tempfile::tempdir()?;
-    let w = World::with(test, &[], with_api(port, dir.path())?).await?;
+    let api = with_api(port, dir.path())?;
+    let w = World::with(test, &[], move |c: &mut Value| {
+        api(c);
+        if local_hooks {
+            c["http_config"]["webhooks"] = json!({"allow_private": true});
+        }
+    })
+    .await?;
     Ok((w, Api::new(port), dir))
 }
 
-/// Waits until the daemon is active and its API answers (a standby
-/// answers requests with 503, reads already).
-async fn up(api: &Api) -> Result<()> {
-    eventually("the API answers, active", || async {
-        let active = api
-            .get_as("/healthz", None)
-            .await
-            .is_ok_and(|(_, health)| health["role"] == "active");
-        Ok(active
-            && api
-                .get("/v1/watches/0x0000000000000000000000000000000000000001")
-                .await
-                .is_ok_and(|(s, _)| s == 200))
-    })
-    .await
+/// `body` with `notify_url` set to `url`.
+fn hooked(mut body: Value, url: &str) -> Value {
+    body["notify_url"] = url.into();
+    body
 }
 
 #[tokio::test]
-async fn every_flow_runs_over_http_with_answers_on_the_stream() -> Result<()> {
-    let (w, api, _dir) = api_world("api-flows").await?;
+async fn every_flow_runs_over_http_with_answers_on_the_stream_and_webhooks() -> Result<()> {
+    let (w, api, _dir) = api_world_hooked("api-flows", true).await?;
+    let hook = common::webhooks::Receiver::start(common::webhooks::Mode::Ok).await?;
+    let url = hook.url.clone();
     let user = w.new_wallet(Label::User).await?;
     w.fund(user, 100_000_000, ether(1)).await?;
     let mut queue_answers = w.replies("withdraw_resp").await?;
     let daemon = w.start().await?;
-    up(&api).await?;
+    api.wait_up().await?;
     let mut stream = api.stream(Some(0)).await?;
 
     // A deposit: topup over HTTP, 2 then 1 on the stream.
     let watched = Address::random();
     let (code, body) = api
-        .post("topup", signed(topup(&hex_addr(watched), "USDT"))?)
+        .post(
+            "topup",
+            signed(hooked(topup(&hex_addr(watched), "USDT"), &url))?,
+        )
         .await?;
     ensure!(
         code == 202 && body["accepted"] == true,
@@ -93,7 +102,10 @@ async fn every_flow_runs_over_http_with_answers_on_the_stream() -> Result<()> {
     // A withdrawal: 2, then 1, on the stream and on its queue alike.
     let to = Address::random();
     let (code, body) = api
-        .post("withdraw", signed(withdraw("w-1", user, to, 12.25))?)
+        .post(
+            "withdraw",
+            signed(hooked(withdraw("w-1", user, to, 12.25), &url))?,
+        )
         .await?;
     ensure!(code == 202, "withdraw: {code} {body}");
     let sent = stream
@@ -122,7 +134,7 @@ async fn every_flow_runs_over_http_with_answers_on_the_stream() -> Result<()> {
         "timestamp": 1758610297, "transactions": [
             {"order_id": "o-1", "to_address": hex_addr(to2[0]), "amount": 1},
             {"order_id": "o-2", "to_address": hex_addr(to2[1]), "amount": 2.5}]});
-    let (code, body) = api.post("pay", signed(pay)?).await?;
+    let (code, body) = api.post("pay", signed(hooked(pay, &url))?).await?;
     ensure!(code == 202, "pay: {code} {body}");
     for order in ["o-1", "o-2"] {
         stream
@@ -143,7 +155,7 @@ async fn every_flow_runs_over_http_with_answers_on_the_stream() -> Result<()> {
     // Cancelling a payout already paid: refused (409), nothing moves.
     let mut cancel = topup(&hex_addr(user), "USDT");
     cancel["queue_id"] = "w-1".into();
-    let (code, body) = api.post("remove", signed(cancel)?).await?;
+    let (code, body) = api.post("remove", signed(hooked(cancel, &url))?).await?;
     ensure!(
         code == 409 && body["status"] == 0,
         "late cancel: {code} {body}"
@@ -151,7 +163,7 @@ async fn every_flow_runs_over_http_with_answers_on_the_stream() -> Result<()> {
 
     // Remove: answered at once with 1; the very same request again is a
     // repeat (200) answered alike.
-    let remove = signed(topup(&hex_addr(watched), "USDT"))?;
+    let remove = signed(hooked(topup(&hex_addr(watched), "USDT"), &url))?;
     let (code, body) = api.post("remove", remove.clone()).await?;
     ensure!(
         code == 202 && body["answers"][0]["status"] == 1,
@@ -212,10 +224,33 @@ async fn every_flow_runs_over_http_with_answers_on_the_stream() -> Result<()> {
                                        "since_ms": wv["watches"][0]["since_ms"]}])
     );
 
+    // Eleven answers in all: a deposit's 2 and 1, a withdrawal's 2 and 1,
+    // two transfers' 2 and 1, the late cancel's 0, the remove's 1 twice.
+    while stream.seen.len() < 11 {
+        stream.next().await?;
+    }
     // Stream positions are consecutive from 1.
-    let ids: Vec<i64> = stream.close().await?.iter().map(|p| p.id).collect();
+    let pushed = stream.close().await?;
+    let ids: Vec<i64> = pushed.iter().map(|p| p.id).collect();
     let want: Vec<i64> = (1..=ids.len() as i64).collect();
     assert_eq!(ids, want);
+
+    // Every answer also reached the webhook receiver, signed, keyed by its
+    // stream position, once.
+    let calls = hook
+        .wait_delivered("every answer", pushed.len(), |_| true)
+        .await?;
+    let mut by_key: Vec<(i64, String, Value)> = calls
+        .iter()
+        .map(|c| (c.key, c.event.clone(), c.answer.clone()))
+        .collect();
+    by_key.sort_by_key(|c| c.0);
+    let streamed: Vec<(i64, String, Value)> = pushed
+        .iter()
+        .map(|p| (p.id, p.kind.clone(), p.answer.clone()))
+        .collect();
+    assert_eq!(by_key, streamed);
+    hook.signatures_checked()?;
 
     daemon.stop().await?;
     w.cleanup().await
@@ -228,7 +263,7 @@ async fn the_same_withdrawal_by_http_and_by_rabbitmq_pays_once() -> Result<()> {
     w.fund(user, 100_000_000, ether(1)).await?;
     let mut replies = w.replies("withdraw_resp").await?;
     let daemon = w.start().await?;
-    up(&api).await?;
+    api.wait_up().await?;
 
     let body = signed(withdraw("twice", user, Address::random(), 3.0))?;
     let (code, first) = api.post("withdraw", body.clone()).await?;
@@ -251,7 +286,7 @@ async fn the_same_withdrawal_by_http_and_by_rabbitmq_pays_once() -> Result<()> {
 async fn bad_input_over_http_is_refused_and_nothing_is_stored() -> Result<()> {
     let (w, api, _dir) = api_world("api-bad").await?;
     let daemon = w.start().await?;
-    up(&api).await?;
+    api.wait_up().await?;
     let addr = hex_addr(Address::random());
 
     let (code, b) = api.post("topup", b"{not json".to_vec()).await?;
@@ -277,6 +312,23 @@ async fn bad_input_over_http_is_refused_and_nothing_is_stored() -> Result<()> {
     zero["amount"] = json!(0);
     let (code, b) = api.post("withdraw", signed(zero)?).await?;
     ensure!(code == 400 && b["status"] == 0, "zero amount: {code} {b}");
+    for url in [
+        "http://127.0.0.1:9100/metrics",
+        "http://169.254.169.254/",
+        "file:///etc/passwd",
+    ] {
+        let mut hooked = topup(&addr, "USDT");
+        hooked["notify_url"] = url.into();
+        let (code, b) = api.post("topup", signed(hooked)?).await?;
+        ensure!(
+            code == 400
+                && b["status"] == 0
+                && b["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("notify_url")),
+            "forbidden notify_url {url}: {code} {b}"
+        );
+    }
     let (code, _) = api.post("topup", vec![b' '; 2 << 20]).await?;
     ensure!(code == 413, "over the limit: {code}");
     let (code, _) = api.post("deposit", signed(topup(&addr, "USDT"))?).await?;
@@ -320,7 +372,7 @@ async fn bad_input_over_http_is_refused_and_nothing_is_stored() -> Result<()> {
 async fn a_stream_resumed_with_after_misses_nothing() -> Result<()> {
     let (w, api, _dir) = api_world("api-resume").await?;
     let daemon = w.start().await?;
-    up(&api).await?;
+    api.wait_up().await?;
     // A burst of answers: removes of addresses nobody watches (each
     // answered 0), over the queue.
     let addresses: Vec<String> = (0..300).map(|_| hex_addr(Address::random())).collect();
@@ -363,7 +415,7 @@ async fn the_openapi_document_describes_the_running_server() -> Result<()> {
     ))?)?;
     let (w, api, _dir) = api_world("api-openapi").await?;
     let daemon = w.start().await?;
-    up(&api).await?;
+    api.wait_up().await?;
     let addr = hex_addr(Address::random());
     let paths = doc["paths"].as_object().context("paths")?;
     ensure!(paths.len() >= 10, "every route documented");

@@ -10,9 +10,11 @@
 mod api;
 mod ha;
 mod raw;
+mod webhook;
 
 pub use api::{ApiConfig, TOKEN_ENV as API_TOKEN_ENV};
 pub use ha::{DEFAULT_LEASE_SECS, LeaseConfig};
+pub use webhook::{WebhookConfig, check_url as check_notify_url, public as public_ip};
 
 use crate::msg::parse_address;
 use crate::secret::Secret;
@@ -145,6 +147,8 @@ pub struct Config {
     pub http_listen: Option<std::net::SocketAddr>,
     /// The HTTP API on `http_listen` (`http_config.api`; off by default).
     pub api: Option<ApiConfig>,
+    /// How answers are POSTed to `notify_url`s (`http_config.webhooks`).
+    pub webhooks: WebhookConfig,
     /// When `/healthz` says degraded besides lost connections and a stalled head.
     pub health: HealthLimits,
     /// Network sections present but not named in `net` (`bsc_config` …):
@@ -640,15 +644,16 @@ impl Config {
             main_log_dir: main.filter(|d| !d.as_os_str().is_empty()),
             json,
         };
-        let (listen, max_lag, max_age, api_on, token_file) = match raw.http_config {
+        let (listen, max_lag, max_age, api_on, token_file, hooks) = match raw.http_config {
             Some(h) => (
                 h.listen,
                 h.max_cursor_lag,
                 h.max_outbox_age_secs,
                 h.api,
                 h.api_token_file,
+                h.webhooks,
             ),
-            None => (None, None, None, None, None),
+            None => (None, None, None, None, None, None),
         };
         let health = HealthLimits {
             max_cursor_lag: Some(max_lag.unwrap_or(DEFAULT_MAX_CURSOR_LAG)).filter(|n| *n > 0),
@@ -676,6 +681,7 @@ impl Config {
             log,
             http_listen,
             api,
+            webhooks: webhook::webhooks(hooks)?,
             health,
             ignored_sections,
             lease: ha::lease(raw.ha_config)?,

@@ -43,6 +43,7 @@ pub(super) struct RawHttp {
     pub api_token_file: Option<PathBuf>,
     pub max_cursor_lag: Option<u64>,
     pub max_outbox_age_secs: Option<u64>,
+    pub webhooks: Option<super::webhook::RawWebhooks>,
 }
 
 #[derive(Debug, Deserialize)]

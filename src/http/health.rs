@@ -4,7 +4,8 @@
 //! `/healthz` is degraded while the broker or a node is unreachable, a head
 //! has stalled, the block cursor trails the head or responses wait too long
 //! for the broker ([`crate::health::problems`]); it lists why in `problems`.
-//! The figures come from the shared health state, the metrics, the message
+//! Dead webhook deliveries are listed under `warnings` (the gateway itself
+//! is fine). The figures come from the shared health state, the metrics, the message
 //! store and the internal channels (through weak handles, so the endpoint
 //! never keeps a channel open at shutdown).
 
@@ -41,6 +42,10 @@ impl HttpDeps {
                 warn!(target: "m2pool::http", error = %e, "cannot read state counts for metrics");
                 Default::default()
             });
+        let webhooks = self.store.webhook_counts().await.unwrap_or_else(|e| {
+            warn!(target: "m2pool::http", error = %e, "cannot count webhook deliveries for metrics");
+            (-1, -1)
+        });
         let fill = |name, cap: Option<(usize, usize)>| cap.map(|(c, m)| (name, m - c, m));
         Gauges {
             outbox_backlog: self.outbox().await.map_or(-1, |o| o.backlog),
@@ -80,6 +85,7 @@ impl HttpDeps {
                 Role::Active { term } => term,
                 Role::Standby => snap.lease.term,
             },
+            webhooks,
         }
     }
 
@@ -119,6 +125,18 @@ impl HttpDeps {
             Err(_) => (-1, None),
         };
         let degraded = !problems.is_empty();
+        // Dead webhooks are the receivers' trouble, not the gateway's: shown
+        // and warned about, without turning the gateway unhealthy.
+        let (pending, dead) = self.store.webhook_counts().await.unwrap_or((-1, -1));
+        let warnings: Vec<String> = (dead > 0)
+            .then(|| {
+                format!(
+                    "{dead} webhook deliveries are dead; `m2pool-payment webhook dead` lists them \
+                     and `m2pool-payment webhook replay` sends them again"
+                )
+            })
+            .into_iter()
+            .collect();
         let term = match snap.role {
             Role::Active { term } => term,
             Role::Standby => 0,
@@ -132,6 +150,8 @@ impl HttpDeps {
             "chains": chains,
             "outbox_backlog": backlog,
             "outbox_oldest_secs": oldest,
+            "webhooks": {"pending": pending, "dead": dead},
+            "warnings": warnings,
         });
         (if degraded { 503 } else { 200 }, body.to_string())
     }

@@ -12,6 +12,7 @@
 
 use super::{State, authorize};
 use crate::store::{DEAD_LETTER_PREFIX, Store, StoreError, StreamRow};
+use crate::webhook::Planner;
 use axum::extract::Query;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
@@ -49,16 +50,20 @@ impl Hub {
     }
 }
 
-/// The sequencer: numbers committed answers and hands them to the clients,
-/// until `shutdown`. A critical task while the API is on: a store failure
-/// stops the daemon.
+/// The sequencer: numbers committed answers, plans their webhook
+/// deliveries in the same transaction (and wakes the dispatcher through
+/// `webhooks`), and hands them to the clients, until `shutdown`. A critical
+/// task: a store failure stops the daemon.
 pub async fn sequence(
     store: Store,
     hub: Hub,
+    planner: Planner,
+    webhooks: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
+    let plan = move |row: &StreamRow| planner.plan(row);
     loop {
-        let rows = store.sequence_outbox(PAGE).await?;
+        let rows = store.sequence_outbox(PAGE, &plan).await?;
         if rows.is_empty() {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -67,6 +72,7 @@ pub async fn sequence(
             }
             continue;
         }
+        webhooks.notify_one();
         for row in rows {
             // No client connected is no error.
             let _ = hub.live.send(Arc::new(row));

@@ -460,6 +460,16 @@ impl Listen {
             })
             .collect();
         let mut new = tx.record_requests(&rows).await?;
+        // Where their answers go (docs/architecture.md, "Webhooks"): kept
+        // before anything answers them.
+        let targets: Vec<(&[u8; 32], &str)> = batch
+            .iter()
+            .filter_map(|i| i.request.notify.as_ref())
+            .map(|n| (&n.target, n.url.as_str()))
+            .collect();
+        if !targets.is_empty() {
+            tx.set_notify_targets(&targets).await?;
+        }
         let mut adds = Vec::new();
         let mut receipts = Vec::with_capacity(batch.len());
         for inbound in batch.iter() {

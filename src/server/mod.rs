@@ -66,6 +66,19 @@ pub struct Request {
     pub body: Vec<u8>,
     /// The decision.
     pub routed: Routed,
+    /// Where its answers are POSTed (a valid `notify_url`), if anywhere;
+    /// `None` when it cannot be answered.
+    pub notify: Option<NotifyTarget>,
+}
+
+/// A request's `notify_url` and the target its answers will name
+/// (docs/architecture.md, "Webhooks").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyTarget {
+    /// [`crate::webhook::request_target`].
+    pub target: [u8; 32],
+    /// The URL, checked.
+    pub url: String,
 }
 
 /// Per-chain symbols the router accepts.
@@ -82,6 +95,8 @@ struct ChainSymbols {
 pub struct Router {
     key: Arc<CommKey>,
     chains: Arc<Vec<ChainSymbols>>,
+    /// `notify_url`s may name private, loopback and link-local hosts.
+    allow_private: bool,
 }
 
 impl Router {
@@ -105,6 +120,7 @@ impl Router {
         Self {
             key: Arc::new(key),
             chains: Arc::new(chains),
+            allow_private: config.webhooks.allow_private,
         }
     }
 
@@ -115,47 +131,71 @@ impl Router {
         h.update([0u8]);
         h.update(&body);
         let body_hash: [u8; 32] = h.finalize().into();
-        let routed = self.decide(kind, &body);
+        let (routed, notify) = self.decide(kind, &body);
         Request {
             kind,
             body_hash,
             body,
             routed,
+            notify,
         }
     }
 
-    fn decide(&self, kind: Kind, body: &[u8]) -> Routed {
+    fn decide(&self, kind: Kind, body: &[u8]) -> (Routed, Option<NotifyTarget>) {
         if body.len() > MAX_BODY {
-            return Routed::Unaddressable {
-                reason: format!(
-                    "body of {} bytes is over the {MAX_BODY}-byte limit",
-                    body.len()
-                ),
-            };
+            return (
+                Routed::Unaddressable {
+                    reason: format!(
+                        "body of {} bytes is over the {MAX_BODY}-byte limit",
+                        body.len()
+                    ),
+                },
+                None,
+            );
         }
-        // A field given twice is refused (what is signed and what is read
-        // could differ), and answered where the body can still be addressed.
-        let (obj, refusal) = match RawObject::parse(body) {
-            Ok(o) => (o, None),
-            Err(e @ msg::CanonError::DuplicateField(_)) => {
-                match RawObject::parse_with_duplicates(body) {
-                    Ok((o, _)) => (o, Some(e.to_string())),
-                    Err(_) => {
-                        return Routed::Unaddressable {
-                            reason: e.to_string(),
-                        };
-                    }
-                }
-            }
-            Err(e) => {
-                return Routed::Unaddressable {
-                    reason: e.to_string(),
-                };
-            }
+        let (obj, refusal) = match Self::parse(body) {
+            Ok(parsed) => parsed,
+            Err(reason) => return (Routed::Unaddressable { reason }, None),
         };
-        match kind {
+        // A `notify_url` this gateway will not call refuses the request
+        // (answered where it can be, never called).
+        let notify = match msg::opt_str_field(&obj, "notify_url") {
+            Ok(None) => Ok(None),
+            Ok(Some(url)) => crate::config::check_notify_url(&url, self.allow_private)
+                .map(|u| {
+                    Some(NotifyTarget {
+                        target: crate::webhook::request_target(kind, &obj),
+                        url: u.to_string(),
+                    })
+                })
+                .map_err(|e| format!("field `notify_url` {e}")),
+            Err(e) => Err(e.to_string()),
+        };
+        let (refusal, notify) = match notify {
+            Ok(n) => (refusal, n),
+            Err(e) => (refusal.or(Some(e)), None),
+        };
+        let routed = match kind {
             Kind::Topup | Kind::Remove => self.watch_request(kind, &obj, refusal),
             Kind::Withdraw | Kind::Pay => self.payout_request(kind, &obj, refusal),
+        };
+        let notify = notify.filter(|_| !matches!(routed, Routed::Unaddressable { .. }));
+        (routed, notify)
+    }
+
+    /// The body's members, and a refusal for a field given twice.
+    fn parse(body: &[u8]) -> Result<(RawObject, Option<String>), String> {
+        // A field given twice is refused (what is signed and what is read
+        // could differ), and answered where the body can still be addressed.
+        match RawObject::parse(body) {
+            Ok(o) => Ok((o, None)),
+            Err(e @ msg::CanonError::DuplicateField(_)) => {
+                match RawObject::parse_with_duplicates(body) {
+                    Ok((o, _)) => Ok((o, Some(e.to_string()))),
+                    Err(_) => Err(e.to_string()),
+                }
+            }
+            Err(e) => Err(e.to_string()),
         }
     }
 

@@ -414,3 +414,40 @@ fn bad_payouts_are_refused_in_plain_words() {
         Routed::Unaddressable { .. }
     ));
 }
+
+#[test]
+fn notify_url_is_signed_checked_and_kept_with_its_target() {
+    let r = router();
+    let mut v = topup();
+    v["notify_url"] = "https://shop.example.com/m2pool?k=1".into();
+    let req = r.route(Kind::Topup, signed(v.clone()));
+    assert!(matches!(req.routed, Routed::Watch(_)), "{:?}", req.routed);
+    let n = req.notify.expect("kept");
+    assert_eq!(n.url, "https://shop.example.com/m2pool?k=1");
+    let obj = RawObject::parse(&signed(v.clone())).expect("json");
+    assert_eq!(n.target, crate::webhook::request_target(Kind::Topup, &obj));
+    // The signature covers it: changed after signing, status 3.
+    let mut swapped: Value = serde_json::from_slice(&signed(v)).expect("json");
+    swapped["notify_url"] = "https://evil.example.net/".into();
+    let req = r.route(Kind::Topup, serde_json::to_vec(&swapped).expect("json"));
+    assert_eq!(reply_json(&req.routed)["status"], 3);
+    // A target this gateway does not call, or not a string: status 0,
+    // named, and nothing kept.
+    for (url, words) in [
+        (json!("http://169.254.169.254/latest"), "private"),
+        (json!("gopher://example.com/"), "http or https"),
+        (json!(7), "must be a string"),
+    ] {
+        let mut v = topup();
+        v["notify_url"] = url;
+        let req = r.route(Kind::Topup, signed(v));
+        assert!(req.notify.is_none());
+        let answer = reply_json(&req.routed);
+        assert_eq!(answer["status"], 0);
+        let error = answer["error"].as_str().expect("error");
+        assert!(
+            error.contains("notify_url") && error.contains(words),
+            "{error}"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! of answers in commit order, payouts by `queue_id`, deposits and watches
 //! by address. Every read follows an index.
 
-use super::{Ctx, Payout, Store, StoreError, address, b256, payouts};
+use super::{Ctx, Payout, Planned, Store, StoreError, address, b256, payouts};
 use alloy::primitives::{Address, B256, U256};
 use sqlx::{Any, QueryBuilder, Row};
 
@@ -52,8 +52,14 @@ impl Store {
     /// Gives the outbox rows committed since the last call (at most
     /// `limit`, in id order) the next stream positions, and returns them.
     /// One task calls it: positions are then consecutive, and a row that
-    /// commits after a higher id simply gets a later position.
-    pub async fn sequence_outbox(&self, limit: u32) -> Result<Vec<StreamRow>, StoreError> {
+    /// commits after a higher id simply gets a later position. In the same
+    /// transaction, the webhook deliveries `plan` asks for are written
+    /// (where their target has a URL).
+    pub async fn sequence_outbox(
+        &self,
+        limit: u32,
+        plan: &(dyn Fn(&StreamRow) -> Option<Planned> + Sync),
+    ) -> Result<Vec<StreamRow>, StoreError> {
         let mut tx = self.begin().await?;
         let rows =
             sqlx::query("SELECT id, kind, body FROM outbox WHERE seq IS NULL ORDER BY id LIMIT ?")
@@ -94,6 +100,8 @@ impl Store {
                 .await
                 .ctx("sequence outbox")?;
         }
+        let planned: Vec<Planned> = out.iter().filter_map(plan).collect();
+        tx.plan_deliveries(&planned).await?;
         let last = top + out.len() as i64;
         tx.set_meta(STREAM_TOP, &last.to_string()).await?;
         tx.commit().await?;

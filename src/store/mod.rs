@@ -8,7 +8,7 @@
 //! (responses waiting for the broker), `watches`, `deposits`, `payouts` and
 //! `payout_txs` (signed bytes), `blocks` (the applied chain window and the
 //! cursor), `ledger` (final movements for the wallet store), `upkeep`
-//! (pruning, counts), `testing` (read-only views for tools and tests) and
+//! (pruning, counts), `webhooks` (notify targets and deliveries), `testing` (read-only views for tools and tests) and
 //! `engine` (the database behind it: opening, pragmas, migrations). Writers
 //! go through [`StoreTx`] and take turns on one in-process lock. Listen
 //! writes requests, watches, deposits, payout state and answers (its
@@ -28,6 +28,7 @@ mod payouts;
 mod testing;
 mod upkeep;
 mod watches;
+mod webhooks;
 
 pub use api::{DepositView, StreamRow};
 pub use deposits::{
@@ -42,6 +43,10 @@ pub use outbox::{DEAD_LETTER_PREFIX, OutboxRow, dead_letter_kind};
 pub use payout_txs::SignedTx;
 pub use payouts::{Mined, NewPayout, Payout, PayoutState};
 pub use watches::NewWatch;
+pub use webhooks::{
+    AttemptResult, DEAD as WEBHOOK_DEAD, DELIVERED as WEBHOOK_DELIVERED, DeadDelivery, Delivery,
+    Planned,
+};
 
 use alloy::primitives::{Address, B256};
 use sqlx::{Any, AnyPool, QueryBuilder, Transaction};

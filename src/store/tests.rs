@@ -1047,12 +1047,18 @@ async fn the_sqlite_engine_writes_ahead_and_syncs_every_commit() {
 }
 
 mod lease;
+mod webhooks;
 
 #[tokio::test]
 async fn stream_positions_are_consecutive_in_commit_order_and_never_reused() {
     let (scratch, s) = store().await;
     assert_eq!(s.stream_top().await.expect("top"), 0);
-    assert!(s.sequence_outbox(10).await.expect("none").is_empty());
+    assert!(
+        s.sequence_outbox(10, &|_| None)
+            .await
+            .expect("none")
+            .is_empty()
+    );
     // Row 1 is written first but commits after row 2, written through
     // another handle (as another process would: one handle's writers take
     // turns). MySQL lets the two run at once; SQLite has one writer.
@@ -1067,7 +1073,10 @@ async fn stream_positions_are_consecutive_in_commit_order_and_never_reused() {
             .await
             .expect("push");
         fast.commit().await.expect("commit");
-        let first = other.sequence_outbox(10).await.expect("sequence");
+        let first = other
+            .sequence_outbox(10, &|_| None)
+            .await
+            .expect("sequence");
         assert_eq!(
             first
                 .iter()
@@ -1090,7 +1099,7 @@ async fn stream_positions_are_consecutive_in_commit_order_and_never_reused() {
     tx.commit().await.expect("commit");
     let mut all = Vec::new();
     loop {
-        let more = s.sequence_outbox(1).await.expect("sequence");
+        let more = s.sequence_outbox(1, &|_| None).await.expect("sequence");
         if more.is_empty() {
             break;
         }
@@ -1114,6 +1123,6 @@ async fn stream_positions_are_consecutive_in_commit_order_and_never_reused() {
         .await
         .expect("push");
     tx.commit().await.expect("commit");
-    let next = s.sequence_outbox(10).await.expect("sequence");
+    let next = s.sequence_outbox(10, &|_| None).await.expect("sequence");
     assert_eq!(next[0].seq, 4);
 }

@@ -74,6 +74,23 @@ impl Api {
         ))
     }
 
+    /// Waits until the daemon is active and its API answers (a standby
+    /// answers requests with 503, reads already).
+    pub async fn wait_up(&self) -> Result<()> {
+        super::eventually("the API answers, active", || async {
+            let active = self
+                .get_as("/healthz", None)
+                .await
+                .is_ok_and(|(_, health)| health["role"] == "active");
+            Ok(active
+                && self
+                    .get("/v1/watches/0x0000000000000000000000000000000000000001")
+                    .await
+                    .is_ok_and(|(s, _)| s == 200))
+        })
+        .await
+    }
+
     /// `GET path` with the token.
     pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
         self.get_as(path, Some(TOKEN)).await

@@ -11,6 +11,8 @@ pub mod http;
 pub mod mariadb;
 pub mod probe;
 pub mod rpc_proxy;
+#[allow(dead_code)]
+pub mod webhooks;
 
 #[allow(unused_imports)]
 pub use probe::Probe;

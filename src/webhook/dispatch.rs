@@ -1,0 +1,283 @@
+//! The dispatcher: one task that reads due deliveries from the store,
+//! attempts each in a task of its own (at most `concurrency` at once, at
+//! most `per_host` to one host, one at a time per target group so that a
+//! request's answers arrive in order), and records the results, a batch per
+//! transaction. An attempt succeeds when the receiver answers 2xx; anything
+//! else (an error, a timeout, another status, a redirect) is retried on
+//! the schedule until `retry_for` has passed, then the delivery is dead.
+//!
+//! Delivery is at least once: an attempt cut short by a shutdown or a lost
+//! lease is made again, with the same `Idempotency-Key`.
+
+use super::{EVENT_HEADER, IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature};
+use crate::config::{WebhookConfig, check_notify_url, public_ip};
+use crate::metrics::SharedMetrics;
+use crate::secret::CommKey;
+use crate::store::{AttemptResult, Delivery, Store, StoreError};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// The dispatcher looks for due deliveries at least this often.
+const IDLE_LOOK: Duration = Duration::from_millis(500);
+/// Results recorded per transaction, at most.
+const RESULTS_PER_COMMIT: usize = 512;
+
+/// Why the dispatcher stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The store failed (a lost lease included).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The HTTP client could not be built.
+    #[error("cannot build the webhook HTTP client: {0}")]
+    Client(String),
+}
+
+/// When a delivery that has failed `failures` times (this one included),
+/// first attempted at `first_at`, is tried next (unix ms); `None`: it is
+/// dead. The wait after the n-th failure is `retry[n-1]`, the last one
+/// repeating, until `retry_for` after the first attempt.
+pub fn next_attempt(cfg: &WebhookConfig, failures: i64, first_at: i64, now: i64) -> Option<i64> {
+    let i = usize::try_from(failures.max(1) - 1).unwrap_or(usize::MAX);
+    let wait = cfg.retry.get(i).or(cfg.retry.last())?;
+    let next = now.saturating_add(wait.as_millis() as i64);
+    let end = first_at.saturating_add(cfg.retry_for.as_millis() as i64);
+    (next <= end).then_some(next)
+}
+
+/// Resolves host names to public addresses only (unless private ones are
+/// allowed): a `notify_url` whose name points into the gateway's own
+/// network is refused at every attempt, not only when the request came.
+struct PublicOnly {
+    allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow = self.allow_private;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| allow || public_ip(a.ip()))
+                .collect();
+            if found.is_empty() {
+                return Err(format!(
+                    "{host} resolves to no public address, which this gateway does not call"
+                )
+                .into());
+            }
+            Ok(Box::new(found.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Sends webhook deliveries until `shutdown`. `wake` is notified when
+/// deliveries are planned. A critical task: a store failure stops it.
+pub async fn dispatch(
+    store: Store,
+    cfg: WebhookConfig,
+    key: CommKey,
+    wake: Arc<Notify>,
+    metrics: SharedMetrics,
+    shutdown: CancellationToken,
+) -> Result<(), DispatchError> {
+    let client = reqwest::Client::builder()
+        .timeout(cfg.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(PublicOnly {
+            allow_private: cfg.allow_private,
+        }))
+        .user_agent(concat!("m2pool-payment/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| DispatchError::Client(e.to_string()))?;
+    let key = Arc::new(key);
+    let (done_tx, mut done_rx) = mpsc::channel::<(Delivery, Result<(), String>)>(cfg.concurrency);
+    // In flight: id → host, and attempts per host.
+    let mut flying: HashMap<i64, String> = HashMap::new();
+    let mut per_host: HashMap<String, usize> = HashMap::new();
+    let mut finished: Vec<(Delivery, Result<(), String>)> = Vec::new();
+    loop {
+        // Record what has finished.
+        while finished.len() < RESULTS_PER_COMMIT {
+            match done_rx.try_recv() {
+                Ok(r) => finished.push(r),
+                Err(_) => break,
+            }
+        }
+        if !finished.is_empty() {
+            let now = crate::clock::now_ms();
+            let results: Vec<AttemptResult> = finished
+                .iter()
+                .map(|(d, r)| judge(&cfg, d, r, now, &metrics))
+                .collect();
+            store.record_attempts(&results).await?;
+            for (d, _) in finished.drain(..) {
+                flying.remove(&d.id);
+                if let Some(n) = per_host.get_mut(&d.host) {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_host.remove(&d.host);
+                    }
+                }
+            }
+        }
+        // Start what is due.
+        let room = cfg.concurrency.saturating_sub(flying.len());
+        if room > 0 {
+            let busy: Vec<i64> = flying.keys().copied().collect();
+            let full: Vec<&str> = per_host
+                .iter()
+                .filter(|(_, n)| **n >= cfg.per_host)
+                .map(|(h, _)| h.as_str())
+                .collect();
+            let due = store
+                .webhooks_due(crate::clock::now_ms(), &busy, &full, room as u32)
+                .await?;
+            for d in due {
+                let n = per_host.entry(d.host.clone()).or_default();
+                if *n >= cfg.per_host {
+                    continue;
+                }
+                *n += 1;
+                flying.insert(d.id, d.host.clone());
+                let (client, key, done, allow) = (
+                    client.clone(),
+                    key.clone(),
+                    done_tx.clone(),
+                    cfg.allow_private,
+                );
+                tokio::spawn(async move {
+                    let r = attempt(&client, key.expose(), &d, allow).await;
+                    let _ = done.send((d, r)).await;
+                });
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                debug!(target: "m2pool::webhook", in_flight = flying.len(),
+                       "webhooks stopped; attempts in flight are made again later");
+                return Ok(());
+            }
+            Some(r) = done_rx.recv() => finished.push(r),
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(IDLE_LOOK) => {}
+        }
+    }
+}
+
+/// The result to record for one attempt.
+fn judge(
+    cfg: &WebhookConfig,
+    d: &Delivery,
+    r: &Result<(), String>,
+    now: i64,
+    metrics: &SharedMetrics,
+) -> AttemptResult {
+    match r {
+        Ok(()) => {
+            metrics.webhooks_delivered.fetch_add(1, Ordering::Relaxed);
+            debug!(target: "m2pool::webhook", delivery = d.id, seq = d.seq, host = %d.host, "webhook delivered");
+            AttemptResult::Delivered { id: d.id }
+        }
+        Err(error) => {
+            metrics.webhooks_failed.fetch_add(1, Ordering::Relaxed);
+            match next_attempt(cfg, d.attempts + 1, d.first_at, now) {
+                Some(next_at) => {
+                    info!(target: "m2pool::webhook", delivery = d.id, seq = d.seq, host = %d.host,
+                          attempts = d.attempts + 1, error = %error, "webhook failed; retrying");
+                    AttemptResult::Retry {
+                        id: d.id,
+                        next_at,
+                        error: error.clone(),
+                    }
+                }
+                None => {
+                    warn!(target: "m2pool::webhook", delivery = d.id, seq = d.seq, host = %d.host,
+                          attempts = d.attempts + 1, error = %error,
+                          "webhook dead; `m2pool-payment webhook replay` sends it again");
+                    AttemptResult::Dead {
+                        id: d.id,
+                        error: error.clone(),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One POST: the answer as published, signed. `Err` says why it failed, in
+/// words without the URL (its query may hold the receiver's secret).
+async fn attempt(
+    client: &reqwest::Client,
+    key: &[u8],
+    d: &Delivery,
+    allow_private: bool,
+) -> Result<(), String> {
+    // An address in the URL is not resolved, so it is checked here.
+    check_notify_url(&d.url, allow_private).map_err(|e| format!("the URL {e}"))?;
+    let ts = crate::clock::now_ms() / 1000;
+    let resp = client
+        .post(&d.url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(EVENT_HEADER, &d.kind)
+        .header(IDEMPOTENCY_HEADER, d.seq.to_string())
+        .header(TIMESTAMP_HEADER, ts.to_string())
+        .header(SIGNATURE_HEADER, signature(key, ts, &d.body))
+        .body(d.body.clone())
+        .send()
+        .await
+        .map_err(|e| {
+            let e = e.without_url();
+            if e.is_timeout() {
+                "no answer in time".to_owned()
+            } else {
+                // The cause chain says what failed (refused, DNS, TLS).
+                let mut text = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    text = format!("{text}: {s}");
+                    src = s.source();
+                }
+                text
+            }
+        })?;
+    let status = resp.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("the receiver answered {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_follow_the_schedule_then_the_last_wait_until_the_window_ends() {
+        let cfg = WebhookConfig::default();
+        let t0 = 1_000_000;
+        // 15 s, 30 s, 1 min, 5 min, 15 min, 1 h, then hourly.
+        let waits: Vec<i64> = (1..=8)
+            .map(|n| next_attempt(&cfg, n, t0, t0).expect("in window") - t0)
+            .collect();
+        assert_eq!(
+            waits,
+            [
+                15_000, 30_000, 60_000, 300_000, 900_000, 3_600_000, 3_600_000, 3_600_000
+            ]
+        );
+        // An attempt 23 h in still gets its next; one whose next would land
+        // past 24 h is dead.
+        let h = 3_600_000;
+        assert_eq!(next_attempt(&cfg, 20, t0, t0 + 23 * h), Some(t0 + 24 * h));
+        assert_eq!(next_attempt(&cfg, 21, t0, t0 + 23 * h + 1), None);
+    }
+}
