@@ -11,8 +11,12 @@ fn root() -> std::path::PathBuf {
 }
 
 fn run(cmd: &mut Command, what: &str) -> String {
+    run_in("docs/sign", cmd, what)
+}
+
+fn run_in(dir: &str, cmd: &mut Command, what: &str) -> String {
     let out = cmd
-        .current_dir(root().join("docs/sign"))
+        .current_dir(root().join(dir))
         .output()
         .unwrap_or_else(|e| panic!("{what} is not installed ({e}); bin/test.sh installs it"));
     assert!(
@@ -50,16 +54,51 @@ fn the_java_snippet_signs_the_vectors() {
     assert_eq!(run(Command::new("java").arg("Sign.java"), "java"), VECTORS);
 }
 
+/// The webhook checks accept the signed vector, and refuse a changed body
+/// and a stale timestamp.
+const VERIFIED: &str = "true\nfalse\nfalse\n";
+
+fn run_webhook(cmd: &mut Command, what: &str) -> String {
+    run_in("docs/webhook", cmd, what)
+}
+
+#[test]
+fn the_webhook_checks_verify_the_vector() {
+    assert_eq!(
+        run_webhook(Command::new("python3").arg("verify.py"), "python3"),
+        VERIFIED
+    );
+    assert_eq!(
+        run_webhook(Command::new("java").arg("Verify.java"), "java"),
+        VERIFIED
+    );
+    let out = run_webhook(
+        Command::new("go")
+            .args(["run", "verify.go"])
+            .env("GOCACHE", root().join("target/go-cache"))
+            .env("GOPATH", root().join("target/go-path"))
+            .env("GO111MODULE", "off"),
+        "go",
+    );
+    assert_eq!(out, VERIFIED);
+}
+
 #[test]
 fn both_readmes_show_the_snippets_verbatim() {
     for readme in ["README.md", "README.zh-CN.md"] {
         let text = std::fs::read_to_string(root().join(readme)).expect(readme);
-        for snippet in ["sign.py", "sign.go", "Sign.java"] {
-            let code =
-                std::fs::read_to_string(root().join("docs/sign").join(snippet)).expect(snippet);
+        for snippet in [
+            "sign/sign.py",
+            "sign/sign.go",
+            "sign/Sign.java",
+            "webhook/verify.py",
+            "webhook/verify.go",
+            "webhook/Verify.java",
+        ] {
+            let code = std::fs::read_to_string(root().join("docs").join(snippet)).expect(snippet);
             assert!(
                 text.contains(&code),
-                "{readme} does not show docs/sign/{snippet} as it is"
+                "{readme} does not show docs/{snippet} as it is"
             );
         }
         // The two set-up commands come first.

@@ -109,6 +109,36 @@ async fn a_receiver_failing_three_times_gets_every_answer_in_order() -> Result<(
     assert_eq!(calls.len(), 5, "{calls:?}");
     hook.signatures_checked()?;
 
+    // The OpenAPI document names the headers the receiver read.
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/openapi.json"
+    ))?)?;
+    let mut documented: Vec<String> = doc["webhooks"]["answer"]["post"]["parameters"]
+        .as_array()
+        .context("webhook headers")?
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_ascii_lowercase))
+        .collect();
+    documented.sort();
+    let mut sent: Vec<String> = [
+        m2pool_payment::webhook::EVENT_HEADER,
+        m2pool_payment::webhook::IDEMPOTENCY_HEADER,
+        m2pool_payment::webhook::SIGNATURE_HEADER,
+        m2pool_payment::webhook::TIMESTAMP_HEADER,
+    ]
+    .iter()
+    .map(|h| h.to_ascii_lowercase())
+    .collect();
+    sent.sort();
+    assert_eq!(documented, sent);
+    for name in &sent {
+        assert!(
+            common::webhooks::READ_HEADERS.contains(&name.as_str()),
+            "the receiver checks {name}"
+        );
+    }
+
     // The stream numbers the same answers: position = key.
     let mut stream = api.stream(Some(0)).await?;
     let pushed = stream

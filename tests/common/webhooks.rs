@@ -10,6 +10,14 @@ use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
+/// The headers the receiver reads (and fails on when they are wrong).
+pub const READ_HEADERS: [&str; 4] = [
+    "x-m2pool-timestamp",
+    "x-m2pool-signature",
+    "idempotency-key",
+    "x-m2pool-event",
+];
+
 /// How the receiver answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
