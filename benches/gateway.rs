@@ -8,6 +8,8 @@
 //! Everything is real: its own anvil, the local RabbitMQ, fresh SQLite stores,
 //! the daemon in-process (and as a process where its memory is measured).
 
+#[path = "gateway/api.rs"]
+mod api;
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "gateway/ha.rs"]
@@ -36,6 +38,9 @@ struct Sizes {
     pending: [usize; 2],
     maturing: usize,
     e2e: usize,
+    http: usize,
+    hooks: usize,
+    push: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -47,6 +52,9 @@ const FULL: Sizes = Sizes {
     pending: [10_000, 100_000],
     maturing: 100,
     e2e: 10_000,
+    http: 50_000,
+    hooks: 5_000,
+    push: 30,
 };
 
 const QUICK: Sizes = Sizes {
@@ -58,6 +66,9 @@ const QUICK: Sizes = Sizes {
     pending: [1_000, 5_000],
     maturing: 20,
     e2e: 300,
+    http: 2_000,
+    hooks: 300,
+    push: 5,
 };
 
 /// One line of the report.
@@ -1138,7 +1149,7 @@ async fn main() -> Result<()> {
         // SAFETY: set once, before any thread reads the environment.
         unsafe { std::env::set_var("RUST_LOG", "error") };
     }
-    // BENCH_ONLY=ingest,detection,networks,watchset,payouts,mariadb,failover,confirm,e2e picks
+    // BENCH_ONLY=ingest,detection,networks,watchset,payouts,mariadb,failover,confirm,e2e,api picks
     // rows (networks runs detection too: its figure is the baseline).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
@@ -1189,6 +1200,12 @@ async fn main() -> Result<()> {
     if run("e2e") {
         eprintln!("end to end…");
         rows.extend(end_to_end(s.e2e).await?);
+    }
+    if run("api") {
+        eprintln!("HTTP API and webhooks…");
+        rows.push(api::http_ingest(s.http).await?);
+        rows.push(api::webhooks(s.hooks).await?);
+        rows.push(api::push_latency(s.push).await?);
     }
 
     print(&rows);

@@ -195,6 +195,30 @@ mod tests {
     }
 
     #[test]
+    fn the_config_url_of_a_kind_is_the_fallback_and_dead_letters_get_none() {
+        let mut cfg = WebhookConfig::default();
+        cfg.urls.insert(
+            Kind::Topup,
+            url::Url::parse("https://shop.example/deposits").expect("url"),
+        );
+        let planner = Planner::new(&cfg);
+        let row = |kind: &str| StreamRow {
+            seq: 7,
+            kind: kind.to_owned(),
+            body: br#"{"address":"0x01","chain":"ETH","symbol":"USDT","status":2,"queue_id":"q"}"#
+                .to_vec(),
+        };
+        let topup = planner.plan(&row("topup_resp")).expect("an answer");
+        assert_eq!(
+            (topup.seq, topup.fallback.as_deref()),
+            (7, Some("https://shop.example/deposits"))
+        );
+        let pay = planner.plan(&row("pay_resp")).expect("an answer");
+        assert_eq!(pay.fallback, None, "no URL for pay in the config");
+        assert!(planner.plan(&row("dead_letter.topup")).is_none());
+    }
+
+    #[test]
     fn signature_covers_timestamp_and_body() {
         // python3 -c 'import hmac,hashlib;print(hmac.new(b"test-secret",
         //   b"1758610297.{\"status\":1}",hashlib.sha256).hexdigest())'
