@@ -7,8 +7,7 @@ mod common;
 
 use alloy::primitives::Address;
 use anyhow::{Context, Result, ensure};
-use common::api::{Api, Pushed, with_api};
-use common::http::free_port;
+use common::api::{Api, Pushed};
 use common::*;
 use m2pool_payment::wallet::Label;
 use serde_json::{Value, json};
@@ -29,25 +28,7 @@ fn withdraw(queue_id: &str, from: Address, to: Address, amount: f64) -> Value {
 
 /// A world serving the API, and a client of it.
 async fn api_world(test: &str) -> Result<(World, Api, tempfile::TempDir)> {
-    api_world_hooked(test, false).await
-}
-
-/// The same, calling webhooks on this machine when `local_hooks`.
-async fn api_world_hooked(
-    test: &str,
-    local_hooks: bool,
-) -> Result<(World, Api, tempfile::TempDir)> {
-    let port = free_port()?;
-    let dir = tempfile::tempdir()?;
-    let api = with_api(port, dir.path())?;
-    let w = World::with(test, &[], move |c: &mut Value| {
-        api(c);
-        if local_hooks {
-            c["http_config"]["webhooks"] = json!({"allow_private": true});
-        }
-    })
-    .await?;
-    Ok((w, Api::new(port), dir))
+    common::api::api_world(test, Value::Null).await
 }
 
 /// `body` with `notify_url` set to `url`.
@@ -58,7 +39,8 @@ fn hooked(mut body: Value, url: &str) -> Value {
 
 #[tokio::test]
 async fn every_flow_runs_over_http_with_answers_on_the_stream_and_webhooks() -> Result<()> {
-    let (w, api, _dir) = api_world_hooked("api-flows", true).await?;
+    let (w, api, _dir) =
+        common::api::api_world("api-flows", json!({"allow_private": true})).await?;
     let hook = common::webhooks::Receiver::start(common::webhooks::Mode::Ok).await?;
     let url = hook.url.clone();
     let user = w.new_wallet(Label::User).await?;

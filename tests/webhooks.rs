@@ -8,8 +8,7 @@ mod common;
 
 use alloy::primitives::Address;
 use anyhow::{Context, Result, ensure};
-use common::api::{Api, with_api};
-use common::http::free_port;
+use common::api::{Api, api_world};
 use common::webhooks::{Call, Mode, Receiver};
 use common::*;
 use m2pool_payment::wallet::Label;
@@ -23,20 +22,13 @@ async fn hook_world(
     retry_for: f64,
     timeout: f64,
 ) -> Result<(World, Api, tempfile::TempDir)> {
-    let port = free_port()?;
-    let dir = tempfile::tempdir()?;
-    let api = with_api(port, dir.path())?;
-    let w = World::with(test, &[], move |c: &mut Value| {
-        api(c);
-        c["http_config"]["webhooks"] = json!({
-            "allow_private": true,
-            "retry_secs": [0.2],
-            "retry_for_secs": retry_for,
-            "timeout_secs": timeout,
-        });
-    })
-    .await?;
-    Ok((w, Api::new(port), dir))
+    let hooks = json!({
+        "allow_private": true,
+        "retry_secs": [0.2],
+        "retry_for_secs": retry_for,
+        "timeout_secs": timeout,
+    });
+    api_world(test, hooks).await
 }
 
 fn payout(queue_id: &str, from: Address, url: &str) -> Value {

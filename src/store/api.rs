@@ -100,7 +100,8 @@ impl Store {
                 .await
                 .ctx("sequence outbox")?;
         }
-        let planned: Vec<Planned> = out.iter().filter_map(plan).collect();
+        let planned: Vec<(&StreamRow, Planned)> =
+            out.iter().filter_map(|r| Some((r, plan(r)?))).collect();
         tx.plan_deliveries(&planned).await?;
         let last = top + out.len() as i64;
         tx.set_meta(STREAM_TOP, &last.to_string()).await?;

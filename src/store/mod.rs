@@ -43,10 +43,7 @@ pub use outbox::{DEAD_LETTER_PREFIX, OutboxRow, dead_letter_kind};
 pub use payout_txs::SignedTx;
 pub use payouts::{Mined, NewPayout, Payout, PayoutState};
 pub use watches::NewWatch;
-pub use webhooks::{
-    AttemptResult, DEAD as WEBHOOK_DEAD, DELIVERED as WEBHOOK_DELIVERED, DeadDelivery, Delivery,
-    Planned,
-};
+pub use webhooks::{AttemptResult, DeadDelivery, Delivery, Planned};
 
 use alloy::primitives::{Address, B256};
 use sqlx::{Any, AnyPool, QueryBuilder, Transaction};

@@ -3,13 +3,11 @@
 //! sequencer plans for answers, and what the dispatcher reads and records.
 //! A target group's deliveries go out in id order, one at a time.
 
-use super::{Ctx, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, now_ms, push_ids};
+use super::{Ctx, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, StreamRow, now_ms, push_ids};
 use sqlx::{Any, QueryBuilder, Row};
 
-/// Waiting for an attempt.
+/// Waiting for an attempt (`1`: delivered).
 pub const PENDING: i64 = 0;
-/// The receiver answered 2xx.
-pub const DELIVERED: i64 = 1;
 /// Given up: on the dead list until replayed.
 pub const DEAD: i64 = 2;
 
@@ -84,16 +82,10 @@ pub struct DeadDelivery {
 /// A delivery the sequencer plans for an answer.
 #[derive(Debug, Clone)]
 pub struct Planned {
-    /// Stream position of the answer.
-    pub seq: i64,
-    /// Its target (where a `notify_url` would be kept).
+    /// The answer's target (where a `notify_url` would be kept).
     pub target: [u8; 32],
     /// Where it goes when its request gave no URL (the config's per kind).
     pub fallback: Option<String>,
-    /// Answer kind.
-    pub kind: String,
-    /// Answer body.
-    pub body: Vec<u8>,
 }
 
 impl StoreTx {
@@ -129,7 +121,7 @@ impl StoreTx {
     /// (or a fallback); returns how many.
     pub(super) async fn plan_deliveries(
         &mut self,
-        planned: &[Planned],
+        planned: &[(&StreamRow, Planned)],
     ) -> Result<usize, StoreError> {
         if planned.is_empty() {
             return Ok(0);
@@ -140,7 +132,7 @@ impl StoreTx {
                 "SELECT target, url FROM notify_targets WHERE target IN (",
             );
             let mut list = q.separated(", ");
-            for p in chunk {
+            for (_, p) in chunk {
                 list.push_bind(p.target.as_slice());
             }
             q.push(")");
@@ -154,9 +146,9 @@ impl StoreTx {
             }
         }
         let now = now_ms();
-        let rows: Vec<(&Planned, String, String)> = planned
+        let rows: Vec<(&StreamRow, &Planned, String, String)> = planned
             .iter()
-            .filter_map(|p| {
+            .filter_map(|(row, p)| {
                 let url = urls
                     .get(p.target.as_slice())
                     .cloned()
@@ -165,20 +157,20 @@ impl StoreTx {
                     .ok()
                     .and_then(|u| u.host_str().map(str::to_owned))
                     .unwrap_or_default();
-                Some((p, url, host))
+                Some((*row, p, url, host))
             })
             .collect();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Any>::new(
                 "INSERT INTO webhook_deliveries (seq, grp, kind, url, host, body, state, attempts, first_at, next_at) ",
             );
-            q.push_values(chunk, |mut b, (p, url, host)| {
-                b.push_bind(p.seq)
+            q.push_values(chunk, |mut b, (row, p, url, host)| {
+                b.push_bind(row.seq)
                     .push_bind(p.target.as_slice())
-                    .push_bind(p.kind.as_str())
+                    .push_bind(row.kind.as_str())
                     .push_bind(url.as_str())
                     .push_bind(host.as_str())
-                    .push_bind(p.body.as_slice())
+                    .push_bind(row.body.as_slice())
                     .push_bind(PENDING)
                     .push_bind(0i64)
                     .push_bind(now)
@@ -245,15 +237,6 @@ impl Store {
                 first_at: r.get(7),
             })
             .collect())
-    }
-
-    /// When the next waiting delivery is due (unix ms), if any waits.
-    pub async fn webhook_next_due(&self) -> Result<Option<i64>, StoreError> {
-        sqlx::query_scalar("SELECT MIN(next_at) FROM webhook_deliveries WHERE state = 0")
-            .fetch_one(&self.pool)
-            .await
-            .ctx("read next webhook")
-            .map_err(Into::into)
     }
 
     /// Records attempts' results in one transaction.

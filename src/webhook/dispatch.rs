@@ -14,7 +14,7 @@ use crate::config::{WebhookConfig, check_notify_url, public_ip};
 use crate::metrics::SharedMetrics;
 use crate::secret::CommKey;
 use crate::store::{AttemptResult, Delivery, Store, StoreError};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -99,8 +99,8 @@ pub async fn dispatch(
         .map_err(|e| DispatchError::Client(e.to_string()))?;
     let key = Arc::new(key);
     let (done_tx, mut done_rx) = mpsc::channel::<(Delivery, Result<(), String>)>(cfg.concurrency);
-    // In flight: id → host, and attempts per host.
-    let mut flying: HashMap<i64, String> = HashMap::new();
+    // In flight: ids, and attempts per host.
+    let mut flying: HashSet<i64> = HashSet::new();
     let mut per_host: HashMap<String, usize> = HashMap::new();
     let mut finished: Vec<(Delivery, Result<(), String>)> = Vec::new();
     loop {
@@ -131,7 +131,7 @@ pub async fn dispatch(
         // Start what is due.
         let room = cfg.concurrency.saturating_sub(flying.len());
         if room > 0 {
-            let busy: Vec<i64> = flying.keys().copied().collect();
+            let busy: Vec<i64> = flying.iter().copied().collect();
             let full: Vec<&str> = per_host
                 .iter()
                 .filter(|(_, n)| **n >= cfg.per_host)
@@ -146,7 +146,7 @@ pub async fn dispatch(
                     continue;
                 }
                 *n += 1;
-                flying.insert(d.id, d.host.clone());
+                flying.insert(d.id);
                 let (client, key, done, allow) = (
                     client.clone(),
                     key.clone(),

@@ -24,6 +24,26 @@ pub fn with_api(port: u16, dir: &std::path::Path) -> Result<impl FnOnce(&mut Val
     })
 }
 
+/// A world serving the API on a free port (its token in a file of the
+/// returned directory), with `webhooks` as `http_config.webhooks` unless
+/// null, and a client of it.
+pub async fn api_world(
+    test: &str,
+    webhooks: Value,
+) -> Result<(super::World, Api, tempfile::TempDir)> {
+    let port = super::http::free_port()?;
+    let dir = tempfile::tempdir()?;
+    let api = with_api(port, dir.path())?;
+    let w = super::World::with(test, &[], move |c: &mut Value| {
+        api(c);
+        if !webhooks.is_null() {
+            c["http_config"]["webhooks"] = webhooks;
+        }
+    })
+    .await?;
+    Ok((w, Api::new(port), dir))
+}
+
 /// An HTTP client of the API on `port`.
 pub struct Api {
     port: u16,

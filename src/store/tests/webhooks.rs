@@ -35,12 +35,9 @@ async fn planned(s: &Store) {
             b'B' => B,
             _ => [3; 32],
         };
-        row.kind.ends_with("_resp").then(|| Planned {
-            seq: row.seq,
+        row.kind.ends_with("_resp").then_some(Planned {
             target,
             fallback: None,
-            kind: row.kind.clone(),
-            body: row.body.clone(),
         })
     };
     assert_eq!(s.sequence_outbox(100, &plan).await.expect("seq").len(), 6);
@@ -129,5 +126,4 @@ async fn deliveries_go_one_at_a_time_per_group_die_together_and_replay_in_order(
         1
     );
     assert_eq!(s.webhook_counts().await.expect("counts"), (3, 0));
-    assert!(s.webhook_next_due().await.expect("next").is_some());
 }
