@@ -299,6 +299,11 @@ pub async fn run(
                     .iter()
                     .map(|n| (n.name.clone(), n.evm.head_stall))
                     .collect(),
+                balance_poll: config
+                    .networks
+                    .iter()
+                    .map(|n| (n.name.clone(), n.evm.alerts.poll))
+                    .collect(),
                 max_cursor_lag: config.health.max_cursor_lag,
                 max_outbox_age: config.health.max_outbox_age,
             },

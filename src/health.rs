@@ -35,6 +35,100 @@ pub struct ChainHealth {
     /// Final answers a reorganisation deeper than `confirm_height` took
     /// back, in plain words, with when: shown for [`INCIDENT_SHOWN`].
     pub deep_reorgs: Vec<(Instant, String)>,
+    /// The wallets' balances as last read (`None` until the first read).
+    pub wallets: Option<Arc<WalletsSeen>>,
+    /// Why the last read of the balances failed, if it did.
+    pub wallets_error: Option<String>,
+}
+
+/// A network's wallets as read from its node at one moment.
+#[derive(Debug, Clone)]
+pub struct WalletsSeen {
+    /// When (for ages).
+    pub at: Instant,
+    /// When, in unix milliseconds (for display).
+    pub at_ms: i64,
+    /// Each wallet, collection first.
+    pub list: Vec<WalletSeen>,
+}
+
+/// One wallet's balances, nonce and what is low.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalletSeen {
+    /// Its address.
+    pub address: alloy::primitives::Address,
+    /// `user` (a hot wallet) or `collection`.
+    pub class: &'static str,
+    /// Every balance, native coin first: symbol, base units, decimals.
+    pub balances: Vec<(String, alloy::primitives::U256, u8)>,
+    /// The next nonce the node would give it (pending counted).
+    pub next_nonce: u64,
+    /// What is below its class's threshold.
+    pub low: Vec<Low>,
+}
+
+/// A balance below its threshold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Low {
+    /// The symbol.
+    pub symbol: String,
+    /// `gas` (the native coin) or `balance` (a token).
+    pub kind: &'static str,
+    /// What it holds and the threshold, in whole units.
+    pub holds: String,
+    /// The threshold, in whole units.
+    pub min: String,
+}
+
+/// How long balances may go unread before `/healthz` warns: three polls.
+pub fn balances_stale(poll: Duration) -> Duration {
+    poll * 3
+}
+
+/// What an operator should act on without the gateway being down, in
+/// plain words: wallets low on gas or tokens, balances that could not be
+/// read for three polls.
+pub fn warnings(snap: &Snapshot, limits: &Limits) -> Vec<String> {
+    /// Most low wallets named one by one per network.
+    const NAMED: usize = 10;
+    let mut out = Vec::new();
+    for (name, c) in &snap.chains {
+        if let Some(seen) = &c.wallets {
+            let low: Vec<String> = seen
+                .list
+                .iter()
+                .flat_map(|w| {
+                    w.low.iter().map(move |l| {
+                        format!(
+                            "{name}: {} wallet {:#x} holds {} {}, below {} ({})",
+                            w.class, w.address, l.holds, l.symbol, l.min, l.kind
+                        )
+                    })
+                })
+                .collect();
+            let more = low.len().saturating_sub(NAMED);
+            out.extend(low.into_iter().take(NAMED));
+            if more > 0 {
+                out.push(format!("{name}: {more} more wallet balances are low"));
+            }
+        }
+        let limit = limits.balance_poll.get(name).copied().map(balances_stale);
+        let stale = match (&c.wallets, limit) {
+            (_, None) => false,
+            (None, Some(_)) => c.wallets_error.is_some(),
+            (Some(seen), Some(limit)) => seen.at.elapsed() > limit,
+        };
+        if stale {
+            out.push(format!(
+                "{name}: wallet balances could not be read{}",
+                c.wallets_error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    out
 }
 
 /// How long `/healthz` shows a final answer that a deep reorganisation took
@@ -70,6 +164,9 @@ pub struct Limits {
     /// Per network, a head unchanged for longer has stalled (its section's
     /// `head_stall_secs`).
     pub head_stall: std::collections::BTreeMap<String, Duration>,
+    /// Per network, how often wallet balances are read
+    /// (`balance_poll_secs`): unread for three polls is warned about.
+    pub balance_poll: std::collections::BTreeMap<String, Duration>,
     /// Most blocks the cursor may trail the head (`None`: not checked).
     pub max_cursor_lag: Option<u64>,
     /// Oldest age of a response not yet confirmed by the broker (`None`: not checked).
@@ -329,6 +426,7 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             head_stall: [("ETH".to_owned(), Duration::from_secs(60))].into(),
+            balance_poll: [("ETH".to_owned(), Duration::from_secs(60))].into(),
             max_cursor_lag: Some(5),
             max_outbox_age: Some(Duration::from_secs(30)),
         }
@@ -437,5 +535,72 @@ mod tests {
             ..limits()
         };
         assert!(problems(&h.snapshot(), &outbox(9, Some(3600)), &off).is_empty());
+    }
+
+    #[test]
+    fn low_wallets_and_unread_balances_are_warnings() {
+        use alloy::primitives::{Address, U256};
+        let h = healthy();
+        assert!(
+            warnings(&h.snapshot(), &limits()).is_empty(),
+            "none read yet, no error"
+        );
+        let wallet = |low: Vec<Low>| WalletSeen {
+            address: Address::repeat_byte(0xab),
+            class: "collection",
+            balances: vec![("ETH".into(), U256::ZERO, 18)],
+            next_nonce: 0,
+            low,
+        };
+        let gas = Low {
+            symbol: "ETH".into(),
+            kind: "gas",
+            holds: "0".into(),
+            min: "0.02".into(),
+        };
+        let mut list = vec![wallet(vec![gas.clone()])];
+        list.extend((0..11).map(|_| WalletSeen {
+            class: "user",
+            ..wallet(vec![gas.clone()])
+        }));
+        h.chain("ETH", |c| {
+            c.wallets = Some(Arc::new(WalletsSeen {
+                at: Instant::now(),
+                at_ms: 0,
+                list,
+            }))
+        });
+        let w = warnings(&h.snapshot(), &limits());
+        assert_eq!(
+            w[0],
+            "ETH: collection wallet 0xabababababababababababababababababababab holds 0 ETH, below 0.02 (gas)"
+        );
+        assert_eq!(w.len(), 11, "ten named, then a count: {w:?}");
+        assert_eq!(w[10], "ETH: 2 more wallet balances are low");
+        assert!(
+            problems(&h.snapshot(), &outbox(0, None), &limits()).is_empty(),
+            "not a fault of the gateway"
+        );
+
+        let h = healthy();
+        h.chain("ETH", |c| c.wallets_error = Some("node down".into()));
+        assert_eq!(
+            warnings(&h.snapshot(), &limits()),
+            vec!["ETH: wallet balances could not be read: node down".to_owned()]
+        );
+        h.chain("ETH", |c| {
+            c.wallets = Some(Arc::new(WalletsSeen {
+                at: Instant::now()
+                    .checked_sub(Duration::from_secs(181))
+                    .unwrap_or_else(Instant::now),
+                at_ms: 0,
+                list: vec![],
+            }))
+        });
+        assert_eq!(
+            warnings(&h.snapshot(), &limits()).len(),
+            1,
+            "three polls old"
+        );
     }
 }

@@ -134,6 +134,13 @@ pub struct Gauges {
     pub lease_term: u64,
     /// Webhook deliveries waiting, and dead (`webhook replay` sends them).
     pub webhooks: (i64, i64),
+    /// Age of the oldest response the broker has not confirmed, seconds.
+    pub outbox_oldest_secs: u64,
+    /// Wallets below a threshold: chain, class, symbol, kind (`gas` or
+    /// `balance`), how many.
+    pub wallets_low: Vec<(String, &'static str, String, &'static str, usize)>,
+    /// Per network, seconds since its wallet balances were last read.
+    pub balances_age: Vec<(String, u64)>,
 }
 
 /// One network's figures, labelled `chain`.
@@ -237,6 +244,32 @@ impl Metrics {
             "Responses not yet confirmed by the broker.",
             g.outbox_backlog.to_string(),
         );
+        gauge(
+            &mut out,
+            "m2pool_outbox_oldest_seconds",
+            "Age of the oldest response not yet confirmed by the broker (0 when none waits).",
+            g.outbox_oldest_secs.to_string(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP m2pool_wallets_low Wallets holding less than their class's threshold (wallet_alerts), by chain, class (user, collection), symbol and kind (gas, balance).\n# TYPE m2pool_wallets_low gauge"
+        );
+        for (chain, class, symbol, kind, n) in &g.wallets_low {
+            let _ = writeln!(
+                out,
+                "m2pool_wallets_low{{chain=\"{chain}\",class=\"{class}\",symbol=\"{symbol}\",kind=\"{kind}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP m2pool_wallet_balances_age_seconds Seconds since the network's wallet balances were last read from its node.\n# TYPE m2pool_wallet_balances_age_seconds gauge"
+        );
+        for (chain, age) in &g.balances_age {
+            let _ = writeln!(
+                out,
+                "m2pool_wallet_balances_age_seconds{{chain=\"{chain}\"}} {age}"
+            );
+        }
         gauge(
             &mut out,
             "m2pool_broker_connected",
@@ -436,6 +469,9 @@ mod tests {
                 },
             ],
             channels: vec![("requests", 5, 4096)],
+            outbox_oldest_secs: 7,
+            wallets_low: vec![("ETH".into(), "collection", "ETH".into(), "gas", 1)],
+            balances_age: vec![("ETH".into(), 12)],
             ..Gauges::default()
         };
         let text = m.render(&g);
@@ -447,6 +483,11 @@ mod tests {
             text.contains("m2pool_requests_total{kind=\"withdraw\",outcome=\"bad_signature\"} 1")
         );
         assert!(text.contains("m2pool_outbox_backlog 4"));
+        assert!(text.contains("m2pool_outbox_oldest_seconds 7\n"));
+        assert!(text.contains(
+            "m2pool_wallets_low{chain=\"ETH\",class=\"collection\",symbol=\"ETH\",kind=\"gas\"} 1\n"
+        ));
+        assert!(text.contains("m2pool_wallet_balances_age_seconds{chain=\"ETH\"} 12\n"));
         // Summaries as the HELP text says, known states with 0 rather than absent.
         assert!(
             text.contains("m2pool_payouts{state=\"pending\"} 7\n"),

@@ -7,11 +7,13 @@
 //! checks every value, naming the key of the first one that is wrong. The result
 //! is a fully validated [`Config`]: the rest of the daemon never re-checks it.
 
+mod alerts;
 mod api;
 mod ha;
 mod raw;
 mod webhook;
 
+pub use alerts::{ClassAlerts, WalletAlerts};
 pub use api::{ApiConfig, TOKEN_ENV as API_TOKEN_ENV};
 pub use ha::{DEFAULT_LEASE_SECS, LeaseConfig};
 pub use webhook::{WebhookConfig, check_url as check_notify_url, public as public_ip};
@@ -368,6 +370,9 @@ pub struct EthConfig {
     pub broadcasts_in_flight: usize,
     /// Payouts, gas and fees.
     pub payout: PayoutConfig,
+    /// When its wallets are low on gas or tokens, and how often their
+    /// balances are read (`wallet_alerts`, `balance_poll_secs`).
+    pub alerts: WalletAlerts,
 }
 
 /// How payouts are paid (`eth_config` keys).
@@ -973,6 +978,20 @@ fn evm_config(section: &str, name: &str, e: raw::RawEth) -> Result<EthConfig, Co
             &["ws", "wss"],
         )?;
     }
+    let alerts = alerts::wallet_alerts(
+        section,
+        e.wallet_alerts,
+        e.balance_poll_secs,
+        &alerts::Coins {
+            native: (&native, native_decimals),
+            tokens: tokens
+                .iter()
+                .map(|t| (t.symbol.as_str(), t.decimals))
+                .collect(),
+            one_transfer: alloy::primitives::U256::from(gas_limit_token)
+                * alloy::primitives::U256::from(u128::from(gwei) * 1_000_000_000),
+        },
+    )?;
     let payout = PayoutConfig {
         collection,
         max_fee_per_gas: u128::from(gwei) * 1_000_000_000,
@@ -1002,6 +1021,7 @@ fn evm_config(section: &str, name: &str, e: raw::RawEth) -> Result<EthConfig, Co
         max_rpc_batch,
         broadcasts_in_flight,
         payout,
+        alerts,
     })
 }
 

@@ -137,6 +137,8 @@ pub(super) struct RawEth {
     pub native_decimals: Option<u8>,
     pub fee_model: Option<String>,
     pub block_time_ms: Option<u64>,
+    pub balance_poll_secs: Option<u64>,
+    pub wallet_alerts: Option<super::alerts::RawAlerts>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -47,8 +47,32 @@ impl HttpDeps {
             (-1, -1)
         });
         let fill = |name, cap: Option<(usize, usize)>| cap.map(|(c, m)| (name, m - c, m));
+        let outbox = self.outbox().await;
+        let mut wallets_low = std::collections::BTreeMap::new();
+        let mut balances_age = Vec::new();
+        for (chain, c) in &snap.chains {
+            let Some(seen) = &c.wallets else { continue };
+            balances_age.push((chain.clone(), seen.at.elapsed().as_secs()));
+            for w in &seen.list {
+                for l in &w.low {
+                    *wallets_low
+                        .entry((chain.clone(), w.class, l.symbol.clone(), l.kind))
+                        .or_insert(0) += 1;
+                }
+            }
+        }
         Gauges {
-            outbox_backlog: self.outbox().await.map_or(-1, |o| o.backlog),
+            outbox_backlog: outbox.as_ref().map_or(-1, |o| o.backlog),
+            outbox_oldest_secs: outbox
+                .as_ref()
+                .ok()
+                .and_then(|o| o.oldest)
+                .map_or(0, |d| d.as_secs()),
+            wallets_low: wallets_low
+                .into_iter()
+                .map(|((chain, class, symbol, kind), n)| (chain, class, symbol, kind, n))
+                .collect(),
+            balances_age,
             payouts,
             deposits,
             chains: snap
@@ -128,7 +152,7 @@ impl HttpDeps {
         // Dead webhooks are the receivers' trouble, not the gateway's: shown
         // and warned about, without turning the gateway unhealthy.
         let (pending, dead) = self.store.webhook_counts().await.unwrap_or((-1, -1));
-        let warnings: Vec<String> = (dead > 0)
+        let mut warnings: Vec<String> = (dead > 0)
             .then(|| {
                 format!(
                     "{dead} webhook deliveries are dead; `m2pool-payment webhook dead` lists them \
@@ -137,6 +161,7 @@ impl HttpDeps {
             })
             .into_iter()
             .collect();
+        warnings.extend(health::warnings(&snap, &self.limits));
         let term = match snap.role {
             Role::Active { term } => term,
             Role::Standby => 0,

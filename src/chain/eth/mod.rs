@@ -6,6 +6,7 @@
 //! first. Node failures are retried without limit with a `warn` per attempt;
 //! only a node on the wrong chain, or listen going away, stops it.
 
+mod balances;
 mod endpoints;
 mod heads;
 mod lookback;
@@ -162,6 +163,14 @@ impl EthChain {
             )
             .run(events.clone(), helpers_stop.clone()),
         );
+        let balances = tokio::spawn(balances::watch(
+            self.name.clone(),
+            endpoints.clone(),
+            self.ctx.wallets.clone(),
+            self.cfg.clone(),
+            self.ctx.health.clone(),
+            helpers_stop.clone(),
+        ));
         let keep = self.cfg.block_window();
         let mut scanner = Scanner::new(
             self.name.clone(),
@@ -237,6 +246,7 @@ impl EthChain {
         if let Some(h) = heads {
             let _ = h.await;
         }
+        let _ = balances.await;
         if !lookbacks.is_finished()
             && let Ok(Err(e)) = lookbacks.await
         {
