@@ -67,6 +67,20 @@ ensure_snippet_toolchains() {
     command -v python3 >/dev/null || apt_install python3
 }
 
+# promtool, to check deploy/prometheus (tests/dashboards.rs): Debian ships it
+# in the prometheus package; its server is not wanted, so where an init system
+# started it on install, it is stopped and disabled again.
+ensure_promtool() {
+    command -v promtool >/dev/null && return 0
+    apt_install --no-install-recommends prometheus
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/prometheus ]; then
+        as_root /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    fi
+    command -v promtool >/dev/null || { echo "promtool did not install" >&2; return 1; }
+}
+
 ensure_rabbitmq() {
     if port_open 5672; then return 0; fi
     command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server

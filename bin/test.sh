@@ -2,8 +2,8 @@
 # The whole test suite, from a fresh machine: installs and starts what the
 # tests need where it is absent (anvil pinned to 1.7.1 from npm into .tools/;
 # RabbitMQ and MariaDB from Debian packages; Go and a JDK for the signing
-# snippets), checks formatting and lints, and
-# runs every test against the real services.
+# snippets; promtool for the Prometheus rules in deploy/), checks formatting
+# and lints, and runs every test against the real services.
 #
 #   bin/test.sh                 # everything
 #   bin/test.sh -E 'test(remove)'   # extra arguments go to cargo nextest
@@ -14,7 +14,10 @@ ensure_anvil
 ensure_rabbitmq
 ensure_mariadb
 ensure_snippet_toolchains
+ensure_promtool
 export ANVIL_BIN
+# tests/dashboards.rs skips promtool's checks where it is absent, not here.
+export M2POOL_REQUIRE_PROMTOOL=1
 
 cd "$ROOT"
 say "cargo fmt --check"

@@ -288,6 +288,7 @@ pub async fn run(
         });
         let deps = HttpDeps {
             api,
+            console: crate::console::Console::new(&config, wallets.clone()),
             health: health.clone(),
             metrics: metrics.clone(),
             store: store.clone(),

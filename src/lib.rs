@@ -11,6 +11,7 @@
 //! - [`chain`]: follows the node from a persisted cursor and reports blocks;
 //! - [`store`]: the message store (SQLite or MySQL/MariaDB);
 //! - [`http`], [`webhook`]: the HTTP API, its WebSocket stream, and signed webhooks;
+//! - [`console`]: the operator console (read-only pages at `/console`);
 //! - [`msg`], [`config`], [`secret`]: the wire contract, settings and secrets;
 //! - [`daemon`]: wiring and critical-task supervision.
 
@@ -18,6 +19,7 @@ pub mod backoff;
 pub mod chain;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod db;
 pub mod health;

@@ -39,22 +39,62 @@ pub(super) fn api(
             "the API is served on http_config.listen, which is not set",
         ));
     }
-    let token = match token_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                invalid(
-                    "http_config.api_token_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            Some(checked(text, "http_config.api_token_file")?)
-        }
-        None => match std::env::var(TOKEN_ENV) {
-            Ok(text) => Some(checked(text, TOKEN_ENV)?),
-            Err(_) => None,
-        },
-    };
+    let token = token(token_file, "http_config.api_token_file", TOKEN_ENV)?;
     Ok(Some(ApiConfig { token }))
+}
+
+/// The environment variable that may hold the console token.
+pub const CONSOLE_TOKEN_ENV: &str = "M2POOL_CONSOLE_TOKEN";
+
+/// The operator console's token: `http_config.console_token_file`, else
+/// `M2POOL_CONSOLE_TOKEN`; `None` leaves the console off. It is served on
+/// `http_config.listen`, and may not be the API token (an integration's
+/// token must not open the console).
+pub(super) fn console_token(
+    file: Option<PathBuf>,
+    listening: bool,
+    api: Option<&ApiConfig>,
+) -> Result<Option<Secret<String>>, ConfigError> {
+    let key = "http_config.console_token_file";
+    let Some(t) = token(file, key, CONSOLE_TOKEN_ENV)? else {
+        return Ok(None);
+    };
+    if !listening {
+        return Err(invalid(
+            key,
+            "the console is served on http_config.listen, which is not set",
+        ));
+    }
+    if api
+        .and_then(|a| a.token.as_ref())
+        .is_some_and(|a| a.expose() == t.expose())
+    {
+        return Err(invalid(
+            key,
+            "the console token must differ from the API token",
+        ));
+    }
+    Ok(Some(t))
+}
+
+/// A token from `file` (config key `key`), else from the environment's
+/// `env`; `None` when neither is set.
+fn token(
+    file: Option<PathBuf>,
+    key: &str,
+    env: &str,
+) -> Result<Option<Secret<String>>, ConfigError> {
+    match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
+            Ok(Some(checked(text, key)?))
+        }
+        None => match std::env::var(env) {
+            Ok(text) => Ok(Some(checked(text, env)?)),
+            Err(_) => Ok(None),
+        },
+    }
 }
 
 /// The token in `text`, trimmed, if long enough.
@@ -65,7 +105,7 @@ fn checked(text: String, key: &str) -> Result<Secret<String>, ConfigError> {
     if token.len() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace()) {
         return Err(invalid(
             key,
-            format!("the API token must be at least {MIN_TOKEN_LEN} characters, without spaces"),
+            format!("the token must be at least {MIN_TOKEN_LEN} characters, without spaces"),
         ));
     }
     Ok(Secret::new(token))
@@ -104,5 +144,29 @@ mod tests {
         );
         let missing = api(Some(true), Some(dir.path().join("none")), true);
         assert!(matches!(missing, Err(ConfigError::Invalid { .. })));
+    }
+
+    #[test]
+    fn the_console_token_needs_listen_and_differs_from_the_api_token() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("console");
+        std::fs::write(&file, "operator-console-token\n").expect("write");
+        let t = console_token(Some(file.clone()), true, None)
+            .expect("valid")
+            .expect("on");
+        assert_eq!(t.expose(), "operator-console-token");
+        let key_of = |r: Result<Option<Secret<String>>, ConfigError>| match r {
+            Err(ConfigError::Invalid { key, reason }) => (key, reason),
+            other => panic!("accepted: {other:?}"),
+        };
+        let (key, _) = key_of(console_token(Some(file.clone()), false, None));
+        assert_eq!(key, "http_config.console_token_file");
+        let same = ApiConfig {
+            token: Some(Secret::new("operator-console-token".to_owned())),
+        };
+        let (_, message) = key_of(console_token(Some(file.clone()), true, Some(&same)));
+        assert!(message.contains("differ"), "{message}");
+        std::fs::write(&file, "short").expect("write");
+        key_of(console_token(Some(file), true, None));
     }
 }

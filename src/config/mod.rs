@@ -14,7 +14,7 @@ mod raw;
 mod webhook;
 
 pub use alerts::{ClassAlerts, WalletAlerts};
-pub use api::{ApiConfig, TOKEN_ENV as API_TOKEN_ENV};
+pub use api::{ApiConfig, CONSOLE_TOKEN_ENV, TOKEN_ENV as API_TOKEN_ENV};
 pub use ha::{DEFAULT_LEASE_SECS, LeaseConfig};
 pub use webhook::{WebhookConfig, check_url as check_notify_url, public as public_ip};
 
@@ -151,6 +151,9 @@ pub struct Config {
     pub api: Option<ApiConfig>,
     /// How answers are POSTed to `notify_url`s (`http_config.webhooks`).
     pub webhooks: WebhookConfig,
+    /// The operator console's token (`http_config.console_token_file` or
+    /// `M2POOL_CONSOLE_TOKEN`); `None`: the console is off.
+    pub console_token: Option<crate::secret::Secret<String>>,
     /// When `/healthz` says degraded besides lost connections and a stalled head.
     pub health: HealthLimits,
     /// Network sections present but not named in `net` (`bsc_config` …):
@@ -649,17 +652,19 @@ impl Config {
             main_log_dir: main.filter(|d| !d.as_os_str().is_empty()),
             json,
         };
-        let (listen, max_lag, max_age, api_on, token_file, hooks) = match raw.http_config {
-            Some(h) => (
-                h.listen,
-                h.max_cursor_lag,
-                h.max_outbox_age_secs,
-                h.api,
-                h.api_token_file,
-                h.webhooks,
-            ),
-            None => (None, None, None, None, None, None),
-        };
+        let (listen, max_lag, max_age, api_on, token_file, hooks, console_file) =
+            match raw.http_config {
+                Some(h) => (
+                    h.listen,
+                    h.max_cursor_lag,
+                    h.max_outbox_age_secs,
+                    h.api,
+                    h.api_token_file,
+                    h.webhooks,
+                    h.console_token_file,
+                ),
+                None => (None, None, None, None, None, None, None),
+            };
         let health = HealthLimits {
             max_cursor_lag: Some(max_lag.unwrap_or(DEFAULT_MAX_CURSOR_LAG)).filter(|n| *n > 0),
             max_outbox_age: Some(max_age.unwrap_or(DEFAULT_MAX_OUTBOX_AGE_SECS))
@@ -676,6 +681,7 @@ impl Config {
             })?),
         };
         let api = api::api(api_on, token_file, http_listen.is_some())?;
+        let console_token = api::console_token(console_file, http_listen.is_some(), api.as_ref())?;
         Ok(Self {
             networks,
             rmq,
@@ -687,6 +693,7 @@ impl Config {
             http_listen,
             api,
             webhooks: webhook::webhooks(hooks)?,
+            console_token,
             health,
             ignored_sections,
             lease: ha::lease(raw.ha_config)?,

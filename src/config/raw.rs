@@ -41,6 +41,7 @@ pub(super) struct RawHttp {
     pub listen: Option<String>,
     pub api: Option<bool>,
     pub api_token_file: Option<PathBuf>,
+    pub console_token_file: Option<PathBuf>,
     pub max_cursor_lag: Option<u64>,
     pub max_outbox_age_secs: Option<u64>,
     pub webhooks: Option<super::webhook::RawWebhooks>,

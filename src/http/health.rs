@@ -18,7 +18,7 @@ use tracing::warn;
 
 impl HttpDeps {
     /// The outbox as the store reports it, or why it cannot.
-    pub(super) async fn outbox(&self) -> Result<OutboxState, String> {
+    pub(crate) async fn outbox(&self) -> Result<OutboxState, String> {
         let (backlog, oldest_ms) = self.store.outbox_unsent().await.map_err(|e| {
             warn!(target: "m2pool::http", error = %e, "cannot read the outbox for health");
             e.to_string()
@@ -32,7 +32,7 @@ impl HttpDeps {
         })
     }
 
-    pub(super) async fn gauges(&self) -> Gauges {
+    pub(crate) async fn gauges(&self) -> Gauges {
         let snap = self.health.snapshot();
         let (payouts, deposits) = self
             .store
@@ -113,6 +113,23 @@ impl HttpDeps {
         }
     }
 
+    /// What an operator should act on while the gateway itself is fine,
+    /// in plain words: dead webhook deliveries (`dead` of them: the
+    /// receivers' trouble), wallets low on gas or tokens, balances unread.
+    pub(crate) fn warnings(&self, snap: &health::Snapshot, dead: i64) -> Vec<String> {
+        let mut out: Vec<String> = (dead > 0)
+            .then(|| {
+                format!(
+                    "{dead} webhook deliveries are dead; `m2pool-payment webhook dead` lists them \
+                     and `m2pool-payment webhook replay` sends them again"
+                )
+            })
+            .into_iter()
+            .collect();
+        out.extend(health::warnings(snap, &self.limits));
+        out
+    }
+
     /// The `/healthz` answer: 200 and `"status":"ok"`, or 503 and
     /// `"status":"degraded"` with the `problems` in plain words.
     pub(super) async fn healthz(&self) -> (u16, String) {
@@ -149,19 +166,8 @@ impl HttpDeps {
             Err(_) => (-1, None),
         };
         let degraded = !problems.is_empty();
-        // Dead webhooks are the receivers' trouble, not the gateway's: shown
-        // and warned about, without turning the gateway unhealthy.
         let (pending, dead) = self.store.webhook_counts().await.unwrap_or((-1, -1));
-        let mut warnings: Vec<String> = (dead > 0)
-            .then(|| {
-                format!(
-                    "{dead} webhook deliveries are dead; `m2pool-payment webhook dead` lists them \
-                     and `m2pool-payment webhook replay` sends them again"
-                )
-            })
-            .into_iter()
-            .collect();
-        warnings.extend(health::warnings(&snap, &self.limits));
+        let warnings = self.warnings(&snap, dead);
         let term = match snap.role {
             Role::Active { term } => term,
             Role::Standby => 0,

@@ -14,6 +14,7 @@
 
 mod health;
 mod reads;
+pub(crate) use reads::answers;
 mod requests;
 pub mod stream;
 
@@ -64,6 +65,8 @@ pub struct HttpDeps {
     pub nets: Vec<String>,
     /// The HTTP API, when `http_config.api` is on.
     pub api: Option<ApiDeps>,
+    /// The operator console, when a console token is configured.
+    pub console: Option<crate::console::Console>,
 }
 
 /// What the HTTP API needs besides [`HttpDeps`].
@@ -90,7 +93,7 @@ pub async fn serve(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| HttpError { addr, source })?;
-    info!(target: "m2pool::http", %addr, api = deps.api.is_some(), "http endpoint listening");
+    info!(target: "m2pool::http", %addr, api = deps.api.is_some(), console = deps.console.is_some(), "http endpoint listening");
     axum::serve(listener, app(deps))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -113,6 +116,9 @@ fn app(deps: HttpDeps) -> axum::Router {
             .layer(axum::extract::DefaultBodyLimit::max(
                 crate::server::MAX_BODY,
             ));
+    }
+    if deps.console.is_some() {
+        app = app.merge(crate::console::routes());
     }
     app.fallback(not_found).with_state(deps)
 }

@@ -107,7 +107,7 @@ fn item(p: &Payout, decimals: u8, txs: &[(alloy::primitives::B256, i64)]) -> Val
 
 /// The answers a payout has been given, rebuilt from its state: `2` once
 /// announced, then its final answer.
-fn answers(p: &Payout, decimals: u8) -> Vec<Value> {
+pub(crate) fn answers(p: &Payout, decimals: u8) -> Vec<Value> {
     let mut out = Vec::new();
     let mut add = |r: reply::Reply| {
         if let Ok(v) = serde_json::from_slice(&r.body) {

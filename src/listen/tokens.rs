@@ -53,6 +53,14 @@ impl Tokens {
             })
     }
 
+    /// Every symbol of `chain`, in no particular order.
+    pub fn symbols(&self, chain: &str) -> Vec<String> {
+        self.by_chain
+            .get(chain)
+            .map(|a| a.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Decimals of payout `p`: as recorded, else (an older row) the config's.
     pub fn of_payout(&self, p: &Payout) -> u8 {
         p.decimals

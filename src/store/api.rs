@@ -46,6 +46,8 @@ pub struct DepositView {
     pub state: i64,
     /// Decimals when it was recorded (`None`: an older row).
     pub decimals: Option<u8>,
+    /// When it was first seen, unix milliseconds.
+    pub created_at: i64,
 }
 
 impl Store {
@@ -182,10 +184,9 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<DepositView>, StoreError> {
-        let mut q = QueryBuilder::<Any>::new(
-            "SELECT id, chain, tx_hash, log_index, symbol, address, from_address, amount, block_number, state, decimals
-             FROM deposits WHERE chain = ",
-        );
+        let mut q = QueryBuilder::<Any>::new(format!(
+            "SELECT {DEPOSIT_COLUMNS} FROM deposits WHERE chain = "
+        ));
         q.push_bind(chain.to_owned())
             .push(" AND address = ")
             .push_bind(addr.to_vec());
@@ -201,28 +202,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .ctx("read deposits by address")?;
-        rows.iter()
-            .map(|r| {
-                let amount: String = r.get(7);
-                Ok(DepositView {
-                    id: r.get(0),
-                    chain: r.get(1),
-                    tx_hash: b256(r.get(2), "deposits.tx_hash")?,
-                    log_index: r.get(3),
-                    symbol: r.get(4),
-                    address: address(r.get(5), "deposits.address")?,
-                    from: address(r.get(6), "deposits.from_address")?,
-                    amount: U256::from_str_radix(&amount, 10).map_err(|_| StoreError::Corrupt {
-                        what: "deposits.amount",
-                    })?,
-                    block: u64::try_from(r.get::<i64, _>(8)).unwrap_or_default(),
-                    state: r.get(9),
-                    decimals: r
-                        .get::<Option<i64>, _>(10)
-                        .and_then(|d| u8::try_from(d).ok()),
-                })
-            })
-            .collect()
+        rows.iter().map(deposit_view).collect()
     }
 
     /// Whether `addr` is watched on `chain`, per symbol it ever was: the
@@ -250,4 +230,30 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// The columns [`deposit_view`] reads, in order.
+pub(super) const DEPOSIT_COLUMNS: &str = "id, chain, tx_hash, log_index, symbol, address, from_address, amount, block_number, state, decimals, created_at";
+
+/// A deposit row read with [`DEPOSIT_COLUMNS`].
+pub(super) fn deposit_view(r: &sqlx::any::AnyRow) -> Result<DepositView, StoreError> {
+    let amount: String = r.get(7);
+    Ok(DepositView {
+        id: r.get(0),
+        chain: r.get(1),
+        tx_hash: b256(r.get(2), "deposits.tx_hash")?,
+        log_index: r.get(3),
+        symbol: r.get(4),
+        address: address(r.get(5), "deposits.address")?,
+        from: address(r.get(6), "deposits.from_address")?,
+        amount: U256::from_str_radix(&amount, 10).map_err(|_| StoreError::Corrupt {
+            what: "deposits.amount",
+        })?,
+        block: u64::try_from(r.get::<i64, _>(8)).unwrap_or_default(),
+        state: r.get(9),
+        decimals: r
+            .get::<Option<i64>, _>(10)
+            .and_then(|d| u8::try_from(d).ok()),
+        created_at: r.get(11),
+    })
 }

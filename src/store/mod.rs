@@ -17,6 +17,7 @@
 
 mod api;
 mod blocks;
+mod console;
 mod deposits;
 mod engine;
 mod inbox;
@@ -31,9 +32,12 @@ mod watches;
 mod webhooks;
 
 pub use api::{DepositView, StreamRow};
+pub use console::{
+    DeadLetterView, DepositFilter, InboxView, Page, PayoutFilter, TxView, WINDOW as CONSOLE_WINDOW,
+};
 pub use deposits::{
     CONFIRMED as DEPOSIT_CONFIRMED, DepositSeen, DueDeposit, FAILED as DEPOSIT_FAILED, NewDeposit,
-    ORPHANED as DEPOSIT_ORPHANED,
+    ORPHANED as DEPOSIT_ORPHANED, PENDING as DEPOSIT_PENDING,
 };
 pub use engine::Engine;
 pub use inbox::{InboxRow, Outcome};
