@@ -81,6 +81,16 @@ ensure_promtool() {
     command -v promtool >/dev/null || { echo "promtool did not install" >&2; return 1; }
 }
 
+# Headless Chromium and its WebDriver, for the console's browser test
+# (tests/console.rs), and a Chinese font so its screenshots of the Chinese
+# pages are readable.
+ensure_chromium() {
+    if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+        apt_install --no-install-recommends chromium chromium-driver
+    fi
+    [ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || apt_install --no-install-recommends fonts-wqy-zenhei
+}
+
 ensure_rabbitmq() {
     if port_open 5672; then return 0; fi
     command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server

@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh machine: installs and starts what the
 # tests need where it is absent (anvil pinned to 1.7.1 from npm into .tools/;
 # RabbitMQ and MariaDB from Debian packages; Go and a JDK for the signing
-# snippets; promtool for the Prometheus rules in deploy/), checks formatting
+# snippets; promtool for the Prometheus rules in deploy/; Chromium and
+# chromedriver for the console's browser test), checks formatting
 # and lints, and runs every test against the real services.
 #
 #   bin/test.sh                 # everything
@@ -15,9 +16,12 @@ ensure_rabbitmq
 ensure_mariadb
 ensure_snippet_toolchains
 ensure_promtool
+ensure_chromium
 export ANVIL_BIN
 # tests/dashboards.rs skips promtool's checks where it is absent, not here.
 export M2POOL_REQUIRE_PROMTOOL=1
+# tests/console.rs likewise skips without a browser, not here.
+export M2POOL_REQUIRE_BROWSER=1
 
 cd "$ROOT"
 say "cargo fmt --check"

@@ -94,17 +94,22 @@ pub fn lang(headers: &HeaderMap, asked: Option<&str>) -> Lang {
 /// names this host, or without one, the browser says same-origin.
 pub fn same_origin(headers: &HeaderMap) -> bool {
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    match headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| *o != "null")
+    {
         Some(origin) => {
             let bare = origin
                 .strip_prefix("http://")
                 .or_else(|| origin.strip_prefix("https://"));
             bare.is_some() && bare == host
         }
-        None => headers
-            .get("sec-fetch-site")
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|s| s == "same-origin" || s == "none"),
+        // `Origin: null` (an opaque origin) is trusted only when the
+        // browser vouches for the request's site.
+        None if headers.get(header::ORIGIN).is_some() => fetch_site == Some("same-origin"),
+        None => fetch_site.is_none_or(|s| s == "same-origin" || s == "none"),
     }
 }
 
@@ -173,6 +178,10 @@ mod tests {
             HeaderValue::from_static("https://evil.example"),
         );
         assert!(!same_origin(&h));
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(!same_origin(&h), "an opaque origin alone");
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(same_origin(&h), "an opaque origin the browser vouches for");
         h.remove(header::ORIGIN);
         h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert!(!same_origin(&h));

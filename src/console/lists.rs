@@ -532,7 +532,10 @@ mod tests {
         p.created_at = 0;
         let w = waits(l, &p, &[], None, 20, wait);
         assert_eq!(w.len(), 1);
-        assert!(w[0].starts_with("Waiting for its wallet&#39;s nonce actor since <time"), "{w:?}");
+        assert!(
+            w[0].starts_with("Waiting for its wallet&#39;s nonce actor since <time"),
+            "{w:?}"
+        );
 
         p.state = PayoutState::Sent;
         p.refused_at = Some(1_000);
@@ -549,7 +552,10 @@ mod tests {
         p.state = PayoutState::Mined;
         p.block_number = Some(100);
         let w = waits(l, &p, &[tx(0)], Some(110), 20, wait);
-        assert_eq!(w, vec!["Mined in block 100; final at block 120 (cursor 110).".to_owned()]);
+        assert_eq!(
+            w,
+            vec!["Mined in block 100; final at block 120 (cursor 110).".to_owned()]
+        );
 
         p.state = PayoutState::Confirmed;
         p.error = Some("x".into());

@@ -1046,6 +1046,7 @@ async fn the_sqlite_engine_writes_ahead_and_syncs_every_commit() {
     assert_eq!((mode.as_str(), sync, keys), ("wal", 2, 1));
 }
 
+mod console;
 mod lease;
 mod webhooks;
 

@@ -7,6 +7,8 @@
 pub mod api;
 pub mod broker;
 #[allow(dead_code)]
+pub mod browser;
+#[allow(dead_code)]
 pub mod http;
 pub mod mariadb;
 pub mod probe;
