@@ -12,6 +12,8 @@
 mod api;
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "gateway/console.rs"]
+mod console;
 #[path = "gateway/ha.rs"]
 mod ha;
 
@@ -1149,7 +1151,7 @@ async fn main() -> Result<()> {
         // SAFETY: set once, before any thread reads the environment.
         unsafe { std::env::set_var("RUST_LOG", "error") };
     }
-    // BENCH_ONLY=ingest,detection,networks,watchset,payouts,mariadb,failover,confirm,e2e,api picks
+    // BENCH_ONLY=ingest,detection,networks,watchset,payouts,mariadb,failover,confirm,e2e,api,console picks
     // rows (networks runs detection too: its figure is the baseline).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
@@ -1200,6 +1202,10 @@ async fn main() -> Result<()> {
     if run("e2e") {
         eprintln!("end to end…");
         rows.extend(end_to_end(s.e2e).await?);
+    }
+    if run("console") {
+        eprintln!("ingest with the console polled…");
+        rows.push(console::ingest_with_console(s.ingest).await?);
     }
     if run("api") {
         eprintln!("HTTP API and webhooks…");

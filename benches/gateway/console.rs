@@ -1,0 +1,120 @@
+//! The console's cost (`BENCH_ONLY=console`): ingest of signed topups with
+//! the operator console on and polled as ten operators would, each
+//! refreshing a page every second (a page every 100 ms, every page in
+//! turn), next to the same ingest with the console on and nobody looking. The ratio is the console's cost to ingest; the raw figure here
+//! is the daemon itself, the only fair baseline for "no measurable cost".
+
+use super::{Row, ingest_rate, world};
+use crate::common::http::free_port;
+use crate::common::*;
+use alloy::primitives::Address;
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+const TOKEN: &str = "bench-console-token-0123";
+
+/// The pages an operator keeps open, refreshed one after the other.
+const PAGES: [&str; 6] = [
+    "/console/overview",
+    "/console/payouts",
+    "/console/deposits",
+    "/console/wallets",
+    "/console/requests",
+    "/console/requests?outcome=refused",
+];
+
+/// Time between two pages fetched: ten operators refreshing once a second.
+const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Logs in and fetches [`PAGES`] in turn, one every [`EVERY`], until
+/// `stop`; counts pages.
+async fn poll(port: u16, stop: Arc<AtomicBool>, pages: Arc<AtomicUsize>) -> Result<()> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let login = loop {
+        if let Ok(r) = client
+            .post(format!("{base}/console/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={TOKEN}"))
+            .send()
+            .await
+        {
+            break r;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .context("a session")?
+        .to_owned();
+    while !stop.load(Ordering::Relaxed) {
+        for page in PAGES {
+            let r = client
+                .get(format!("{base}{page}"))
+                .header("cookie", &cookie)
+                .send()
+                .await?;
+            anyhow::ensure!(r.status() == 200, "{page}: {}", r.status());
+            r.bytes().await?;
+            pages.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(EVERY).await;
+        }
+    }
+    Ok(())
+}
+
+/// Ingest of `n` pre-loaded topups, with the console polled or not.
+async fn run(n: usize, polled: bool) -> Result<(f64, usize)> {
+    let port = free_port()?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("console-token");
+    std::fs::write(&file, TOKEN)?;
+    let w = world("bench-console", &[], move |c: &mut Value| {
+        c["http_config"] =
+            json!({"listen": format!("127.0.0.1:{port}"), "console_token_file": file});
+    })
+    .await?;
+    let bodies: Vec<Vec<u8>> = (0..n)
+        .map(|_| signed(topup(&hex_addr(Address::random()), "USDT")))
+        .collect::<Result<_>>()?;
+    w.publish_all("topup", &bodies).await?;
+    let (stop, pages) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let poller = polled.then(|| tokio::spawn(poll(port, stop.clone(), pages.clone())));
+    let daemon = w.start().await?;
+    let rate = ingest_rate(&w, daemon, n).await?;
+    stop.store(true, Ordering::Relaxed);
+    if let Some(p) = poller {
+        // The daemon has stopped: a request cut short is not the console's fault.
+        let _ = p.await?;
+    }
+    w.cleanup().await?;
+    Ok((rate, pages.load(Ordering::Relaxed)))
+}
+
+/// Ingest with the console polled, next to ingest without.
+pub async fn ingest_with_console(n: usize) -> Result<Row> {
+    let (quiet, _) = run(n, false).await?;
+    let (polled, pages) = run(n, true).await?;
+    let ratio = polled / quiet;
+    Ok(Row::new("ingest with the console polled", polled, Some(quiet), "msg/s")
+        .target(">= 0.95 of ingest with nobody looking", ratio >= 0.95)
+        .note(format!(
+            "{n} signed topups pre-loaded; a logged-in client fetched the {} console pages in turn, one every {} ms \
+             (ten operators refreshing each second; {pages} pages during the ingest); raw: the same ingest with the console on, unpolled",
+            PAGES.len(),
+            EVERY.as_millis()
+        )))
+}
