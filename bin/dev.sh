@@ -128,6 +128,10 @@ if [ -n "$BSC_PORT" ]; then
 fi
 NETS="\"$(echo "$CHAINS" | sed -e 's/,/", "/g')\""
 
+# The operator console, with a dev token (DEV_CONSOLE_TOKEN to choose one).
+CONSOLE_TOKEN="${DEV_CONSOLE_TOKEN:-dev-console-token-0123}"
+printf '%s\n' "$CONSOLE_TOKEN" >"$DEV/console-token"
+
 cat >"$DEV/config.json" <<JSON
 {
   "net": [$NETS],
@@ -152,7 +156,7 @@ cat >"$DEV/config.json" <<JSON
     "chain_id": 31337,
     "tokens": [ { "symbol": "USDT", "address": "$TOKEN", "decimals": 6 } ]
   },
-  "http_config": { "listen": "127.0.0.1:$HTTP_PORT" }$BSC_SECTION
+  "http_config": { "listen": "127.0.0.1:$HTTP_PORT", "console_token_file": "$DEV/console-token" }$BSC_SECTION
 }
 JSON
 
@@ -181,6 +185,7 @@ ${BSC_PORT:+  BSC-like chain http://127.0.0.1:$BSC_PORT  (chain id 56, native BN
   key           $KEY   (sign messages: $BIN sign --key $KEY FILE)
   RabbitMQ      ${AMQP%%/%2f}, queues $P.*
   health        http://127.0.0.1:$HTTP_PORT/healthz   metrics http://127.0.0.1:$HTTP_PORT/metrics
+  console       http://127.0.0.1:$HTTP_PORT/console   token $CONSOLE_TOKEN
   demo          bin/demo.sh   (in another terminal: every flow in a minute)
 
 INFO

@@ -347,6 +347,28 @@ pub(crate) fn init_tracing(
     guard
 }
 
+/// A wallet class's thresholds in words (`gas < 0.02 ETH, USDT < 500`).
+fn thresholds(
+    a: &m2pool_payment::config::ClassAlerts,
+    e: &m2pool_payment::config::EthConfig,
+) -> String {
+    use m2pool_payment::msg::amount::format_units;
+    let mut parts: Vec<String> = a
+        .min_gas
+        .iter()
+        .map(|g| format!("gas < {} {}", format_units(*g, e.native_decimals), e.native))
+        .collect();
+    for (symbol, min) in &a.min_balance {
+        let decimals = e.decimals(symbol).unwrap_or(18);
+        parts.push(format!("{symbol} < {}", format_units(*min, decimals)));
+    }
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
 fn describe(c: &Config) -> String {
     let rmq = match url::Url::parse(c.rmq.url.expose()) {
         Ok(mut u) => {
@@ -393,16 +415,34 @@ fn describe(c: &Config) -> String {
                 e.confirm_height,
                 n.name,
                 tokens.join(", "),
+            ) + &format!(
+                "\n  {}: wallet balances every {} s; alerts: collection {}, hot wallets {}",
+                n.name,
+                e.alerts.poll.as_secs(),
+                thresholds(&e.alerts.collection, e),
+                thresholds(&e.alerts.user, e),
             )
         })
         .collect();
+    let http = match c.http_listen {
+        None => "off".to_owned(),
+        Some(a) => format!(
+            "{a} (health, metrics{}{})",
+            if c.api.is_some() { ", API" } else { "" },
+            if c.console_token.is_some() {
+                ", console"
+            } else {
+                ""
+            }
+        ),
+    };
     let warnings: Vec<String> = c
         .warnings()
         .iter()
         .map(|w| format!("\n  warning: {w}"))
         .collect();
     format!(
-        "config OK\n  nets: {}\n  broker: {rmq}, {} queues{}\n  message store: {}\n  wallet store: {wallet}\n  lease: {} s, this instance `{}`{}{}",
+        "config OK\n  nets: {}\n  broker: {rmq}, {} queues{}\n  message store: {}\n  wallet store: {wallet}\n  http: {http}\n  lease: {} s, this instance `{}`{}{}",
         c.net_names().join(", "),
         c.rmq.entries().len(),
         if c.rmq.remove.is_none() {

@@ -684,6 +684,17 @@ async fn dev_sh_then_demo_sh_show_every_flow_and_stop_cleanly() -> Result<()> {
     })
     .await;
     ready.with_context(|| format!("bin/dev.sh output:\n{}", dev_out()))?;
+    // The console is on, and bin/dev.sh says where and with which token.
+    let (status, login) = common::http::http(http_port, "GET", "/console/login").await?;
+    ensure!(
+        status == 200 && login.contains("token"),
+        "console login page: {status}"
+    );
+    ensure!(
+        dev_out().contains("/console   token dev-console-token-0123"),
+        "bin/dev.sh names the console:\n{}",
+        dev_out()
+    );
 
     let demo = tokio::time::timeout(
         Duration::from_secs(300),

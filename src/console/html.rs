@@ -130,20 +130,21 @@ pub fn page(lang: Lang, current: &str, title: &str, body: &str) -> String {
     )
 }
 
-/// A `<select>` of `name` with `options` (value, label), `current` chosen
-/// and an "any" first.
+/// A `<select>` of field `name`, shown as `label`, with `options` (value,
+/// text), `current` chosen and an "any" first.
 pub fn select(
     name: &str,
+    label: &str,
     any: &str,
     options: &[(String, String)],
     current: Option<&str>,
 ) -> String {
     let mut out = format!(
         "<label>{} <select name=\"{name}\"><option value=\"\">{}</option>",
-        esc(name),
+        esc(label),
         esc(any)
     );
-    for (value, label) in options {
+    for (value, text) in options {
         let chosen = if Some(value.as_str()) == current {
             " selected"
         } else {
@@ -153,7 +154,7 @@ pub fn select(
             out,
             "<option value=\"{}\"{chosen}>{}</option>",
             esc(value),
-            esc(label)
+            esc(text)
         );
     }
     out.push_str("</select></label>");

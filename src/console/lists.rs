@@ -94,14 +94,33 @@ pub(crate) async fn payouts(
         .collect();
     let mut b = format!(
         "<form class=\"filters\" method=\"get\"><label>{search_l} <input name=\"q\" id=\"q\" value=\"{qv}\" placeholder=\"{ph}\"></label>\
-         {chain}{state}{symbol}<label>wallet <input name=\"wallet\" value=\"{wallet}\" placeholder=\"0x…\"></label>\
+         {chain}{state}{symbol}<label>{wallet_l} <input name=\"wallet\" value=\"{wallet}\" placeholder=\"0x…\"></label>\
          <button type=\"submit\" id=\"search\">{go}</button></form>",
         search_l = esc(l.t("search")),
         qv = esc(search.as_deref().unwrap_or("")),
         ph = esc(l.t("search.payouts")),
-        chain = html::select("chain", l.t("any"), &nets, filter.chain.as_deref()),
-        state = html::select("state", l.t("any"), &states, filter.state.as_deref()),
-        symbol = html::select("symbol", l.t("any"), &symbols(&v), filter.symbol.as_deref()),
+        chain = html::select(
+            "chain",
+            l.t("network"),
+            l.t("any"),
+            &nets,
+            filter.chain.as_deref()
+        ),
+        state = html::select(
+            "state",
+            l.t("state"),
+            l.t("any"),
+            &states,
+            filter.state.as_deref()
+        ),
+        symbol = html::select(
+            "symbol",
+            l.t("symbol"),
+            l.t("any"),
+            &symbols(&v),
+            filter.symbol.as_deref()
+        ),
+        wallet_l = esc(l.t("wallet")),
         wallet = esc(q.wallet.as_deref().unwrap_or("")),
         go = esc(l.t("filter")),
     );
@@ -448,9 +467,27 @@ pub(crate) async fn deposits(
         search_l = esc(l.t("search")),
         qv = esc(search.as_deref().unwrap_or("")),
         ph = esc(l.t("search.deposits")),
-        chain = html::select("chain", l.t("any"), &nets, filter.chain.as_deref()),
-        symbol = html::select("symbol", l.t("any"), &symbols(&v), filter.symbol.as_deref()),
-        state = html::select("state", l.t("any"), &states, state_name.as_deref()),
+        chain = html::select(
+            "chain",
+            l.t("network"),
+            l.t("any"),
+            &nets,
+            filter.chain.as_deref()
+        ),
+        symbol = html::select(
+            "symbol",
+            l.t("symbol"),
+            l.t("any"),
+            &symbols(&v),
+            filter.symbol.as_deref()
+        ),
+        state = html::select(
+            "state",
+            l.t("state"),
+            l.t("any"),
+            &states,
+            state_name.as_deref()
+        ),
         go = esc(l.t("filter")),
     );
     let rows: Vec<Vec<String>> = rows

@@ -403,8 +403,14 @@ pub(crate) async fn requests(
     let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
     let mut b = format!(
         "<form class=\"filters\" method=\"get\">{}{}<button type=\"submit\">{}</button></form>",
-        html::select("kind", l.t("any"), &opts(&kinds), kind),
-        html::select("outcome", l.t("any"), &opts(&outcomes), outcome),
+        html::select("kind", l.t("kind"), l.t("any"), &opts(&kinds), kind),
+        html::select(
+            "outcome",
+            l.t("outcome"),
+            l.t("any"),
+            &opts(&outcomes),
+            outcome
+        ),
         esc(l.t("filter"))
     );
     let rows: Vec<Vec<String>> = page
