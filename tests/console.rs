@@ -12,6 +12,7 @@ use alloy::providers::Provider;
 use anyhow::{Context, Result, ensure};
 use common::browser::Browser;
 use common::http::{free_port, wait_health, wait_metrics};
+use common::payout_of as is;
 use common::*;
 use m2pool_payment::wallet::Label;
 use serde_json::{Value, json};
@@ -19,18 +20,6 @@ use std::path::PathBuf;
 
 /// The console token of this test.
 const TOKEN: &str = "console-token-0123456789";
-
-fn withdraw(queue_id: &str, from: Address, to: Address, amount: &str) -> Result<Value> {
-    let mut v = json!({"queue_id": queue_id, "from_address": hex_addr(from), "to_address": hex_addr(to),
-                       "chain": "ETH", "symbol": "USDT", "timestamp": 1758610297});
-    v["amount"] = serde_json::from_str(amount)?;
-    Ok(v)
-}
-
-fn is(queue_id: &str, status: u64) -> impl Fn(&Value) -> bool {
-    let q = queue_id.to_owned();
-    move |v| v["queue_id"] == q && v["status"] == status
-}
 
 /// Where the screenshots go: `target/console/`.
 fn shots() -> PathBuf {

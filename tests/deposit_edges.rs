@@ -6,6 +6,7 @@ mod common;
 
 use alloy::primitives::{Address, B256, U256};
 use anyhow::Result;
+use common::payout_of as is;
 use common::*;
 use serde_json::Value;
 
@@ -110,11 +111,6 @@ fn withdraw(queue_id: &str, from: Address, to: Address, amount: &str) -> Result<
         "to_address": hex_addr(to), "chain": "ETH", "symbol": "USDT", "timestamp": 1758610297});
     v["amount"] = serde_json::from_str(amount)?;
     Ok(v)
-}
-
-fn is(queue_id: &str, status: u64) -> impl Fn(&Value) -> bool {
-    let q = queue_id.to_owned();
-    move |v| v["queue_id"] == q && v["status"] == status
 }
 
 /// Final answers (`status` 1) of `kind` in the daemon's outbox, sent or not.

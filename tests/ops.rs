@@ -9,6 +9,7 @@ use alloy::providers::Provider;
 use anyhow::{Context, Result, ensure};
 use common::broker::PrivateBroker;
 use common::http::*;
+use common::payout_of as is;
 use common::*;
 use lapin::options::{QueueBindOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
@@ -20,11 +21,6 @@ use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn is(queue_id: &str, status: u64) -> impl Fn(&Value) -> bool {
-    let q = queue_id.to_owned();
-    move |v| v["queue_id"] == q && v["status"] == status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

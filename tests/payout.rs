@@ -5,23 +5,12 @@ mod common;
 use alloy::primitives::{Address, B256, I256, U256};
 use alloy::providers::Provider;
 use anyhow::{Context, Result, ensure};
+use common::payout_of as is;
 use common::*;
 use m2pool_payment::store::PayoutState;
 use m2pool_payment::wallet::Label;
 use serde_json::{Value, json};
 use std::time::Instant;
-
-fn withdraw(queue_id: &str, from: Address, to: Address, amount: &str) -> Result<Value> {
-    let mut v = json!({"queue_id": queue_id, "from_address": hex_addr(from), "to_address": hex_addr(to),
-                       "chain": "ETH", "symbol": "USDT", "timestamp": 1758610297});
-    v["amount"] = serde_json::from_str(amount)?;
-    Ok(v)
-}
-
-fn is(queue_id: &str, status: u64) -> impl Fn(&Value) -> bool {
-    let q = queue_id.to_owned();
-    move |v| v["queue_id"] == q && v["status"] == status
-}
 
 fn tx_of(r: &Reply) -> Result<B256> {
     r.v["tx_hash"]

@@ -799,6 +799,14 @@ pub fn deposit_of(tx: B256, status: u64) -> impl Fn(&Value) -> bool {
     move |v| v["tx_hash"] == hash && v["status"] == status
 }
 
+/// A signed-to-be withdrawal of `amount` (JSON number text) USDT on ETH.
+pub fn withdraw(queue_id: &str, from: Address, to: Address, amount: &str) -> Result<Value> {
+    let mut v = json!({"queue_id": queue_id, "from_address": hex_addr(from), "to_address": hex_addr(to),
+                       "chain": "ETH", "symbol": "USDT", "timestamp": 1758610297});
+    v["amount"] = serde_json::from_str(amount)?;
+    Ok(v)
+}
+
 /// A payout answer for `queue_id` with `status`.
 pub fn payout_of(queue_id: &str, status: u64) -> impl Fn(&Value) -> bool {
     let q = queue_id.to_owned();
