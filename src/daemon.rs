@@ -288,7 +288,14 @@ pub async fn run(
         });
         let deps = HttpDeps {
             api,
-            console: crate::console::Console::new(&config, wallets.clone()),
+            console: match &config.console_token {
+                None => None,
+                Some(_) => crate::console::Console::new(
+                    &config,
+                    Store::open_reader(&config).await?,
+                    wallets.clone(),
+                ),
+            },
             health: health.clone(),
             metrics: metrics.clone(),
             store: store.clone(),

@@ -25,12 +25,20 @@ const PAGES: [&str; 6] = [
     "/console/requests?outcome=refused",
 ];
 
+/// Cycles of four runs.
+const CYCLES: usize = 5;
+
 /// Time between two pages fetched: ten operators refreshing once a second.
 const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Logs in and fetches [`PAGES`] in turn, one every [`EVERY`], until
 /// `stop`; counts pages.
-async fn poll(port: u16, stop: Arc<AtomicBool>, pages: Arc<AtomicUsize>) -> Result<()> {
+async fn poll(
+    port: u16,
+    stop: Arc<AtomicBool>,
+    pages: Arc<AtomicUsize>,
+    micros: Arc<AtomicUsize>,
+) -> Result<()> {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
@@ -59,6 +67,7 @@ async fn poll(port: u16, stop: Arc<AtomicBool>, pages: Arc<AtomicUsize>) -> Resu
         .to_owned();
     while !stop.load(Ordering::Relaxed) {
         for page in PAGES {
+            let started = std::time::Instant::now();
             let r = client
                 .get(format!("{base}{page}"))
                 .header("cookie", &cookie)
@@ -66,6 +75,7 @@ async fn poll(port: u16, stop: Arc<AtomicBool>, pages: Arc<AtomicUsize>) -> Resu
                 .await?;
             anyhow::ensure!(r.status() == 200, "{page}: {}", r.status());
             r.bytes().await?;
+            micros.fetch_add(started.elapsed().as_micros() as usize, Ordering::Relaxed);
             pages.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(EVERY).await;
         }
@@ -73,8 +83,9 @@ async fn poll(port: u16, stop: Arc<AtomicBool>, pages: Arc<AtomicUsize>) -> Resu
     Ok(())
 }
 
-/// Ingest of `n` pre-loaded topups, with the console polled or not.
-async fn run(n: usize, polled: bool) -> Result<(f64, usize)> {
+/// Ingest of `n` pre-loaded topups, with the console polled or not; the
+/// rate, the pages fetched and the time they took in all (µs).
+async fn run(n: usize, polled: bool) -> Result<(f64, usize, usize)> {
     let port = free_port()?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("console-token");
@@ -88,11 +99,13 @@ async fn run(n: usize, polled: bool) -> Result<(f64, usize)> {
         .map(|_| signed(topup(&hex_addr(Address::random()), "USDT")))
         .collect::<Result<_>>()?;
     w.publish_all("topup", &bodies).await?;
-    let (stop, pages) = (
+    let (stop, pages, micros) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
     );
-    let poller = polled.then(|| tokio::spawn(poll(port, stop.clone(), pages.clone())));
+    let poller =
+        polled.then(|| tokio::spawn(poll(port, stop.clone(), pages.clone(), micros.clone())));
     let daemon = w.start().await?;
     let rate = ingest_rate(&w, daemon, n).await?;
     stop.store(true, Ordering::Relaxed);
@@ -101,19 +114,48 @@ async fn run(n: usize, polled: bool) -> Result<(f64, usize)> {
         let _ = p.await?;
     }
     w.cleanup().await?;
-    Ok((rate, pages.load(Ordering::Relaxed)))
+    Ok((
+        rate,
+        pages.load(Ordering::Relaxed),
+        micros.load(Ordering::Relaxed),
+    ))
 }
 
-/// Ingest with the console polled, next to ingest without.
+/// Ingest with the console polled, next to ingest without, in [`CYCLES`]
+/// cycles of four runs (unpolled, polled, polled, unpolled, so that a
+/// machine warming up or slowing down weighs on both sides alike); each
+/// side is the median of its runs, since single runs on a shared machine
+/// scatter far more than the console could cost.
 pub async fn ingest_with_console(n: usize) -> Result<Row> {
-    let (quiet, _) = run(n, false).await?;
-    let (polled, pages) = run(n, true).await?;
-    let ratio = polled / quiet;
-    Ok(Row::new("ingest with the console polled", polled, Some(quiet), "msg/s")
+    let (mut quiet, mut polled, mut pages, mut micros) = (Vec::new(), Vec::new(), 0, 0);
+    for _ in 0..CYCLES {
+        for on in [false, true, true, false] {
+            let (rate, p, us) = run(n, on).await?;
+            if on {
+                polled.push(rate);
+                pages += p;
+                micros += us;
+            } else {
+                quiet.push(rate);
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    let spread = |v: &[f64]| format!("{:.0}–{:.0}", v[0], v[v.len() - 1]);
+    let (q, p) = (median(&mut quiet), median(&mut polled));
+    let page_ms = micros as f64 / 1000.0 / pages.max(1) as f64;
+    let ratio = p / q;
+    Ok(Row::new("ingest with the console polled", p, Some(q), "msg/s")
         .target(">= 0.95 of ingest with nobody looking", ratio >= 0.95)
         .note(format!(
-            "{n} signed topups pre-loaded; a logged-in client fetched the {} console pages in turn, one every {} ms \
-             (ten operators refreshing each second; {pages} pages during the ingest); raw: the same ingest with the console on, unpolled",
+            "{n} signed topups pre-loaded, {CYCLES} cycles of runs unpolled, polled, polled, unpolled; medians \
+             (unpolled {}, polled {} msg/s); polled: a logged-in client fetched the {} console pages in turn, one every {} ms \
+             (ten operators refreshing each second), {pages} pages in all, {page_ms:.1} ms each on average",
+            spread(&quiet),
+            spread(&polled),
             PAGES.len(),
             EVERY.as_millis()
         )))

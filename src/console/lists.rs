@@ -78,11 +78,16 @@ pub(crate) async fn payouts(
         wallet: given(&q.wallet).and_then(|w| parse_address(&w).ok()),
     };
     let (rows, next) = match &search {
-        Some(text) => match deps.store.find_payouts(&deps.nets, text, PAGE).await {
+        Some(text) => match v.console.store.find_payouts(&deps.nets, text, PAGE).await {
             Ok(r) => (r, None),
             Err(e) => return store_failed(&v, e),
         },
-        None => match deps.store.console_payouts(&filter, q.before, PAGE).await {
+        None => match v
+            .console
+            .store
+            .console_payouts(&filter, q.before, PAGE)
+            .await
+        {
             Ok(p) => (p.rows, p.next),
             Err(e) => return store_failed(&v, e),
         },
@@ -254,7 +259,7 @@ pub(crate) async fn payout(
         Err(r) => return r,
     };
     let l = v.lang;
-    let p = match deps.store.payout(id).await {
+    let p = match v.console.store.payout(id).await {
         Ok(Some(p)) => p,
         Ok(None) => {
             return v.html(
@@ -264,7 +269,7 @@ pub(crate) async fn payout(
         }
         Err(e) => return store_failed(&v, e),
     };
-    let txs = match deps.store.payout_tx_views(p.id).await {
+    let txs = match v.console.store.payout_tx_views(p.id).await {
         Ok(t) => t,
         Err(e) => return store_failed(&v, e),
     };
@@ -447,11 +452,16 @@ pub(crate) async fn deposits(
             .map(|(_, n)| *n),
     };
     let (rows, next) = match &search {
-        Some(text) => match deps.store.find_deposits(&deps.nets, text, PAGE).await {
+        Some(text) => match v.console.store.find_deposits(&deps.nets, text, PAGE).await {
             Ok(r) => (r, None),
             Err(e) => return store_failed(&v, e),
         },
-        None => match deps.store.console_deposits(&filter, q.before, PAGE).await {
+        None => match v
+            .console
+            .store
+            .console_deposits(&filter, q.before, PAGE)
+            .await
+        {
             Ok(p) => (p.rows, p.next),
             Err(e) => return store_failed(&v, e),
         },

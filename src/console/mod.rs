@@ -49,6 +49,9 @@ use std::time::Duration;
 pub struct Console {
     /// What the login form must be given.
     pub token: Arc<Secret<String>>,
+    /// The message store through a connection of the console's own, so
+    /// that pages never take one the writers wait for.
+    pub store: crate::store::Store,
     /// Ledger balances.
     pub wallets: WalletStore,
     /// Decimals of every network's symbols.
@@ -69,11 +72,17 @@ pub struct NetFacts {
 }
 
 impl Console {
-    /// The console of `config`, when it has a console token.
-    pub fn new(config: &crate::config::Config, wallets: WalletStore) -> Option<Self> {
+    /// The console of `config`, when it has a console token; `store` is
+    /// its own handle on the message store ([`crate::store::Store::open_reader`]).
+    pub fn new(
+        config: &crate::config::Config,
+        store: crate::store::Store,
+        wallets: WalletStore,
+    ) -> Option<Self> {
         let token = config.console_token.clone()?;
         Some(Self {
             token: Arc::new(token),
+            store,
             wallets,
             tokens: Arc::new(Tokens::new(config)),
             nets: config

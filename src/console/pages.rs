@@ -38,13 +38,13 @@ pub(crate) async fn overview(
     };
     let l = v.lang;
     let snap = deps.health.snapshot();
-    let outbox = deps.outbox().await;
+    let outbox = crate::http::outbox_of(&v.console.store).await;
     let problems = if snap.role == Role::Standby {
         Vec::new()
     } else {
         health::problems(&snap, &outbox, &deps.limits)
     };
-    let (pending, dead) = deps.store.webhook_counts().await.unwrap_or((-1, -1));
+    let (pending, dead) = v.console.store.webhook_counts().await.unwrap_or((-1, -1));
     let warnings = deps.warnings(&snap, dead);
     let mut b = String::new();
     if problems.is_empty() {
@@ -166,7 +166,7 @@ pub(crate) async fn overview(
     }
     b.push_str("</div>");
 
-    match deps.store.state_counts(&deps.nets).await {
+    match v.console.store.state_counts(&deps.nets).await {
         Ok((payouts, deposits)) => {
             for (title, counts, link) in [
                 (l.t("payouts_by_state"), payouts, "payouts"),
@@ -276,7 +276,7 @@ pub(crate) async fn wallets(
                 HashMap::new()
             }
         };
-        let waiting: HashMap<Address, i64> = match deps.store.waiting_per_wallet(chain).await {
+        let waiting: HashMap<Address, i64> = match v.console.store.waiting_per_wallet(chain).await {
             Ok(list) => list.into_iter().collect(),
             Err(e) => return store_failed(&v, e),
         };
@@ -455,7 +455,12 @@ pub(crate) async fn requests(
     );
     b.push_str(&pager(l, page.next, &format!("{keep}&before=")));
 
-    let dead = match deps.store.console_dead_letters(q.dead_before, PAGE).await {
+    let dead = match v
+        .console
+        .store
+        .console_dead_letters(q.dead_before, PAGE)
+        .await
+    {
         Ok(p) => p,
         Err(e) => return store_failed(&v, e),
     };

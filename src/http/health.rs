@@ -16,20 +16,23 @@ use serde_json::json;
 use std::time::Duration;
 use tracing::warn;
 
+/// The outbox as `store` reports it, or why it cannot.
+pub(crate) async fn outbox_of(store: &crate::store::Store) -> Result<OutboxState, String> {
+    let (backlog, oldest_ms) = store.outbox_unsent().await.map_err(|e| {
+        warn!(target: "m2pool::http", error = %e, "cannot read the outbox for health");
+        e.to_string()
+    })?;
+    let now = crate::clock::now_ms();
+    Ok(OutboxState {
+        backlog,
+        oldest: oldest_ms.map(|t| Duration::from_millis(now.saturating_sub(t).max(0) as u64)),
+    })
+}
+
 impl HttpDeps {
     /// The outbox as the store reports it, or why it cannot.
     pub(crate) async fn outbox(&self) -> Result<OutboxState, String> {
-        let (backlog, oldest_ms) = self.store.outbox_unsent().await.map_err(|e| {
-            warn!(target: "m2pool::http", error = %e, "cannot read the outbox for health");
-            e.to_string()
-        })?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        Ok(OutboxState {
-            backlog,
-            oldest: oldest_ms.map(|t| Duration::from_millis(now.saturating_sub(t).max(0) as u64)),
-        })
+        outbox_of(&self.store).await
     }
 
     pub(crate) async fn gauges(&self) -> Gauges {

@@ -14,6 +14,7 @@
 
 mod health;
 mod reads;
+pub(crate) use health::outbox_of;
 pub(crate) use reads::answers;
 mod requests;
 pub mod stream;

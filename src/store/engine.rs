@@ -127,6 +127,30 @@ impl Store {
         Ok(Self::new(pool, Engine::MySql))
     }
 
+    /// A second handle on the store `config` names, with one connection of
+    /// its own, for readers that must never take a connection the writers
+    /// wait for (the operator console). It does not migrate: the daemon's
+    /// own handle has.
+    pub async fn open_reader(config: &crate::config::Config) -> Result<Self, StoreError> {
+        match &config.msg_mysql {
+            None => Self::open_read_only(&config.msg_store).await,
+            Some(m) => {
+                install_default_drivers();
+                let (url, target) = crate::db::mysql_url(m);
+                let pool = crate::db::mysql_pool_options(
+                    m,
+                    "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                )
+                .max_connections(1)
+                .min_connections(0)
+                .connect(&url)
+                .await
+                .map_err(|source| StoreError::Open { target, source })?;
+                Ok(Self::new(pool, Engine::MySql))
+            }
+        }
+    }
+
     /// The engine holding this store.
     pub fn engine(&self) -> Engine {
         self.engine
