@@ -180,7 +180,7 @@ async fn ingest(n: usize) -> Result<Vec<Row>> {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let prefetch = w.config()?.rmq.prefetch;
+    let prefetch = w.config()?.rmq.context("rmq_config")?.prefetch;
     let ch = w.amqp.create_channel().await?;
     ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
     w.publish_all("topup", &bodies).await?;

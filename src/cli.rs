@@ -300,7 +300,9 @@ pub(crate) fn scrubber(config: &Config) -> Scrubber {
         urls.extend(n.evm.rpc_urls());
         urls.extend(n.evm.ws_urls());
     }
-    urls.push(config.rmq.url.expose().clone());
+    if let Some(rmq) = &config.rmq {
+        urls.push(rmq.url.expose().clone());
+    }
     Scrubber::new(urls.iter().map(String::as_str))
 }
 
@@ -370,14 +372,28 @@ fn thresholds(
 }
 
 fn describe(c: &Config) -> String {
-    let rmq = match url::Url::parse(c.rmq.url.expose()) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
+    let broker = match &c.rmq {
+        None => "none (requests over the HTTP API only)".to_owned(),
+        Some(r) => {
+            let url = match url::Url::parse(r.url.expose()) {
+                Ok(mut u) => {
+                    if u.password().is_some() {
+                        let _ = u.set_password(Some("***"));
+                    }
+                    u.to_string()
+                }
+                Err(_) => "(unparsable)".to_owned(),
+            };
+            format!(
+                "{url}, {} queues{}",
+                r.entries().len(),
+                if r.remove.is_none() {
+                    " (no remove queues: older layout)"
+                } else {
+                    ""
+                }
+            )
         }
-        Err(_) => "(unparsable)".to_owned(),
     };
     let wallet = match &c.wallet_store {
         WalletStoreConfig::Mysql(m) => {
@@ -442,14 +458,8 @@ fn describe(c: &Config) -> String {
         .map(|w| format!("\n  warning: {w}"))
         .collect();
     format!(
-        "config OK\n  nets: {}\n  broker: {rmq}, {} queues{}\n  message store: {}\n  wallet store: {wallet}\n  http: {http}\n  lease: {} s, this instance `{}`{}{}",
+        "config OK\n  nets: {}\n  broker: {broker}\n  message store: {}\n  wallet store: {wallet}\n  http: {http}\n  lease: {} s, this instance `{}`{}{}",
         c.net_names().join(", "),
-        c.rmq.entries().len(),
-        if c.rmq.remove.is_none() {
-            " (no remove queues: older layout)"
-        } else {
-            ""
-        },
         c.msg_store_target(),
         c.lease.length.as_secs(),
         c.lease.instance,

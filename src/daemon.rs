@@ -333,12 +333,17 @@ pub async fn run(
         .is_none()
         .then(|| lease::lock_path(&config.msg_store));
     let warm = CancellationToken::new();
-    tracker.spawn(crate::queue::keep_warm(
-        config.rmq.clone(),
-        health.clone(),
-        warm.clone(),
-        shutdown.clone(),
-    ));
+    match &config.rmq {
+        Some(rmq) => {
+            tracker.spawn(crate::queue::keep_warm(
+                rmq.clone(),
+                health.clone(),
+                warm.clone(),
+                shutdown.clone(),
+            ));
+        }
+        None => health.set_no_broker(),
+    }
     let acquired = lease::acquire(&store, &config.lease, lock.as_deref(), &health, &shutdown).await;
     warm.cancel();
     let held = match acquired {
@@ -375,7 +380,9 @@ pub async fn run(
 
     // No other program may consume the request queues (a second gateway
     // with a store of its own): wait while one does.
-    if !crate::queue::wait_for_queues(&config.rmq, &health, &shutdown).await {
+    if let Some(rmq) = &config.rmq
+        && !crate::queue::wait_for_queues(rmq, &health, &shutdown).await
+    {
         return wind_down(tracker, failure, &store, &wallets, Some(keeping)).await;
     }
 
@@ -487,25 +494,55 @@ pub async fn run(
         ),
     );
 
-    let broker = Broker {
-        cfg: config.rmq.clone(),
-        router: Router::new(&config, secrets.comm.clone()),
-        requests: req_tx,
-        store: store.clone(),
-        outbox: wakers.outbox.clone(),
-        health: health.clone(),
-        txlog,
-        metrics: metrics.clone(),
-        caught_up: caught_up_tx,
-        lease: held.lease.clone(),
-    };
-    spawn_critical(
-        &tracker,
-        &shutdown,
-        &failure,
-        "broker".into(),
-        broker.run(shutdown.clone(), drained),
-    );
+    match &config.rmq {
+        Some(rmq) => {
+            let broker = Broker {
+                cfg: rmq.clone(),
+                router: Router::new(&config, secrets.comm.clone()),
+                requests: req_tx,
+                store: store.clone(),
+                outbox: wakers.outbox.clone(),
+                health: health.clone(),
+                txlog,
+                metrics: metrics.clone(),
+                caught_up: caught_up_tx,
+                lease: held.lease.clone(),
+            };
+            spawn_critical(
+                &tracker,
+                &shutdown,
+                &failure,
+                "broker".into(),
+                broker.run(shutdown.clone(), drained),
+            );
+        }
+        None => {
+            // Requests come over HTTP only: nothing is queued elsewhere
+            // for listen to wait for. The channel stays open until
+            // shutdown (the HTTP handlers hold only weak handles), as the
+            // broker task keeps it while its consumers run.
+            let _ = caught_up_tx.send(true);
+            let until = shutdown.clone();
+            tracker.spawn(async move {
+                until.cancelled().await;
+                drop(req_tx);
+            });
+            spawn_critical(
+                &tracker,
+                &shutdown,
+                &failure,
+                "outbox".into(),
+                crate::queue::settle(
+                    store.clone(),
+                    wakers.outbox.clone(),
+                    txlog,
+                    held.lease.clone(),
+                    shutdown.clone(),
+                    drained,
+                ),
+            );
+        }
+    }
 
     let stopped = wind_down(tracker, failure, &store, &wallets, Some(keeping)).await;
     drop(held.lock);

@@ -205,7 +205,7 @@ pub fn problems(
     if let Some(why) = &snap.waiting {
         out.push(why.clone());
     }
-    if !snap.broker_connected {
+    if !snap.broker_connected && !snap.no_broker {
         out.push("the broker is not connected".to_owned());
     }
     if snap.chains.is_empty() {
@@ -292,6 +292,7 @@ pub struct LeaseSeen {
 #[derive(Debug, Default)]
 struct State {
     broker_connected: bool,
+    no_broker: bool,
     chains: BTreeMap<String, ChainHealth>,
     role: Role,
     lease: LeaseSeen,
@@ -309,6 +310,8 @@ pub struct Health(Arc<Mutex<State>>);
 pub struct Snapshot {
     /// The broker connection is up.
     pub broker_connected: bool,
+    /// No broker is configured (requests over the HTTP API only).
+    pub no_broker: bool,
     /// Per chain.
     pub chains: BTreeMap<String, ChainHealth>,
     /// Active or standby.
@@ -340,6 +343,12 @@ impl Health {
     /// Records why the active instance does not start yet (`None`: it does).
     pub fn set_waiting(&self, why: Option<String>) {
         self.with(|s| s.waiting = why);
+    }
+
+    /// Records that no broker is configured: its connection is not a
+    /// condition of health.
+    pub fn set_no_broker(&self) {
+        self.with(|s| s.no_broker = true);
     }
 
     /// Records the broker connection state.
@@ -396,6 +405,7 @@ impl Health {
     pub fn snapshot(&self) -> Snapshot {
         self.with(|s| Snapshot {
             broker_connected: s.broker_connected,
+            no_broker: s.no_broker,
             chains: s.chains.clone(),
             role: s.role.clone(),
             lease: s.lease.clone(),
@@ -462,6 +472,14 @@ mod tests {
             let p = problems(&h.snapshot(), &o, &limits());
             assert!(p.len() == 1 && p[0].contains(want), "{want}: {p:?}");
         };
+        let brokerless = Health::default();
+        brokerless.set_no_broker();
+        brokerless.saw_head("ETH", 7);
+        brokerless.chain("ETH", |c| c.cursor = Some(7));
+        assert!(
+            problems(&brokerless.snapshot(), &outbox(0, None), &limits()).is_empty(),
+            "no broker configured, none missed"
+        );
         let starting = Health::default();
         starting.set_broker(true);
         one(&starting, outbox(0, None), "no chain");

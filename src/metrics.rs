@@ -127,6 +127,8 @@ pub struct Gauges {
     pub channels: Vec<(&'static str, usize, usize)>,
     /// Broker connected.
     pub broker_connected: bool,
+    /// No broker is configured: `m2pool_broker_connected` has no sample.
+    pub no_broker: bool,
     /// This instance holds the lease (docs/architecture.md, "High availability").
     pub active: bool,
     /// The lease term: this instance's when active, the active one's as
@@ -270,12 +272,17 @@ impl Metrics {
                 "m2pool_wallet_balances_age_seconds{{chain=\"{chain}\"}} {age}"
             );
         }
-        gauge(
-            &mut out,
-            "m2pool_broker_connected",
-            "1 when the broker connection is up.",
-            u8::from(g.broker_connected).to_string(),
+        let _ = writeln!(
+            out,
+            "# HELP m2pool_broker_connected 1 when the broker connection is up (no sample without a broker).\n# TYPE m2pool_broker_connected gauge"
         );
+        if !g.no_broker {
+            let _ = writeln!(
+                out,
+                "m2pool_broker_connected {}",
+                u8::from(g.broker_connected)
+            );
+        }
         gauge(
             &mut out,
             "m2pool_active",

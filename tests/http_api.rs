@@ -239,6 +239,96 @@ async fn every_flow_runs_over_http_with_answers_on_the_stream_and_webhooks() -> 
 }
 
 #[tokio::test]
+async fn without_rabbitmq_the_http_api_alone_serves_every_answer() -> Result<()> {
+    let port = common::http::free_port()?;
+    let dir = tempfile::tempdir()?;
+    let api_edit = common::api::with_api(port, dir.path())?;
+    // No rmq_config at all: requests over HTTP, answers on the stream.
+    let w = World::with("api-no-broker", &[], move |c: &mut Value| {
+        api_edit(c);
+        if let Some(o) = c.as_object_mut() {
+            o.remove("rmq_config");
+        }
+    })
+    .await?;
+    let api = Api::new(port);
+    let config = w.config()?;
+    ensure!(config.rmq.is_none(), "the config has no broker");
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, 100_000_000, ether(1)).await?;
+    let daemon = w.start().await?;
+    api.wait_up().await?;
+    let mut stream = api.stream(Some(0)).await?;
+
+    // Healthy with no broker, which is neither connected nor missed.
+    let port_h = port;
+    let h = common::http::wait_health(port_h, "ok without a broker", WAIT, |s, h| {
+        s == 200 && h["status"] == "ok"
+    })
+    .await?;
+    assert_eq!(h["broker_connected"], Value::Null, "{h}");
+    let m = common::http::metrics(port).await?;
+    assert!(m.contains("# TYPE m2pool_broker_connected gauge"));
+    assert!(
+        !m.lines().any(|l| l.starts_with("m2pool_broker_connected ")),
+        "no sample for a broker that is not there"
+    );
+
+    // A deposit and a withdrawal, each 2 then 1.
+    let watched = Address::random();
+    let (code, body) = api
+        .post("topup", signed(topup(&hex_addr(watched), "USDT"))?)
+        .await?;
+    ensure!(code == 202, "topup: {code} {body}");
+    w.wait_watched("USDT", watched, true).await?;
+    let (tx, _) = w.send_usdt(w.accounts[1], watched, 3_000_000).await?;
+    stream
+        .wait(
+            "deposit 2",
+            answer_is("topup_resp", "tx_hash", tx.to_string(), 2),
+        )
+        .await?;
+    let to = Address::random();
+    let (code, body) = api
+        .post("withdraw", signed(withdraw("nb-1", user, to, 4.5))?)
+        .await?;
+    ensure!(code == 202, "withdraw: {code} {body}");
+    stream
+        .wait(
+            "withdraw 2",
+            answer_is("withdraw_resp", "queue_id", "nb-1".into(), 2),
+        )
+        .await?;
+    w.mine(20).await?;
+    stream
+        .wait(
+            "deposit 1",
+            answer_is("topup_resp", "tx_hash", tx.to_string(), 1),
+        )
+        .await?;
+    stream
+        .wait(
+            "withdraw 1",
+            answer_is("withdraw_resp", "queue_id", "nb-1".into(), 1),
+        )
+        .await?;
+    assert_eq!(
+        w.usdt_balance(to).await?,
+        alloy::primitives::U256::from(4_500_000u64)
+    );
+
+    // Answers are settled (no backlog waits for a broker) and logged.
+    common::http::wait_health(port, "the outbox settled", WAIT, |_, h| {
+        h["outbox_backlog"] == 0
+    })
+    .await?;
+    w.wait_txlog(&hex_addr(user), &["[WithdrawResp]", "4.500000"])
+        .await?;
+    daemon.stop().await?;
+    w.cleanup().await
+}
+
+#[tokio::test]
 async fn the_same_withdrawal_by_http_and_by_rabbitmq_pays_once() -> Result<()> {
     let (w, api, _dir) = api_world("api-both-ways").await?;
     let user = w.new_wallet(Label::User).await?;

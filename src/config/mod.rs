@@ -128,8 +128,9 @@ pub struct Config {
     /// Networks to run, in the order `net` names them (default `["ETH"]`),
     /// each with its own section.
     pub networks: Vec<Network>,
-    /// RabbitMQ connection and topology.
-    pub rmq: RmqConfig,
+    /// RabbitMQ connection and topology; `None` without `rmq_config`, when
+    /// requests come over the HTTP API only.
+    pub rmq: Option<RmqConfig>,
     /// SQLite file of the message store (inbox, outbox, watches, deposits,
     /// block cursor): `msg_config.sqlite_path`, default `./msg.db`.
     pub msg_store: PathBuf,
@@ -548,33 +549,7 @@ impl Config {
             names.push(up);
         }
 
-        let r = raw.rmq_config;
-        if !r.sub_addr.starts_with("amqp://") && !r.sub_addr.starts_with("amqps://") {
-            return Err(invalid(
-                "rmq_config.sub_addr",
-                "must be an amqp:// or amqps:// URI",
-            ));
-        }
-        if (r.remove.is_some()) != (r.remove_resp.is_some()) {
-            return Err(invalid(
-                "rmq_config.remove_resp",
-                "`remove` and `remove_resp` must be given together",
-            ));
-        }
-        let q = |key: &str, raw: RawQueue| queue_entry(&format!("rmq_config.{key}"), raw);
-        let rmq = RmqConfig {
-            url: Secret::new(r.sub_addr),
-            prefetch: r.prefetch.unwrap_or(DEFAULT_PREFETCH).max(1),
-            dead_letter_exchange: r.dead_letter_exchange.filter(|x| !x.trim().is_empty()),
-            topup: q("topup", r.topup)?,
-            withdraw: q("withdraw", r.withdraw)?,
-            pay: q("pay", r.pay)?,
-            remove: r.remove.map(|x| q("remove", x)).transpose()?,
-            topup_resp: q("topup_resp", r.topup_resp)?,
-            withdraw_resp: q("withdraw_resp", r.withdraw_resp)?,
-            pay_resp: q("pay_resp", r.pay_resp)?,
-            remove_resp: r.remove_resp.map(|x| q("remove_resp", x)).transpose()?,
-        };
+        let rmq = raw.rmq_config.map(rmq_config).transpose()?;
 
         let (msg_store, keep_days) = match raw.msg_config {
             Some(m) => (m.sqlite_path, m.keep_days),
@@ -682,6 +657,12 @@ impl Config {
         };
         let api = api::api(api_on, token_file, http_listen.is_some())?;
         let console_token = api::console_token(console_file, http_listen.is_some(), api.as_ref())?;
+        if rmq.is_none() && api.is_none() {
+            return Err(invalid(
+                "rmq_config",
+                "is required unless requests come over the HTTP API (http_config.api)",
+            ));
+        }
         Ok(Self {
             networks,
             rmq,
@@ -1029,6 +1010,36 @@ fn evm_config(section: &str, name: &str, e: raw::RawEth) -> Result<EthConfig, Co
         broadcasts_in_flight,
         payout,
         alerts,
+    })
+}
+
+/// `rmq_config`, validated.
+fn rmq_config(r: raw::RawRmq) -> Result<RmqConfig, ConfigError> {
+    if !r.sub_addr.starts_with("amqp://") && !r.sub_addr.starts_with("amqps://") {
+        return Err(invalid(
+            "rmq_config.sub_addr",
+            "must be an amqp:// or amqps:// URI",
+        ));
+    }
+    if (r.remove.is_some()) != (r.remove_resp.is_some()) {
+        return Err(invalid(
+            "rmq_config.remove_resp",
+            "`remove` and `remove_resp` must be given together",
+        ));
+    }
+    let q = |key: &str, raw: RawQueue| queue_entry(&format!("rmq_config.{key}"), raw);
+    Ok(RmqConfig {
+        url: Secret::new(r.sub_addr),
+        prefetch: r.prefetch.unwrap_or(DEFAULT_PREFETCH).max(1),
+        dead_letter_exchange: r.dead_letter_exchange.filter(|x| !x.trim().is_empty()),
+        topup: q("topup", r.topup)?,
+        withdraw: q("withdraw", r.withdraw)?,
+        pay: q("pay", r.pay)?,
+        remove: r.remove.map(|x| q("remove", x)).transpose()?,
+        topup_resp: q("topup_resp", r.topup_resp)?,
+        withdraw_resp: q("withdraw_resp", r.withdraw_resp)?,
+        pay_resp: q("pay_resp", r.pay_resp)?,
+        remove_resp: r.remove_resp.map(|x| q("remove_resp", x)).transpose()?,
     })
 }
 

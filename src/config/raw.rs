@@ -15,7 +15,7 @@ use std::path::PathBuf;
 #[derive(Debug, Deserialize)]
 pub(super) struct RawConfig {
     pub net: Option<Vec<String>>,
-    pub rmq_config: RawRmq,
+    pub rmq_config: Option<RawRmq>,
     pub msg_config: Option<RawMsg>,
     pub mysql_config: Option<RawMysqlSection>,
     pub eth_config: Option<RawEth>,

@@ -8,16 +8,21 @@ fn eth(c: &Config) -> &EthConfig {
 const V1: &[u8] = include_bytes!("../../tests/fixtures/compat/config.go-v1.json");
 const V2: &[u8] = include_bytes!("../../tests/fixtures/compat/config.go-v2.json");
 
+/// The broker section of a config that has one.
+fn rmq(c: &Config) -> &RmqConfig {
+    c.rmq.as_ref().expect("rmq_config")
+}
+
 #[test]
 fn go_v2_config_loads_unchanged() {
     let c = Config::from_json(V2).expect("v2 config loads");
     assert_eq!(c.net_names(), vec!["ETH"]);
-    assert_eq!(c.rmq.url.expose(), "amqp://m2pool:m2pool@localhost:5672");
-    assert_eq!(c.rmq.topup.queue, "pay.recharge.queue");
-    assert_eq!(c.rmq.topup.exchange, "pay.exchange");
-    assert_eq!(c.rmq.topup.exchange_type, "direct");
+    assert_eq!(rmq(&c).url.expose(), "amqp://m2pool:m2pool@localhost:5672");
+    assert_eq!(rmq(&c).topup.queue, "pay.recharge.queue");
+    assert_eq!(rmq(&c).topup.exchange, "pay.exchange");
+    assert_eq!(rmq(&c).topup.exchange_type, "direct");
     assert_eq!(
-        c.rmq.remove_resp.as_ref().map(|q| q.routing[0].as_str()),
+        rmq(&c).remove_resp.as_ref().map(|q| q.routing[0].as_str()),
         Some("pay.remove.return.routing.key")
     );
     assert_eq!(c.msg_store, PathBuf::from("./msg.db"));
@@ -41,15 +46,15 @@ fn go_v2_config_loads_unchanged() {
         }
         other => panic!("expected MySQL wallet store, got {other:?}"),
     }
-    assert_eq!(c.rmq.entries().len(), 8);
+    assert_eq!(rmq(&c).entries().len(), 8);
 }
 
 #[test]
 fn go_v1_config_loads_unchanged() {
     let c = Config::from_json(V1).expect("v1 config loads");
     assert_eq!(c.net_names(), vec!["ETH"]);
-    assert!(c.rmq.remove.is_none() && c.rmq.remove_resp.is_none());
-    assert_eq!(c.rmq.entries().len(), 6);
+    assert!(rmq(&c).remove.is_none() && rmq(&c).remove_resp.is_none());
+    assert_eq!(rmq(&c).entries().len(), 6);
     assert_eq!(eth(&c).rpc_url, "http://localhost:8545");
     assert_eq!(eth(&c).ws_url.as_deref(), Some("ws://localhost:8546"));
     assert_eq!(eth(&c).confirm_height, 20);
@@ -113,7 +118,7 @@ fn new_settings_are_read() {
     assert_eq!(eth(&c).tokens[0].symbol, "USDT");
     assert_eq!(eth(&c).token("usdc").map(|t| t.decimals), Some(6));
     assert!(eth(&c).token("DAI").is_none());
-    assert_eq!(c.rmq.topup.arguments["x-queue-type"], "quorum");
+    assert_eq!(rmq(&c).topup.arguments["x-queue-type"], "quorum");
 }
 
 #[test]
@@ -411,4 +416,22 @@ fn the_message_store_may_live_on_mysql_and_a_local_wallet_store_is_warned_of() {
     })
     .expect_err("no host");
     assert_eq!(key_of(err), "mysql_config.msg.host");
+}
+
+#[test]
+fn without_rmq_config_requests_need_the_http_api() {
+    let mut v: serde_json::Value = serde_json::from_slice(V2).expect("json");
+    if let Some(o) = v.as_object_mut() {
+        o.remove("rmq_config");
+    }
+    let err = Config::from_json(&serde_json::to_vec(&v).expect("serializes"))
+        .expect_err("no way in for requests");
+    assert!(
+        matches!(err, ConfigError::Invalid { ref key, .. } if key == "rmq_config"),
+        "{err}"
+    );
+    v["http_config"] = serde_json::json!({"listen": "127.0.0.1:9100", "api": true});
+    let c = Config::from_json(&serde_json::to_vec(&v).expect("serializes"))
+        .expect("the HTTP API alone");
+    assert!(c.rmq.is_none() && c.api.is_some());
 }

@@ -125,6 +125,11 @@ pub const TEXTS: &[(&str, &str, &str)] = &[
     ("broker", "Broker", "消息队列"),
     ("connected", "connected", "已连接"),
     ("disconnected", "not connected", "未连接"),
+    (
+        "no_broker",
+        "none: requests over the HTTP API only",
+        "无：请求只经 HTTP API",
+    ),
     ("networks", "Networks", "网络"),
     ("network", "Network", "网络"),
     ("node", "Node", "节点"),

@@ -82,7 +82,9 @@ pub(crate) async fn overview(
             &[&snap.lease.holder, &snap.lease.term.to_string()],
         ),
     };
-    let broker = if snap.broker_connected {
+    let broker = if snap.no_broker {
+        pill("info", l.t("no_broker"))
+    } else if snap.broker_connected {
         pill("ok", l.t("connected"))
     } else {
         pill("bad", l.t("disconnected"))

@@ -107,6 +107,7 @@ impl HttpDeps {
             .flatten()
             .collect(),
             broker_connected: snap.broker_connected,
+            no_broker: snap.no_broker,
             active: matches!(snap.role, Role::Active { .. }),
             lease_term: match snap.role {
                 Role::Active { term } => term,
@@ -144,7 +145,7 @@ impl HttpDeps {
                 "role": "standby",
                 "problems": [],
                 "active": {"instance": snap.lease.holder, "term": snap.lease.term},
-                "broker_connected": snap.broker_connected,
+                "broker_connected": (!snap.no_broker).then_some(snap.broker_connected),
             });
             return (200, body.to_string());
         }
@@ -180,7 +181,7 @@ impl HttpDeps {
             "role": "active",
             "term": term,
             "problems": problems,
-            "broker_connected": snap.broker_connected,
+            "broker_connected": (!snap.no_broker).then_some(snap.broker_connected),
             "chains": chains,
             "outbox_backlog": backlog,
             "outbox_oldest_secs": oldest,

@@ -310,7 +310,11 @@ impl Listen {
         }
         // What the broker can redeliver is at most `prefetch` per consumer;
         // a generous multiple of it is kept.
-        let keep_topups = 4 * usize::from(config.rmq.prefetch).max(4096);
+        let prefetch = config
+            .rmq
+            .as_ref()
+            .map_or(crate::config::DEFAULT_PREFETCH, |r| r.prefetch);
+        let keep_topups = 4 * usize::from(prefetch).max(4096);
         let mut recent_topups = recent::RecentHashes::new(keep_topups);
         let recent = store
             .recent_topups(u32::try_from(keep_topups).unwrap_or(u32::MAX))
@@ -333,7 +337,10 @@ impl Listen {
             metrics,
             health,
             cursors,
-            dead_letters: config.rmq.dead_letter_exchange.is_some(),
+            dead_letters: config
+                .rmq
+                .as_ref()
+                .is_some_and(|r| r.dead_letter_exchange.is_some()),
             recent_topups,
             orphaned,
         };

@@ -1,5 +1,6 @@
 //! RabbitMQ: the topology from the config, the request consumers and the
-//! outbox relay.
+//! outbox relay; and, with no broker configured, what stands in for the
+//! relay ([`settle`]).
 //!
 //! The broker task connects (with lapin's automatic recovery, and its own
 //! reconnect loop around that when lapin gives up), declares every exchange,
@@ -17,9 +18,11 @@
 mod claim;
 mod consumer;
 mod relay;
+mod settle;
 mod topology;
 
 pub use claim::{keep_warm, wait_for_queues};
+pub use settle::settle;
 pub use topology::{Backlog, declare};
 
 use crate::backoff::{Backoff, sleep_or_shutdown};
