@@ -128,9 +128,11 @@ async fn run(n: usize, polled: bool) -> Result<(f64, usize, usize)> {
 /// scatter far more than the console could cost.
 pub async fn ingest_with_console(n: usize) -> Result<Row> {
     let (mut quiet, mut polled, mut pages, mut micros) = (Vec::new(), Vec::new(), 0, 0);
+    let mut order = Vec::new();
     for _ in 0..CYCLES {
         for on in [false, true, true, false] {
             let (rate, p, us) = run(n, on).await?;
+            order.push(format!("{}{rate:.0}", if on { "P" } else { "u" }));
             if on {
                 polled.push(rate);
                 pages += p;
@@ -153,10 +155,12 @@ pub async fn ingest_with_console(n: usize) -> Result<Row> {
         .note(format!(
             "{n} signed topups pre-loaded, {CYCLES} cycles of runs unpolled, polled, polled, unpolled; medians \
              (unpolled {}, polled {} msg/s); polled: a logged-in client fetched the {} console pages in turn, one every {} ms \
-             (ten operators refreshing each second), {pages} pages in all, {page_ms:.1} ms each on average",
+             (ten operators refreshing each second), {pages} pages in all, {page_ms:.1} ms each on average; \
+             runs in order (u unpolled, P polled): {}",
             spread(&quiet),
             spread(&polled),
             PAGES.len(),
-            EVERY.as_millis()
+            EVERY.as_millis(),
+            order.join(" ")
         )))
 }
