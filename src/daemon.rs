@@ -286,35 +286,40 @@ pub async fn run(
             stream: hub.clone(),
             shutdown: shutdown.clone(),
         });
+        let limits = crate::health::Limits {
+            head_stall: config
+                .networks
+                .iter()
+                .map(|n| (n.name.clone(), n.evm.head_stall))
+                .collect(),
+            balance_poll: config
+                .networks
+                .iter()
+                .map(|n| (n.name.clone(), n.evm.alerts.poll))
+                .collect(),
+            max_cursor_lag: config.health.max_cursor_lag,
+            max_outbox_age: config.health.max_outbox_age,
+        };
+        let console = match &config.console_token {
+            None => None,
+            Some(_) => crate::console::Console::new(
+                &config,
+                Store::open_reader(&config).await?,
+                wallets.clone(),
+                health.clone(),
+                metrics.clone(),
+                limits.clone(),
+            ),
+        };
         let deps = HttpDeps {
             api,
-            console: match &config.console_token {
-                None => None,
-                Some(_) => crate::console::Console::new(
-                    &config,
-                    Store::open_reader(&config).await?,
-                    wallets.clone(),
-                ),
-            },
+            console,
             health: health.clone(),
             metrics: metrics.clone(),
             store: store.clone(),
             requests: req_tx.downgrade(),
             chain: chain_tx.downgrade(),
-            limits: crate::health::Limits {
-                head_stall: config
-                    .networks
-                    .iter()
-                    .map(|n| (n.name.clone(), n.evm.head_stall))
-                    .collect(),
-                balance_poll: config
-                    .networks
-                    .iter()
-                    .map(|n| (n.name.clone(), n.evm.alerts.poll))
-                    .collect(),
-                max_cursor_lag: config.health.max_cursor_lag,
-                max_outbox_age: config.health.max_outbox_age,
-            },
+            limits,
             nets: config.net_names(),
         };
         spawn_critical(

@@ -80,6 +80,35 @@ pub struct Low {
     pub min: String,
 }
 
+/// The outbox as `store` reports it, or why it cannot.
+pub async fn outbox_state(store: &crate::store::Store) -> Result<OutboxState, String> {
+    let (backlog, oldest_ms) = store.outbox_unsent().await.map_err(|e| {
+        tracing::warn!(target: "m2pool::http", error = %e, "cannot read the outbox for health");
+        e.to_string()
+    })?;
+    let now = crate::clock::now_ms();
+    Ok(OutboxState {
+        backlog,
+        oldest: oldest_ms.map(|t| Duration::from_millis(now.saturating_sub(t).max(0) as u64)),
+    })
+}
+
+/// Every warning `/healthz` gives: dead webhook deliveries (`dead` of
+/// them, the receivers' trouble), then [`warnings`].
+pub fn all_warnings(snap: &Snapshot, limits: &Limits, dead: i64) -> Vec<String> {
+    let mut out: Vec<String> = (dead > 0)
+        .then(|| {
+            format!(
+                "{dead} webhook deliveries are dead; `m2pool-payment webhook dead` lists them \
+                 and `m2pool-payment webhook replay` sends them again"
+            )
+        })
+        .into_iter()
+        .collect();
+    out.extend(warnings(snap, limits));
+    out
+}
+
 /// How long balances may go unread before `/healthz` warns: three polls.
 pub fn balances_stale(poll: Duration) -> Duration {
     poll * 3

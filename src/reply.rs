@@ -4,7 +4,7 @@
 use crate::msg::{
     Decimal, Kind, PayoutResponse, RemoveResponse, Status, TopupResponse, addr_hex, hash_hex,
 };
-use crate::store::{NewPayout, Payout};
+use crate::store::{NewPayout, Payout, PayoutState};
 use crate::txlog::{Line, go_amount};
 use alloy::primitives::{Address, B256, U256};
 
@@ -276,6 +276,28 @@ pub fn watch_refusal(
             },
         ),
     }
+}
+
+/// The answers a payout has been given, rebuilt from its state: `2` once
+/// announced, then its final answer.
+pub fn payout_answers(p: &Payout, decimals: u8) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut add = |r: Reply| {
+        if let Ok(v) = serde_json::from_slice(&r.body) {
+            out.push(v);
+        }
+    };
+    if p.announced {
+        add(payout(p, Status::Pending, None, decimals));
+    }
+    match p.state {
+        PayoutState::Confirmed => add(payout(p, Status::Success, None, decimals)),
+        PayoutState::Failed | PayoutState::Refused | PayoutState::Cancelled => {
+            add(payout(p, Status::Failed, p.error.clone(), decimals))
+        }
+        _ => {}
+    }
+    out
 }
 
 #[cfg(test)]

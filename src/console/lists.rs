@@ -49,8 +49,8 @@ fn state_pill(state: PayoutState) -> String {
 /// Every symbol of every network, for the filter.
 fn symbols(v: &super::Viewer<'_>) -> Vec<(String, String)> {
     let mut all: Vec<String> = v
-        .deps
-        .nets
+        .console
+        .chains
         .iter()
         .flat_map(|c| v.console.tokens.symbols(c))
         .collect();
@@ -78,7 +78,7 @@ pub(crate) async fn payouts(
         wallet: given(&q.wallet).and_then(|w| parse_address(&w).ok()),
     };
     let (rows, next) = match &search {
-        Some(text) => match v.console.store.find_payouts(&deps.nets, text, PAGE).await {
+        Some(text) => match v.console.store.find_payouts(&deps.chains, text, PAGE).await {
             Ok(r) => (r, None),
             Err(e) => return store_failed(&v, e),
         },
@@ -92,7 +92,7 @@ pub(crate) async fn payouts(
             Err(e) => return store_failed(&v, e),
         },
     };
-    let nets: Vec<(String, String)> = deps.nets.iter().map(|n| (n.clone(), n.clone())).collect();
+    let nets: Vec<(String, String)> = deps.chains.iter().map(|n| (n.clone(), n.clone())).collect();
     let states: Vec<(String, String)> = PayoutState::ALL
         .iter()
         .map(|s| (s.as_str().to_owned(), s.as_str().to_owned()))
@@ -349,7 +349,7 @@ pub(crate) async fn payout(
     ]));
 
     let _ = write!(b, "<h2>{}</h2>", esc(l.t("answers")));
-    let answers = crate::http::answers(&p, decimals);
+    let answers = crate::reply::payout_answers(&p, decimals);
     let rows: Vec<Vec<String>> = answers
         .iter()
         .map(|a| {
@@ -452,7 +452,12 @@ pub(crate) async fn deposits(
             .map(|(_, n)| *n),
     };
     let (rows, next) = match &search {
-        Some(text) => match v.console.store.find_deposits(&deps.nets, text, PAGE).await {
+        Some(text) => match v
+            .console
+            .store
+            .find_deposits(&deps.chains, text, PAGE)
+            .await
+        {
             Ok(r) => (r, None),
             Err(e) => return store_failed(&v, e),
         },
@@ -466,7 +471,7 @@ pub(crate) async fn deposits(
             Err(e) => return store_failed(&v, e),
         },
     };
-    let nets: Vec<(String, String)> = deps.nets.iter().map(|n| (n.clone(), n.clone())).collect();
+    let nets: Vec<(String, String)> = deps.chains.iter().map(|n| (n.clone(), n.clone())).collect();
     let states: Vec<(String, String)> = DEPOSIT_STATES
         .iter()
         .map(|(n, _)| ((*n).to_owned(), (*n).to_owned()))

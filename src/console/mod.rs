@@ -31,7 +31,6 @@ mod pages;
 
 pub use i18n::{Lang, TEXTS};
 
-use crate::http::HttpDeps;
 use crate::listen::Tokens;
 use crate::secret::Secret;
 use crate::wallet::WalletStore;
@@ -58,6 +57,14 @@ pub struct Console {
     pub tokens: Arc<Tokens>,
     /// Per network, what the payout page explains waits with.
     pub nets: BTreeMap<String, NetFacts>,
+    /// The networks that run, in the config's order.
+    pub chains: Vec<String>,
+    /// Connections, heads, cursors, wallet balances.
+    pub health: crate::health::Health,
+    /// Request counts since start.
+    pub metrics: crate::metrics::SharedMetrics,
+    /// What makes the daemon degraded or warned about.
+    pub limits: crate::health::Limits,
 }
 
 /// A network's settings the console shows.
@@ -78,12 +85,19 @@ impl Console {
         config: &crate::config::Config,
         store: crate::store::Store,
         wallets: WalletStore,
+        health: crate::health::Health,
+        metrics: crate::metrics::SharedMetrics,
+        limits: crate::health::Limits,
     ) -> Option<Self> {
         let token = config.console_token.clone()?;
         Some(Self {
             token: Arc::new(token),
             store,
             wallets,
+            chains: config.net_names(),
+            health,
+            metrics,
+            limits,
             tokens: Arc::new(Tokens::new(config)),
             nets: config
                 .networks
@@ -103,11 +117,11 @@ impl Console {
     }
 }
 
-/// The endpoint's shared state, as the console's handlers take it.
-type Deps = State<Arc<HttpDeps>>;
+/// The console, as its handlers take it.
+type Deps = State<Arc<Console>>;
 
-/// The console's routes, to merge into the endpoint's.
-pub fn routes() -> axum::Router<Arc<HttpDeps>> {
+/// The console's routes, with their state, to merge into the endpoint's.
+pub fn routes(console: Console) -> axum::Router {
     axum::Router::new()
         .route("/console", get(home))
         .route("/console/", get(home))
@@ -122,6 +136,7 @@ pub fn routes() -> axum::Router<Arc<HttpDeps>> {
         .route("/console/payouts/{id}", get(lists::payout))
         .route("/console/deposits", get(lists::deposits))
         .layer(axum::middleware::map_response(harden))
+        .with_state(Arc::new(console))
 }
 
 /// Headers on every console response: no framing, no sniffing, nothing
@@ -161,9 +176,7 @@ pub(crate) struct LangQuery {
 /// The reader of a page: signed in, in a language. Pages call [`gate`]
 /// first; what it refuses is the response.
 pub(crate) struct Viewer<'d> {
-    /// The endpoint's state.
-    pub deps: &'d HttpDeps,
-    /// The console's own.
+    /// The console.
     pub console: &'d Console,
     /// The reader's language.
     pub lang: Lang,
@@ -200,19 +213,14 @@ impl Viewer<'_> {
 
 /// The reader, if signed in; else the way to the login form.
 pub(crate) fn gate<'d>(
-    deps: &'d HttpDeps,
+    console: &'d Console,
     headers: &HeaderMap,
     lang: Option<&str>,
 ) -> Result<Viewer<'d>, Response> {
-    let console = deps
-        .console
-        .as_ref()
-        .ok_or_else(|| (StatusCode::NOT_FOUND, "the console is off").into_response())?;
     if !auth::signed_in(console, headers) {
         return Err(Redirect::to("/console/login").into_response());
     }
     Ok(Viewer {
-        deps,
         console,
         lang: auth::lang(headers, lang),
         remember: lang.and_then(Lang::parse),
@@ -274,10 +282,7 @@ fn login_page(lang: Lang, code: StatusCode, error: Option<&str>) -> Response {
         .into_response()
 }
 
-async fn login_form(State(deps): Deps, headers: HeaderMap, Query(q): Query<LangQuery>) -> Response {
-    if deps.console.is_none() {
-        return (StatusCode::NOT_FOUND, "the console is off").into_response();
-    }
+async fn login_form(headers: HeaderMap, Query(q): Query<LangQuery>) -> Response {
     login_page(
         auth::lang(&headers, q.lang.as_deref()),
         StatusCode::OK,
@@ -296,9 +301,7 @@ async fn login(
     headers: HeaderMap,
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Response {
-    let Some(console) = deps.console.as_ref() else {
-        return (StatusCode::NOT_FOUND, "the console is off").into_response();
-    };
+    let console = &deps;
     let lang = auth::lang(&headers, None);
     if !auth::same_origin(&headers) {
         return login_page(lang, StatusCode::FORBIDDEN, Some("login.origin"));

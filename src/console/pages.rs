@@ -38,14 +38,14 @@ pub(crate) async fn overview(
     };
     let l = v.lang;
     let snap = deps.health.snapshot();
-    let outbox = crate::http::outbox_of(&v.console.store).await;
+    let outbox = health::outbox_state(&v.console.store).await;
     let problems = if snap.role == Role::Standby {
         Vec::new()
     } else {
         health::problems(&snap, &outbox, &deps.limits)
     };
     let (pending, dead) = v.console.store.webhook_counts().await.unwrap_or((-1, -1));
-    let warnings = deps.warnings(&snap, dead);
+    let warnings = health::all_warnings(&snap, &deps.limits, dead);
     let mut b = String::new();
     if problems.is_empty() {
         let _ = write!(
@@ -168,7 +168,7 @@ pub(crate) async fn overview(
     }
     b.push_str("</div>");
 
-    match v.console.store.state_counts(&deps.nets).await {
+    match v.console.store.state_counts(&deps.chains).await {
         Ok((payouts, deposits)) => {
             for (title, counts, link) in [
                 (l.t("payouts_by_state"), payouts, "payouts"),
@@ -244,7 +244,7 @@ pub(crate) async fn wallets(
     let l = v.lang;
     let snap = deps.health.snapshot();
     let mut b = String::new();
-    for chain in &deps.nets {
+    for chain in &deps.chains {
         let _ = write!(b, "<h2>{}</h2>", esc(chain));
         let c = snap.chains.get(chain);
         let seen = c.and_then(|c| c.wallets.clone());

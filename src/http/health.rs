@@ -13,26 +13,12 @@ use super::HttpDeps;
 use crate::health::{self, OutboxState, Role};
 use crate::metrics::{ChainGauge, Gauges};
 use serde_json::json;
-use std::time::Duration;
 use tracing::warn;
-
-/// The outbox as `store` reports it, or why it cannot.
-pub(crate) async fn outbox_of(store: &crate::store::Store) -> Result<OutboxState, String> {
-    let (backlog, oldest_ms) = store.outbox_unsent().await.map_err(|e| {
-        warn!(target: "m2pool::http", error = %e, "cannot read the outbox for health");
-        e.to_string()
-    })?;
-    let now = crate::clock::now_ms();
-    Ok(OutboxState {
-        backlog,
-        oldest: oldest_ms.map(|t| Duration::from_millis(now.saturating_sub(t).max(0) as u64)),
-    })
-}
 
 impl HttpDeps {
     /// The outbox as the store reports it, or why it cannot.
     pub(crate) async fn outbox(&self) -> Result<OutboxState, String> {
-        outbox_of(&self.store).await
+        health::outbox_state(&self.store).await
     }
 
     pub(crate) async fn gauges(&self) -> Gauges {
@@ -117,23 +103,6 @@ impl HttpDeps {
         }
     }
 
-    /// What an operator should act on while the gateway itself is fine,
-    /// in plain words: dead webhook deliveries (`dead` of them: the
-    /// receivers' trouble), wallets low on gas or tokens, balances unread.
-    pub(crate) fn warnings(&self, snap: &health::Snapshot, dead: i64) -> Vec<String> {
-        let mut out: Vec<String> = (dead > 0)
-            .then(|| {
-                format!(
-                    "{dead} webhook deliveries are dead; `m2pool-payment webhook dead` lists them \
-                     and `m2pool-payment webhook replay` sends them again"
-                )
-            })
-            .into_iter()
-            .collect();
-        out.extend(health::warnings(snap, &self.limits));
-        out
-    }
-
     /// The `/healthz` answer: 200 and `"status":"ok"`, or 503 and
     /// `"status":"degraded"` with the `problems` in plain words.
     pub(super) async fn healthz(&self) -> (u16, String) {
@@ -171,7 +140,7 @@ impl HttpDeps {
         };
         let degraded = !problems.is_empty();
         let (pending, dead) = self.store.webhook_counts().await.unwrap_or((-1, -1));
-        let warnings = self.warnings(&snap, dead);
+        let warnings = health::all_warnings(&snap, &self.limits, dead);
         let term = match snap.role {
             Role::Active { term } => term,
             Role::Standby => 0,

@@ -14,8 +14,6 @@
 
 mod health;
 mod reads;
-pub(crate) use health::outbox_of;
-pub(crate) use reads::answers;
 mod requests;
 pub mod stream;
 
@@ -118,10 +116,12 @@ fn app(deps: HttpDeps) -> axum::Router {
                 crate::server::MAX_BODY,
             ));
     }
-    if deps.console.is_some() {
-        app = app.merge(crate::console::routes());
+    let console = deps.console.clone();
+    let app = app.fallback(not_found).with_state(deps);
+    match console {
+        Some(c) => app.merge(crate::console::routes(c)),
+        None => app,
     }
-    app.fallback(not_found).with_state(deps)
 }
 
 /// Shared state of every handler.

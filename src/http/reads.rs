@@ -7,7 +7,7 @@
 use super::{State, answer, authorize, refuse};
 use crate::msg::{Status, addr_hex, parse_address};
 use crate::reply::{self, DepositFacts};
-use crate::store::{DEPOSIT_CONFIRMED, DEPOSIT_FAILED, DepositView, Payout, PayoutState};
+use crate::store::{DEPOSIT_CONFIRMED, DEPOSIT_FAILED, DepositView, Payout};
 use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -101,30 +101,8 @@ fn item(p: &Payout, decimals: u8, txs: &[(alloy::primitives::B256, i64)]) -> Val
         "tx_hash": p.tx_hash.map(|h| h.to_string()),
         "transactions": txs.iter().map(|(h, at)| json!({"tx_hash": h.to_string(), "signed_at_ms": at})).collect::<Vec<_>>(),
         "block_height": p.block_number,
-        "answers": answers(p, decimals),
+        "answers": reply::payout_answers(p, decimals),
     })
-}
-
-/// The answers a payout has been given, rebuilt from its state: `2` once
-/// announced, then its final answer.
-pub(crate) fn answers(p: &Payout, decimals: u8) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut add = |r: reply::Reply| {
-        if let Ok(v) = serde_json::from_slice(&r.body) {
-            out.push(v);
-        }
-    };
-    if p.announced {
-        add(reply::payout(p, Status::Pending, None, decimals));
-    }
-    match p.state {
-        PayoutState::Confirmed => add(reply::payout(p, Status::Success, None, decimals)),
-        PayoutState::Failed | PayoutState::Refused | PayoutState::Cancelled => {
-            add(reply::payout(p, Status::Failed, p.error.clone(), decimals))
-        }
-        _ => {}
-    }
-    out
 }
 
 /// `GET /v1/deposits` query.
