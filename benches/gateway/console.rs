@@ -4,7 +4,7 @@
 //! turn), next to the same ingest with the console on and nobody looking. The ratio is the console's cost to ingest; the raw figure here
 //! is the daemon itself, the only fair baseline for "no measurable cost".
 
-use super::{Row, ingest_rate, world};
+use super::{Row, cpu_seconds, ingest_rate, world};
 use crate::common::http::free_port;
 use crate::common::*;
 use alloy::primitives::Address;
@@ -83,9 +83,20 @@ async fn poll(
     Ok(())
 }
 
-/// Ingest of `n` pre-loaded topups, with the console polled or not; the
-/// rate, the pages fetched and the time they took in all (µs).
-async fn run(n: usize, polled: bool) -> Result<(f64, usize, usize)> {
+/// One run's figures.
+struct Run {
+    /// Requests per second, first commit to last.
+    rate: f64,
+    /// CPU this process (daemon, broker client, poller) used per request, µs.
+    cpu_us: f64,
+    /// Pages fetched.
+    pages: usize,
+    /// Time they took in all, µs.
+    page_us: usize,
+}
+
+/// Ingest of `n` pre-loaded topups, with the console polled or not.
+async fn run(n: usize, polled: bool) -> Result<Run> {
     let port = free_port()?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("console-token");
@@ -106,19 +117,22 @@ async fn run(n: usize, polled: bool) -> Result<(f64, usize, usize)> {
     );
     let poller =
         polled.then(|| tokio::spawn(poll(port, stop.clone(), pages.clone(), micros.clone())));
+    let cpu_before = cpu_seconds();
     let daemon = w.start().await?;
     let rate = ingest_rate(&w, daemon, n).await?;
+    let cpu_us = (cpu_seconds() - cpu_before) * 1e6 / n as f64;
     stop.store(true, Ordering::Relaxed);
     if let Some(p) = poller {
         // The daemon has stopped: a request cut short is not the console's fault.
         let _ = p.await?;
     }
     w.cleanup().await?;
-    Ok((
+    Ok(Run {
         rate,
-        pages.load(Ordering::Relaxed),
-        micros.load(Ordering::Relaxed),
-    ))
+        cpu_us,
+        pages: pages.load(Ordering::Relaxed),
+        page_us: micros.load(Ordering::Relaxed),
+    })
 }
 
 /// Ingest with the console polled, next to ingest without, in [`CYCLES`]
@@ -128,17 +142,20 @@ async fn run(n: usize, polled: bool) -> Result<(f64, usize, usize)> {
 /// scatter far more than the console could cost.
 pub async fn ingest_with_console(n: usize) -> Result<Row> {
     let (mut quiet, mut polled, mut pages, mut micros) = (Vec::new(), Vec::new(), 0, 0);
+    let (mut cpu_quiet, mut cpu_polled) = (Vec::new(), Vec::new());
     let mut order = Vec::new();
     for _ in 0..CYCLES {
         for on in [false, true, true, false] {
-            let (rate, p, us) = run(n, on).await?;
-            order.push(format!("{}{rate:.0}", if on { "P" } else { "u" }));
+            let r = run(n, on).await?;
+            order.push(format!("{}{:.0}", if on { "P" } else { "u" }, r.rate));
             if on {
-                polled.push(rate);
-                pages += p;
-                micros += us;
+                polled.push(r.rate);
+                cpu_polled.push(r.cpu_us);
+                pages += r.pages;
+                micros += r.page_us;
             } else {
-                quiet.push(rate);
+                quiet.push(r.rate);
+                cpu_quiet.push(r.cpu_us);
             }
         }
     }
@@ -148,6 +165,7 @@ pub async fn ingest_with_console(n: usize) -> Result<Row> {
     };
     let spread = |v: &[f64]| format!("{:.0}–{:.0}", v[0], v[v.len() - 1]);
     let (q, p) = (median(&mut quiet), median(&mut polled));
+    let (cq, cp) = (median(&mut cpu_quiet), median(&mut cpu_polled));
     let page_ms = micros as f64 / 1000.0 / pages.max(1) as f64;
     let ratio = p / q;
     Ok(Row::new("ingest with the console polled", p, Some(q), "msg/s")
@@ -156,6 +174,7 @@ pub async fn ingest_with_console(n: usize) -> Result<Row> {
             "{n} signed topups pre-loaded, {CYCLES} cycles of runs unpolled, polled, polled, unpolled; medians \
              (unpolled {}, polled {} msg/s); polled: a logged-in client fetched the {} console pages in turn, one every {} ms \
              (ten operators refreshing each second), {pages} pages in all, {page_ms:.1} ms each on average; \
+             CPU of the bench process (daemon, broker client, poller) per request, medians: unpolled {cq:.1} µs, polled {cp:.1} µs; \
              runs in order (u unpolled, P polled): {}",
             spread(&quiet),
             spread(&polled),
