@@ -26,8 +26,28 @@ impl Expected {
         assert!(old.is_none(), "test bug: {queue} {key} expected twice");
     }
 
-    /// Waits until every request has its answers with `status`.
+    /// Waits until every request has its answers with `status`. First, per
+    /// queue, until as many answers with `status` have arrived, within the
+    /// longer bound of `wait_count`: after the broker's restart the daemon
+    /// may still be in its reconnect backoff (up to 30 s) when the first
+    /// wait begins, and on a loaded machine a single answer's 30 s can run
+    /// out before any arrive. Then each request's own answer, by key.
     async fn wait(&self, replies: &mut HashMap<&str, Replies>, status: u64) -> Result<()> {
+        let mut per_queue: BTreeMap<&str, usize> = BTreeMap::new();
+        for ((queue, _), statuses) in &self.0 {
+            if statuses.contains(&status) {
+                *per_queue.entry(*queue).or_default() += 1;
+            }
+        }
+        for (queue, n) in per_queue {
+            replies
+                .get_mut(queue)
+                .context("subscribed")?
+                .wait_count(&format!("{queue} status {status}"), n, |v| {
+                    v["status"] == status
+                })
+                .await?;
+        }
         for ((queue, key), statuses) in &self.0 {
             if !statuses.contains(&status) {
                 continue;
