@@ -83,7 +83,7 @@ pub struct Low {
 /// The outbox as `store` reports it, or why it cannot.
 pub async fn outbox_state(store: &crate::store::Store) -> Result<OutboxState, String> {
     let (backlog, oldest_ms) = store.outbox_unsent().await.map_err(|e| {
-        tracing::warn!(target: "m2pool::http", error = %e, "cannot read the outbox for health");
+        tracing::warn!(target: "m2pool::health", error = %e, "cannot read the outbox for health");
         e.to_string()
     })?;
     let now = crate::clock::now_ms();

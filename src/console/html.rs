@@ -130,13 +130,13 @@ pub fn page(lang: Lang, current: &str, title: &str, body: &str) -> String {
     )
 }
 
-/// A `<select>` of field `name`, shown as `label`, with `options` (value,
-/// text), `current` chosen and an "any" first.
-pub fn select(
+/// A `<select>` of field `name`, shown as `label`, with `options` (each
+/// its own value and text), `current` chosen and an "any" first.
+pub fn select<S: AsRef<str>>(
     name: &str,
     label: &str,
     any: &str,
-    options: &[(String, String)],
+    options: &[S],
     current: Option<&str>,
 ) -> String {
     let mut out = format!(
@@ -144,18 +144,15 @@ pub fn select(
         esc(label),
         esc(any)
     );
-    for (value, text) in options {
-        let chosen = if Some(value.as_str()) == current {
+    for option in options {
+        let value = option.as_ref();
+        let chosen = if Some(value) == current {
             " selected"
         } else {
             ""
         };
-        let _ = write!(
-            out,
-            "<option value=\"{}\"{chosen}>{}</option>",
-            esc(value),
-            esc(text)
-        );
+        let v = esc(value);
+        let _ = write!(out, "<option value=\"{v}\"{chosen}>{v}</option>");
     }
     out.push_str("</select></label>");
     out

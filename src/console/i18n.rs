@@ -59,7 +59,7 @@ impl Lang {
         }
     }
 
-    /// The text of `key` (the key itself when missing, so a gap shows).
+    /// The text of `key` (`??` when missing, so a gap shows).
     pub fn t(self, key: &str) -> &'static str {
         match TEXTS.iter().find(|(k, ..)| *k == key) {
             Some((_, en, zh)) => match self {
@@ -101,7 +101,6 @@ pub const TEXTS: &[(&str, &str, &str)] = &[
     ("filter", "Filter", "筛选"),
     ("search", "Search", "搜索"),
     ("older", "Older →", "更早 →"),
-    ("newest", "Newest", "最新"),
     ("none", "Nothing here.", "暂无记录。"),
     (
         "scanned",
@@ -265,7 +264,6 @@ pub const TEXTS: &[(&str, &str, &str)] = &[
         "已于 {0} 签名；等待节点接收。",
     ),
     ("final", "Final.", "已最终确定。"),
-    ("page_of", "Showing {0}.", "显示 {0} 条。"),
 ];
 
 #[cfg(test)]

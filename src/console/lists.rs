@@ -4,7 +4,7 @@
 
 use super::html::{self, code, esc, pill, table, time, time_opt};
 use super::pages::{PAGE, pager};
-use super::{Deps, Lang, gate, store_failed};
+use super::{Deps, Lang, LangQuery, gate, store_failed};
 use crate::msg::amount::format_units;
 use crate::msg::{addr_hex, parse_address};
 use crate::store::{DepositFilter, Payout, PayoutFilter, PayoutState, TxView};
@@ -47,7 +47,7 @@ fn state_pill(state: PayoutState) -> String {
 }
 
 /// Every symbol of every network, for the filter.
-fn symbols(v: &super::Viewer<'_>) -> Vec<(String, String)> {
+fn symbols(v: &super::Viewer<'_>) -> Vec<String> {
     let mut all: Vec<String> = v
         .console
         .chains
@@ -56,7 +56,7 @@ fn symbols(v: &super::Viewer<'_>) -> Vec<(String, String)> {
         .collect();
     all.sort();
     all.dedup();
-    all.into_iter().map(|s| (s.clone(), s)).collect()
+    all
 }
 
 /// `GET /console/payouts`.
@@ -64,11 +64,8 @@ pub(crate) async fn payouts(
     axum::extract::State(deps): Deps,
     headers: HeaderMap,
     Query(q): Query<PayoutQuery>,
-) -> Response {
-    let v = match gate(&deps, &headers, q.lang.as_deref()) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+) -> Result<Response, Response> {
+    let v = gate(&deps, &headers, q.lang.as_deref())?;
     let l = v.lang;
     let search = given(&q.q);
     let filter = PayoutFilter {
@@ -77,26 +74,27 @@ pub(crate) async fn payouts(
         symbol: given(&q.symbol).map(|s| s.to_ascii_uppercase()),
         wallet: given(&q.wallet).and_then(|w| parse_address(&w).ok()),
     };
-    let (rows, next) = match &search {
-        Some(text) => match v.console.store.find_payouts(&deps.chains, text, PAGE).await {
-            Ok(r) => (r, None),
-            Err(e) => return store_failed(&v, e),
-        },
-        None => match v
-            .console
-            .store
-            .console_payouts(&filter, q.before, PAGE)
-            .await
-        {
-            Ok(p) => (p.rows, p.next),
-            Err(e) => return store_failed(&v, e),
-        },
+    let (rows, next, looked) = match &search {
+        Some(text) => {
+            let found = v
+                .console
+                .store
+                .find_payouts(&deps.chains, text, PAGE)
+                .await
+                .map_err(|e| store_failed(&v, e))?;
+            (found, None, None)
+        }
+        None => {
+            let found = v
+                .console
+                .store
+                .console_payouts(&filter, q.before, PAGE)
+                .await
+                .map_err(|e| store_failed(&v, e))?;
+            (found.rows, found.next, Some(found.looked))
+        }
     };
-    let nets: Vec<(String, String)> = deps.chains.iter().map(|n| (n.clone(), n.clone())).collect();
-    let states: Vec<(String, String)> = PayoutState::ALL
-        .iter()
-        .map(|s| (s.as_str().to_owned(), s.as_str().to_owned()))
-        .collect();
+    let states: Vec<&str> = PayoutState::ALL.iter().map(|s| s.as_str()).collect();
     let mut b = format!(
         "<form class=\"filters\" method=\"get\"><label>{search_l} <input name=\"q\" id=\"q\" value=\"{qv}\" placeholder=\"{ph}\"></label>\
          {chain}{state}{symbol}<label>{wallet_l} <input name=\"wallet\" value=\"{wallet}\" placeholder=\"0x…\"></label>\
@@ -108,7 +106,7 @@ pub(crate) async fn payouts(
             "chain",
             l.t("network"),
             l.t("any"),
-            &nets,
+            &deps.chains,
             filter.chain.as_deref()
         ),
         state = html::select(
@@ -179,8 +177,8 @@ pub(crate) async fn payouts(
         html::query_value(filter.symbol.as_deref().unwrap_or("")),
         html::query_value(q.wallet.as_deref().unwrap_or("")),
     );
-    b.push_str(&pager(l, next, &keep));
-    v.page("payouts", l.t("nav.payouts"), &b)
+    b.push_str(&pager(l, next, looked, &keep));
+    Ok(v.page("payouts", l.t("nav.payouts"), &b))
 }
 
 /// `{0}`-style text of `key` with already-rendered HTML `args`.
@@ -252,27 +250,28 @@ pub(crate) async fn payout(
     axum::extract::State(deps): Deps,
     headers: HeaderMap,
     Path(id): Path<i64>,
-    Query(q): Query<super::LangQuery>,
-) -> Response {
-    let v = match gate(&deps, &headers, q.lang.as_deref()) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    Query(q): Query<LangQuery>,
+) -> Result<Response, Response> {
+    let v = gate(&deps, &headers, q.lang.as_deref())?;
     let l = v.lang;
-    let p = match v.console.store.payout(id).await {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            return v.html(
-                StatusCode::NOT_FOUND,
-                html::page(l, "payouts", l.t("not_found"), ""),
-            );
-        }
-        Err(e) => return store_failed(&v, e),
+    let Some(p) = v
+        .console
+        .store
+        .payout(id)
+        .await
+        .map_err(|e| store_failed(&v, e))?
+    else {
+        return Ok(v.html(
+            StatusCode::NOT_FOUND,
+            html::page(l, "payouts", l.t("not_found"), ""),
+        ));
     };
-    let txs = match v.console.store.payout_tx_views(p.id).await {
-        Ok(t) => t,
-        Err(e) => return store_failed(&v, e),
-    };
+    let txs = v
+        .console
+        .store
+        .payout_tx_views(p.id)
+        .await
+        .map_err(|e| store_failed(&v, e))?;
     let decimals = v.console.tokens.of_payout(&p);
     let snap = deps.health.snapshot();
     let cursor = snap.chains.get(&p.chain).and_then(|c| c.cursor);
@@ -400,7 +399,7 @@ pub(crate) async fn payout(
         l.t("none"),
     ));
     let title = l.tf("payout", &[&p.id.to_string()]);
-    v.page("payouts", &title, &b)
+    Ok(v.page("payouts", &title, &b))
 }
 
 /// The native symbol of `chain` (`ETH` when unknown).
@@ -435,11 +434,8 @@ pub(crate) async fn deposits(
     axum::extract::State(deps): Deps,
     headers: HeaderMap,
     Query(q): Query<DepositQuery>,
-) -> Response {
-    let v = match gate(&deps, &headers, q.lang.as_deref()) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+) -> Result<Response, Response> {
+    let v = gate(&deps, &headers, q.lang.as_deref())?;
     let l = v.lang;
     let search = given(&q.q);
     let state_name = given(&q.state).filter(|s| DEPOSIT_STATES.iter().any(|(n, _)| n == s));
@@ -451,31 +447,27 @@ pub(crate) async fn deposits(
             .and_then(|s| DEPOSIT_STATES.iter().find(|(n, _)| *n == s))
             .map(|(_, n)| *n),
     };
-    let (rows, next) = match &search {
-        Some(text) => match v
-            .console
-            .store
-            .find_deposits(&deps.chains, text, PAGE)
-            .await
-        {
-            Ok(r) => (r, None),
-            Err(e) => return store_failed(&v, e),
-        },
-        None => match v
-            .console
-            .store
-            .console_deposits(&filter, q.before, PAGE)
-            .await
-        {
-            Ok(p) => (p.rows, p.next),
-            Err(e) => return store_failed(&v, e),
-        },
+    let (rows, next, looked) = match &search {
+        Some(text) => {
+            let found = v
+                .console
+                .store
+                .find_deposits(&deps.chains, text, PAGE)
+                .await
+                .map_err(|e| store_failed(&v, e))?;
+            (found, None, None)
+        }
+        None => {
+            let found = v
+                .console
+                .store
+                .console_deposits(&filter, q.before, PAGE)
+                .await
+                .map_err(|e| store_failed(&v, e))?;
+            (found.rows, found.next, Some(found.looked))
+        }
     };
-    let nets: Vec<(String, String)> = deps.chains.iter().map(|n| (n.clone(), n.clone())).collect();
-    let states: Vec<(String, String)> = DEPOSIT_STATES
-        .iter()
-        .map(|(n, _)| ((*n).to_owned(), (*n).to_owned()))
-        .collect();
+    let states: Vec<&str> = DEPOSIT_STATES.iter().map(|(n, _)| *n).collect();
     let mut b = format!(
         "<form class=\"filters\" method=\"get\"><label>{search_l} <input name=\"q\" id=\"q\" value=\"{qv}\" placeholder=\"{ph}\"></label>\
          {chain}{symbol}{state}<button type=\"submit\" id=\"search\">{go}</button></form>",
@@ -486,7 +478,7 @@ pub(crate) async fn deposits(
             "chain",
             l.t("network"),
             l.t("any"),
-            &nets,
+            &deps.chains,
             filter.chain.as_deref()
         ),
         symbol = html::select(
@@ -556,8 +548,8 @@ pub(crate) async fn deposits(
         html::query_value(filter.symbol.as_deref().unwrap_or("")),
         html::query_value(state_name.as_deref().unwrap_or("")),
     );
-    b.push_str(&pager(l, next, &keep));
-    v.page("deposits", l.t("nav.deposits"), &b)
+    b.push_str(&pager(l, next, looked, &keep));
+    Ok(v.page("deposits", l.t("nav.deposits"), &b))
 }
 
 #[cfg(test)]

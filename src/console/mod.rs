@@ -29,7 +29,7 @@ mod i18n;
 mod lists;
 mod pages;
 
-pub use i18n::{Lang, TEXTS};
+use i18n::Lang;
 
 use crate::listen::Tokens;
 use crate::secret::Secret;
@@ -170,7 +170,7 @@ async fn harden(mut r: Response) -> Response {
 /// `?lang=` on any page.
 #[derive(Debug, Deserialize, Default)]
 pub(crate) struct LangQuery {
-    lang: Option<String>,
+    pub(crate) lang: Option<String>,
 }
 
 /// The reader of a page: signed in, in a language. Pages call [`gate`]

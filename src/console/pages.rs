@@ -3,7 +3,7 @@
 //! waiting) and the requests (the inbox by kind and outcome, dead letters).
 
 use super::html::{self, code, esc, pill, table, time, time_opt};
-use super::{Deps, Viewer, gate, store_failed};
+use super::{Deps, LangQuery, gate, store_failed};
 use crate::health::{self, Role};
 use crate::msg::amount::format_units;
 use crate::msg::{Kind, addr_hex};
@@ -20,22 +20,13 @@ use std::fmt::Write as _;
 /// Rows per page of a list.
 pub(super) const PAGE: u32 = 50;
 
-/// `?lang=` only.
-#[derive(Debug, Deserialize, Default)]
-pub(crate) struct Plain {
-    lang: Option<String>,
-}
-
 /// `GET /console/overview`.
 pub(crate) async fn overview(
     axum::extract::State(deps): Deps,
     headers: HeaderMap,
-    Query(q): Query<Plain>,
-) -> Response {
-    let v = match gate(&deps, &headers, q.lang.as_deref()) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    Query(q): Query<LangQuery>,
+) -> Result<Response, Response> {
+    let v = gate(&deps, &headers, q.lang.as_deref())?;
     let l = v.lang;
     let snap = deps.health.snapshot();
     let outbox = health::outbox_state(&v.console.store).await;
@@ -168,24 +159,25 @@ pub(crate) async fn overview(
     }
     b.push_str("</div>");
 
-    match v.console.store.state_counts(&deps.chains).await {
-        Ok((payouts, deposits)) => {
-            for (title, counts, link) in [
-                (l.t("payouts_by_state"), payouts, "payouts"),
-                (l.t("deposits_by_state"), deposits, "deposits"),
-            ] {
-                let _ = write!(b, "<h2>{}</h2><div class=\"cards\">", esc(title));
-                for (state, n) in counts {
-                    let _ = write!(
-                        b,
-                        "<a class=\"card\" href=\"/console/{link}?state={s}\"><div class=\"v\">{n}</div><div class=\"k\">{s}</div></a>",
-                        s = esc(&state)
-                    );
-                }
-                b.push_str("</div>");
-            }
+    let (payouts, deposits) = v
+        .console
+        .store
+        .state_counts(&deps.chains)
+        .await
+        .map_err(|e| store_failed(&v, e))?;
+    for (title, counts, link) in [
+        (l.t("payouts_by_state"), payouts, "payouts"),
+        (l.t("deposits_by_state"), deposits, "deposits"),
+    ] {
+        let _ = write!(b, "<h2>{}</h2><div class=\"cards\">", esc(title));
+        for (state, n) in counts {
+            let _ = write!(
+                b,
+                "<a class=\"card\" href=\"/console/{link}?state={s}\"><div class=\"v\">{n}</div><div class=\"k\">{s}</div></a>",
+                s = esc(&state)
+            );
         }
-        Err(e) => return store_failed(&v, e),
+        b.push_str("</div>");
     }
 
     let _ = write!(b, "<h2>{}</h2>", esc(l.t("requests_since")));
@@ -210,13 +202,7 @@ pub(crate) async fn overview(
     let mut heads = vec![l.t("kind")];
     heads.extend(outcomes.iter().map(|o| o.as_str()));
     b.push_str(&table("requests", &heads, &rows, l.t("none")));
-    v.page("overview", l.t("nav.overview"), &b)
-}
-
-/// `?chain=` of the wallets page.
-#[derive(Debug, Deserialize, Default)]
-pub(crate) struct WalletQuery {
-    lang: Option<String>,
+    Ok(v.page("overview", l.t("nav.overview"), &b))
 }
 
 /// A signed ledger amount in whole units.
@@ -235,12 +221,9 @@ fn signed_units(v: I256, decimals: u8) -> String {
 pub(crate) async fn wallets(
     axum::extract::State(deps): Deps,
     headers: HeaderMap,
-    Query(q): Query<WalletQuery>,
-) -> Response {
-    let v = match gate(&deps, &headers, q.lang.as_deref()) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    Query(q): Query<LangQuery>,
+) -> Result<Response, Response> {
+    let v = gate(&deps, &headers, q.lang.as_deref())?;
     let l = v.lang;
     let snap = deps.health.snapshot();
     let mut b = String::new();
@@ -278,10 +261,14 @@ pub(crate) async fn wallets(
                 HashMap::new()
             }
         };
-        let waiting: HashMap<Address, i64> = match v.console.store.waiting_per_wallet(chain).await {
-            Ok(list) => list.into_iter().collect(),
-            Err(e) => return store_failed(&v, e),
-        };
+        let waiting: HashMap<Address, i64> = v
+            .console
+            .store
+            .waiting_per_wallet(chain)
+            .await
+            .map_err(|e| store_failed(&v, e))?
+            .into_iter()
+            .collect();
         let rows: Vec<Vec<String>> = seen
             .iter()
             .flat_map(|s| s.list.iter())
@@ -336,7 +323,7 @@ pub(crate) async fn wallets(
             l.t("none"),
         ));
     }
-    v.page("wallets", l.t("nav.wallets"), &b)
+    Ok(v.page("wallets", l.t("nav.wallets"), &b))
 }
 
 /// Filters and positions of the requests page.
@@ -380,39 +367,22 @@ pub(crate) async fn requests(
     axum::extract::State(deps): Deps,
     headers: HeaderMap,
     Query(q): Query<RequestQuery>,
-) -> Response {
-    let v: Viewer<'_> = match gate(&deps, &headers, q.lang.as_deref()) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+) -> Result<Response, Response> {
+    let v = gate(&deps, &headers, q.lang.as_deref())?;
     let l = v.lang;
     let kind = q.kind.as_deref().filter(|k| Kind::parse(k).is_some());
     let outcomes = ["accepted", "refused", "bad_signature", "unaddressable"];
     let outcome = q.outcome.as_deref().filter(|o| outcomes.contains(o));
-    let page = match deps
+    let page = deps
         .store
         .console_requests(kind, outcome, q.before, PAGE)
         .await
-    {
-        Ok(p) => p,
-        Err(e) => return store_failed(&v, e),
-    };
-    let opts = |list: &[&str]| -> Vec<(String, String)> {
-        list.iter()
-            .map(|s| ((*s).to_owned(), (*s).to_owned()))
-            .collect()
-    };
+        .map_err(|e| store_failed(&v, e))?;
     let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
     let mut b = format!(
         "<form class=\"filters\" method=\"get\">{}{}<button type=\"submit\">{}</button></form>",
-        html::select("kind", l.t("kind"), l.t("any"), &opts(&kinds), kind),
-        html::select(
-            "outcome",
-            l.t("outcome"),
-            l.t("any"),
-            &opts(&outcomes),
-            outcome
-        ),
+        html::select("kind", l.t("kind"), l.t("any"), &kinds, kind),
+        html::select("outcome", l.t("outcome"), l.t("any"), &outcomes, outcome),
         esc(l.t("filter"))
     );
     let rows: Vec<Vec<String>> = page
@@ -455,17 +425,19 @@ pub(crate) async fn requests(
         html::query_value(kind.unwrap_or("")),
         html::query_value(outcome.unwrap_or(""))
     );
-    b.push_str(&pager(l, page.next, &format!("{keep}&before=")));
+    b.push_str(&pager(
+        l,
+        page.next,
+        Some(page.looked),
+        &format!("{keep}&before="),
+    ));
 
-    let dead = match v
+    let dead = v
         .console
         .store
         .console_dead_letters(q.dead_before, PAGE)
         .await
-    {
-        Ok(p) => p,
-        Err(e) => return store_failed(&v, e),
-    };
+        .map_err(|e| store_failed(&v, e))?;
     let _ = write!(b, "<h2>{}</h2>", esc(l.t("dead_letters")));
     let rows: Vec<Vec<String>> = dead
         .rows
@@ -497,19 +469,45 @@ pub(crate) async fn requests(
         &rows,
         l.t("none"),
     ));
-    b.push_str(&pager(l, dead.next, &format!("{keep}&dead_before=")));
-    v.page("requests", l.t("nav.requests"), &b)
+    b.push_str(&pager(
+        l,
+        dead.next,
+        Some(dead.looked),
+        &format!("{keep}&dead_before="),
+    ));
+    Ok(v.page("requests", l.t("nav.requests"), &b))
 }
 
-/// The link to the next (older) page, `prefix` being the query up to the
+/// Which ids a list page looked at (`looked`, none for a search) and the
+/// link to the next (older) page, `prefix` being the query up to the
 /// position.
-pub(super) fn pager(l: super::Lang, next: Option<i64>, prefix: &str) -> String {
-    match next {
-        Some(n) => format!(
-            "<p class=\"pager\"><a href=\"?{}{n}\" class=\"older\">{}</a></p>",
-            esc(prefix),
-            esc(l.t("older"))
-        ),
-        None => String::new(),
+pub(super) fn pager(
+    l: super::Lang,
+    next: Option<i64>,
+    looked: Option<(i64, i64)>,
+    prefix: &str,
+) -> String {
+    let looked = looked
+        .filter(|(lo, hi)| lo <= hi)
+        .map(|(lo, hi)| {
+            format!(
+                "<span class=\"muted\">{}</span>",
+                esc(&l.tf("scanned", &[&lo.to_string(), &hi.to_string()]))
+            )
+        })
+        .unwrap_or_default();
+    let older = next
+        .map(|n| {
+            format!(
+                "<a href=\"?{}{n}\" class=\"older\">{}</a>",
+                esc(prefix),
+                esc(l.t("older"))
+            )
+        })
+        .unwrap_or_default();
+    if looked.is_empty() && older.is_empty() {
+        String::new()
+    } else {
+        format!("<p class=\"pager\">{looked}{older}</p>")
     }
 }

@@ -73,7 +73,11 @@ pub(super) async fn payouts(
             .await
             .map_err(store_failed)?;
         for p in found {
-            let txs = deps.store.signed_txs_of(p.id).await.map_err(store_failed)?;
+            let txs = deps
+                .store
+                .payout_tx_views(p.id)
+                .await
+                .map_err(store_failed)?;
             items.push(item(&p, api.tokens.of_payout(&p), &txs));
         }
     }
@@ -90,7 +94,7 @@ pub(super) async fn payouts(
 }
 
 /// One payout item.
-fn item(p: &Payout, decimals: u8, txs: &[(alloy::primitives::B256, i64)]) -> Value {
+fn item(p: &Payout, decimals: u8, txs: &[crate::store::TxView]) -> Value {
     json!({
         "chain": p.chain,
         "kind": p.kind.as_str(),
@@ -99,7 +103,7 @@ fn item(p: &Payout, decimals: u8, txs: &[(alloy::primitives::B256, i64)]) -> Val
         "payer": p.payer.as_ref().map(addr_hex),
         "nonce": p.nonce,
         "tx_hash": p.tx_hash.map(|h| h.to_string()),
-        "transactions": txs.iter().map(|(h, at)| json!({"tx_hash": h.to_string(), "signed_at_ms": at})).collect::<Vec<_>>(),
+        "transactions": txs.iter().map(|t| json!({"tx_hash": t.tx_hash.to_string(), "signed_at_ms": t.signed_at})).collect::<Vec<_>>(),
         "block_height": p.block_number,
         "answers": reply::payout_answers(p, decimals),
     })

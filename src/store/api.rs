@@ -159,21 +159,6 @@ impl Store {
         rows.iter().map(payouts::payout).collect()
     }
 
-    /// Every transaction signed for payout `id`, oldest first, with when it
-    /// was signed (unix milliseconds).
-    pub async fn signed_txs_of(&self, id: i64) -> Result<Vec<(B256, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT tx_hash, created_at FROM payout_txs WHERE payout_id = ? ORDER BY created_at, tx_hash",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await
-        .ctx("read payout transactions")?;
-        rows.iter()
-            .map(|r| Ok((b256(r.get(0), "payout_txs.tx_hash")?, r.get(1))))
-            .collect()
-    }
-
     /// Deposits to `addr` on `chain` (of `symbol`, when given) with id
     /// above `after`, oldest first, at most `limit`.
     pub async fn deposits_of(

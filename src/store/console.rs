@@ -25,6 +25,9 @@ pub struct Page<T> {
     pub rows: Vec<T>,
     /// Where the next (older) page starts (`before`), if there is one.
     pub next: Option<i64>,
+    /// The lowest and highest id this page looked at (a filter no index
+    /// serves may find few rows among them).
+    pub looked: (i64, i64),
 }
 
 /// Filters of the payout list; `None` is any.
@@ -163,7 +166,11 @@ impl Store {
         let rows = q.build().fetch_all(&self.pool).await.ctx("list payouts")?;
         let rows: Vec<Payout> = rows.iter().map(payouts::payout).collect::<Result<_, _>>()?;
         let next = next_of(rows.last().map(|p| p.id), rows.len() == limit as usize, lo);
-        Ok(Page { rows, next })
+        Ok(Page {
+            rows,
+            next,
+            looked: (lo, hi - 1),
+        })
     }
 
     /// Payouts matching `text` exactly: a `queue_id` on one of `chains`, an
@@ -224,13 +231,21 @@ impl Store {
         ids.sort_unstable_by(|a, b| b.cmp(a));
         ids.dedup();
         ids.truncate(limit as usize);
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(p) = self.payout(id).await? {
-                out.push(p);
-            }
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let mut q = QueryBuilder::<Any>::new(format!(
+            "SELECT {} FROM payouts WHERE id IN (",
+            payouts::COLUMNS
+        ));
+        super::push_ids(&mut q, &ids);
+        q.push(" ORDER BY id DESC");
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .ctx("read found payouts")?;
+        rows.iter().map(payouts::payout).collect()
     }
 
     /// The payout with row id `id`.
@@ -316,7 +331,11 @@ impl Store {
         let rows = q.build().fetch_all(&self.pool).await.ctx("list deposits")?;
         let rows: Vec<DepositView> = rows.iter().map(deposit_view).collect::<Result<_, _>>()?;
         let next = next_of(rows.last().map(|d| d.id), rows.len() == limit as usize, lo);
-        Ok(Page { rows, next })
+        Ok(Page {
+            rows,
+            next,
+            looked: (lo, hi - 1),
+        })
     }
 
     /// Deposits matching `text` exactly on one of `chains`: a watched
@@ -391,7 +410,11 @@ impl Store {
             })
             .collect();
         let next = next_of(rows.last().map(|r| r.id), rows.len() == limit as usize, lo);
-        Ok(Page { rows, next })
+        Ok(Page {
+            rows,
+            next,
+            looked: (lo, hi - 1),
+        })
     }
 
     /// Dead letters newest first, from `before` (exclusive).
@@ -426,7 +449,11 @@ impl Store {
             })
             .collect();
         let next = next_of(rows.last().map(|r| r.id), rows.len() == limit as usize, lo);
-        Ok(Page { rows, next })
+        Ok(Page {
+            rows,
+            next,
+            looked: (lo, hi - 1),
+        })
     }
 
     /// Final movements not yet applied to the wallet store's ledger.

@@ -583,6 +583,21 @@ async fn kept(s: &Store) -> (Vec<(String, i64)>, Vec<(String, i64)>) {
     (p, d)
 }
 
+/// A transaction of payout `payout_id` with hash `0xbbbb…` (`b` repeated),
+/// signed at 1 ms with a max fee of 2 wei.
+fn signed_tx(payout_id: i64, b: u8) -> SignedTx {
+    SignedTx {
+        payout_id,
+        tx_hash: B256::repeat_byte(b),
+        raw: vec![1, 2, 3],
+        gas_limit: 100_000,
+        max_fee_per_gas: 2,
+        priority_fee: 1,
+        signed_at: 1,
+        cancels: false,
+    }
+}
+
 /// A withdrawal of 5 base units of USDT with queue id `q`.
 fn new_payout(q: &str) -> NewPayout {
     NewPayout {
@@ -979,16 +994,7 @@ async fn a_rebroadcast_the_node_already_holds_keeps_the_time_it_was_first_taken(
     let (_d, s) = store().await;
     let mut tx = s.begin().await.expect("begin");
     let id = tx.insert_payout(&new_payout("rb")).await.expect("insert");
-    let signed = SignedTx {
-        payout_id: id,
-        tx_hash: B256::repeat_byte(7),
-        raw: vec![1, 2, 3],
-        gas_limit: 100_000,
-        max_fee_per_gas: 2,
-        priority_fee: 1,
-        signed_at: 1,
-        cancels: false,
-    };
+    let signed = signed_tx(id, 7);
     let gone = tx
         .mark_signed_many(Address::repeat_byte(1), &[(0, &signed)])
         .await

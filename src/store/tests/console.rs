@@ -16,16 +16,7 @@ async fn the_console_finds_payouts_deposits_and_requests_by_index() {
     pay.to = Address::repeat_byte(0x33);
     let b = tx.insert_payout(&pay).await.expect("insert");
     let c = tx.insert_payout(&new_payout("c")).await.expect("insert");
-    let signed = SignedTx {
-        payout_id: b,
-        tx_hash: B256::repeat_byte(0x77),
-        raw: vec![1, 2, 3],
-        gas_limit: 100_000,
-        max_fee_per_gas: 2,
-        priority_fee: 1,
-        signed_at: 1,
-        cancels: false,
-    };
+    let signed = signed_tx(b, 0x77);
     tx.mark_signed_many(Address::repeat_byte(1), &[(0, &signed)])
         .await
         .expect("signed");
