@@ -298,6 +298,9 @@ async fn the_console_shows_deposits_payouts_wallets_and_why_a_payout_waits() -> 
         inbox.contains("bad_signature") && !inbox.contains("accepted"),
         "{inbox}"
     );
+    // A filtered list says which ids it looked at.
+    let looked = browser.text(".pager").await?;
+    assert!(looked.contains("Looked at ids 1 to 4."), "{looked}");
     browser.goto(&format!("{base}/console/requests")).await?;
     assert!(browser.text("#inbox").await?.contains("withdraw"));
     browser.screenshot(&dir.join("requests.png")).await?;
