@@ -69,6 +69,9 @@ async fn sqlite_pool(
     };
     AnyPoolOptions::new()
         .max_connections(connections)
+        // A connection to a local file does not go stale: no ping (a round
+        // trip to the connection's thread) before each use.
+        .test_before_acquire(false)
         .after_connect(move |conn, _| {
             let pragmas = pragmas.clone();
             Box::pin(async move {

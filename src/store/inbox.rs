@@ -111,6 +111,13 @@ impl StoreTx {
                 Engine::Sqlite => {
                     let all: Vec<&InboxRow<'_>> = chunk.iter().collect();
                     let mut q = insert(&all);
+                    if !chunk.iter().any(deduped) {
+                        // Accepted topups alone (a burst's usual chunk): all
+                        // new, so nothing needs to come back.
+                        q.build().execute(&mut *self.tx).await.ctx("insert inbox")?;
+                        new.extend(chunk.iter().map(|r| *r.body_hash));
+                        continue;
+                    }
                     q.push(" ON CONFLICT (body_hash) WHERE ")
                         .push(DEDUPED)
                         .push(" DO NOTHING RETURNING body_hash");

@@ -208,9 +208,19 @@ async fn accepted_topups_are_recorded_without_a_lookup() {
         .await
         .expect("insert");
     assert_eq!(again, HashSet::from([*a]));
+    // Accepted topups alone (inserted without reading anything back) are
+    // all new, every time.
+    let c = &[9u8; 32];
+    for _ in 0..2 {
+        let only = tx
+            .record_requests(&[row("topup", a), row("topup", c)])
+            .await
+            .expect("insert");
+        assert_eq!(only, HashSet::from([*a, *c]));
+    }
     tx.commit().await.expect("commit");
     let (rows, _, _) = s.inbox_span().await.expect("span");
-    assert_eq!(rows, 3);
+    assert_eq!(rows, 7);
 }
 
 #[tokio::test]

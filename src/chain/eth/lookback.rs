@@ -48,6 +48,10 @@ use tracing::{debug, info, warn};
 const BATCH: u32 = 10_000;
 /// Recipient addresses in one `eth_getLogs` (halved when a node refuses).
 const ADDRESSES_PER_CALL: usize = 500;
+/// The least time between two rounds that were not full: under a burst of
+/// topups the new watches are looked back for in a few large rounds, not
+/// one per commit of listen (each round costs node calls and a commit).
+const PACE: Duration = Duration::from_millis(100);
 
 /// The plain ether transfers of the blocks the scanner read last, by number
 /// (with the block's hash); shared with the lookback, bounded to
@@ -229,6 +233,9 @@ impl Lookback {
                 };
             }
             after = upto;
+            if rows.len() < BATCH as usize && sleep_or_shutdown(PACE, &shutdown).await {
+                return Ok(());
+            }
         }
     }
 
