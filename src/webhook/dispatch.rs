@@ -27,6 +27,9 @@ use tracing::{debug, info, warn};
 const IDLE_LOOK: Duration = Duration::from_millis(500);
 /// Results recorded per transaction, at most.
 const RESULTS_PER_COMMIT: usize = 512;
+/// A finished attempt's result waits at most this long to be recorded with
+/// others (a group's next answer waits for it).
+const RECORD_EVERY: Duration = Duration::from_millis(20);
 
 /// Why the dispatcher stopped.
 #[derive(Debug, thiserror::Error)]
@@ -102,36 +105,37 @@ pub async fn dispatch(
     // In flight: ids, and attempts per host.
     let mut flying: HashSet<i64> = HashSet::new();
     let mut per_host: HashMap<String, usize> = HashMap::new();
+    // Finished but not recorded yet: their slots are free, and they are
+    // not read as due again until recorded.
     let mut finished: Vec<(Delivery, Result<(), String>)> = Vec::new();
+    let mut oldest_finished: Option<tokio::time::Instant> = None;
     loop {
-        // Record what has finished.
-        while finished.len() < RESULTS_PER_COMMIT {
-            match done_rx.try_recv() {
-                Ok(r) => finished.push(r),
-                Err(_) => break,
-            }
+        // Take what has finished: its slot is free at once.
+        while let Ok(r) = done_rx.try_recv() {
+            free_slot(&mut flying, &mut per_host, &r.0);
+            oldest_finished.get_or_insert_with(tokio::time::Instant::now);
+            finished.push(r);
         }
-        if !finished.is_empty() {
-            let now = crate::clock::now_ms();
-            let results: Vec<AttemptResult> = finished
-                .iter()
-                .map(|(d, r)| judge(&cfg, d, r, now, &metrics))
-                .collect();
-            store.record_attempts(&results).await?;
-            for (d, _) in finished.drain(..) {
-                flying.remove(&d.id);
-                if let Some(n) = per_host.get_mut(&d.host) {
-                    *n -= 1;
-                    if *n == 0 {
-                        per_host.remove(&d.host);
-                    }
-                }
-            }
+        // Record results a batch per transaction: when enough are
+        // waiting, when the oldest has waited long enough, or when nothing
+        // else is in flight.
+        let record_due = oldest_finished.is_some_and(|t| t.elapsed() >= RECORD_EVERY);
+        if !finished.is_empty()
+            && (finished.len() >= RESULTS_PER_COMMIT || record_due || flying.is_empty())
+        {
+            record(&store, &cfg, &metrics, &mut finished).await?;
+            oldest_finished = None;
         }
-        // Start what is due.
+        // Start what is due, once a quarter of the slots (or all) are free:
+        // a look at the store per finished attempt would cost more than the
+        // attempt.
         let room = cfg.concurrency.saturating_sub(flying.len());
-        if room > 0 {
-            let busy: Vec<i64> = flying.iter().copied().collect();
+        if room > 0 && (room >= cfg.concurrency.div_ceil(4) || flying.is_empty()) {
+            let busy: Vec<i64> = flying
+                .iter()
+                .copied()
+                .chain(finished.iter().map(|(d, _)| d.id))
+                .collect();
             let full: Vec<&str> = per_host
                 .iter()
                 .filter(|(_, n)| **n >= cfg.per_host)
@@ -159,17 +163,58 @@ pub async fn dispatch(
                 });
             }
         }
+        let nap = oldest_finished.map_or(IDLE_LOOK, |t| RECORD_EVERY.saturating_sub(t.elapsed()));
         tokio::select! {
             _ = shutdown.cancelled() => {
+                // What has finished is recorded if the store still takes
+                // it; what is in flight is made again later.
+                if !finished.is_empty()
+                    && let Err(e) = record(&store, &cfg, &metrics, &mut finished).await
+                {
+                    warn!(target: "m2pool::webhook", error = %e,
+                          "webhook results not recorded at shutdown; those deliveries are made again");
+                }
                 debug!(target: "m2pool::webhook", in_flight = flying.len(),
                        "webhooks stopped; attempts in flight are made again later");
                 return Ok(());
             }
-            Some(r) = done_rx.recv() => finished.push(r),
+            Some(r) = done_rx.recv() => {
+                free_slot(&mut flying, &mut per_host, &r.0);
+                oldest_finished.get_or_insert_with(tokio::time::Instant::now);
+                finished.push(r);
+            }
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(IDLE_LOOK) => {}
+            _ = tokio::time::sleep(nap) => {}
         }
     }
+}
+
+/// Frees the slot of a finished attempt.
+fn free_slot(flying: &mut HashSet<i64>, per_host: &mut HashMap<String, usize>, d: &Delivery) {
+    flying.remove(&d.id);
+    if let Some(n) = per_host.get_mut(&d.host) {
+        *n -= 1;
+        if *n == 0 {
+            per_host.remove(&d.host);
+        }
+    }
+}
+
+/// Records the results of `finished` attempts in one transaction.
+async fn record(
+    store: &Store,
+    cfg: &WebhookConfig,
+    metrics: &SharedMetrics,
+    finished: &mut Vec<(Delivery, Result<(), String>)>,
+) -> Result<(), StoreError> {
+    let now = crate::clock::now_ms();
+    let results: Vec<AttemptResult> = finished
+        .iter()
+        .map(|(d, r)| judge(cfg, d, r, now, metrics))
+        .collect();
+    store.record_attempts(&results).await?;
+    finished.clear();
+    Ok(())
 }
 
 /// The result to record for one attempt.
