@@ -146,9 +146,20 @@ async fn pending_deposit_and_payout(
         .await?;
     let sent = withdrawals.wait("payout status 2", is("c-1", 2)).await?;
     let hash: B256 = sent.v["tx_hash"].as_str().unwrap_or_default().parse()?;
-    let receipt = alloy::providers::Provider::get_transaction_receipt(&w.eth, hash).await?;
-    let mined = receipt.and_then(|r| r.block_number).unwrap_or_default();
-    anyhow::ensure!(mined > 0, "the payout is mined (automine)");
+    // Announced when the node accepted it; automine mines it a moment later.
+    let until = std::time::Instant::now() + WAIT;
+    let mined = loop {
+        let receipt = alloy::providers::Provider::get_transaction_receipt(&w.eth, hash).await?;
+        match receipt.and_then(|r| r.block_number) {
+            Some(n) if n > 0 => break n,
+            _ => {}
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < until,
+            "the payout is not mined (automine) within {WAIT:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     Ok((deposit, block, mined))
 }
 
