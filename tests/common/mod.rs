@@ -243,6 +243,26 @@ pub async fn deploy_test_usdt(rpc: &DynProvider, from: Address) -> Result<Addres
 }
 
 /// One test's world.
+/// Directories of cleaned-up worlds kept until [`remove_deferred`], when
+/// [`defer_removals`] was called (the benchmark: see benches/gateway.rs).
+static DEFERRED: std::sync::Mutex<Option<Vec<tempfile::TempDir>>> = std::sync::Mutex::new(None);
+
+/// From now on a cleaned-up world's files stay until [`remove_deferred`].
+pub fn defer_removals() {
+    let mut d = DEFERRED.lock().unwrap_or_else(|p| p.into_inner());
+    d.get_or_insert_with(Vec::new);
+}
+
+/// Removes the files of every world cleaned up since [`defer_removals`].
+pub fn remove_deferred() {
+    let kept = DEFERRED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_mut()
+        .map(std::mem::take);
+    drop(kept);
+}
+
 pub struct World {
     pub name: String,
     pub anvil: Anvil,
@@ -696,10 +716,14 @@ impl World {
         Ok(self.eth.get_block_number().await?)
     }
 
-    /// Deletes this world's queues and exchange.
+    /// Deletes this world's queues and exchange; its files go now, or at
+    /// [`remove_deferred`] when removals are deferred.
     pub async fn cleanup(self) -> Result<()> {
         self.delete_topology().await?;
         let _ = self.amqp.close(200, "done".into()).await;
+        if let Some(kept) = DEFERRED.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            kept.push(self.dir);
+        }
         Ok(())
     }
 
