@@ -119,10 +119,11 @@ pub async fn dispatch(
         // Record results a batch per transaction: when enough are
         // waiting, when the oldest has waited long enough, or when nothing
         // else is in flight.
-        let record_due = oldest_finished.is_some_and(|t| t.elapsed() >= RECORD_EVERY);
-        if !finished.is_empty()
-            && (finished.len() >= RESULTS_PER_COMMIT || record_due || flying.is_empty())
-        {
+        if record_now(
+            finished.len(),
+            oldest_finished.map(|t| t.elapsed()),
+            flying.len(),
+        ) {
             record(&store, &cfg, &metrics, &mut finished).await?;
             oldest_finished = None;
         }
@@ -130,7 +131,7 @@ pub async fn dispatch(
         // a look at the store per finished attempt would cost more than the
         // attempt.
         let room = cfg.concurrency.saturating_sub(flying.len());
-        if room > 0 && (room >= cfg.concurrency.div_ceil(4) || flying.is_empty()) {
+        if look_now(room, cfg.concurrency, flying.len()) {
             let busy: Vec<i64> = flying
                 .iter()
                 .copied()
@@ -187,6 +188,21 @@ pub async fn dispatch(
             _ = tokio::time::sleep(nap) => {}
         }
     }
+}
+
+/// Whether the `waiting` finished results, the oldest of them finished
+/// `oldest` ago, are recorded now (with `in_flight` attempts still out).
+fn record_now(waiting: usize, oldest: Option<Duration>, in_flight: usize) -> bool {
+    waiting > 0
+        && (waiting >= RESULTS_PER_COMMIT
+            || oldest.is_some_and(|t| t >= RECORD_EVERY)
+            || in_flight == 0)
+}
+
+/// Whether to look for due deliveries with `room` of `concurrency` slots
+/// free and `in_flight` attempts out.
+fn look_now(room: usize, concurrency: usize, in_flight: usize) -> bool {
+    room > 0 && (room >= concurrency.div_ceil(4) || in_flight == 0)
 }
 
 /// Frees the slot of a finished attempt.
@@ -304,6 +320,23 @@ async fn attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_are_recorded_in_batches_and_slots_refilled_a_quarter_at_a_time() {
+        let ms = Duration::from_millis;
+        // Nothing to record; a few results while others fly wait their turn.
+        assert!(!record_now(0, None, 0));
+        assert!(!record_now(3, Some(ms(1)), 10));
+        // A full batch, a result old enough, or nothing else out: now.
+        assert!(record_now(RESULTS_PER_COMMIT, Some(ms(1)), 10));
+        assert!(record_now(3, Some(RECORD_EVERY), 10));
+        assert!(record_now(3, Some(ms(1)), 0));
+
+        assert!(!look_now(0, 64, 64), "no slot free");
+        assert!(!look_now(15, 64, 49), "less than a quarter free");
+        assert!(look_now(16, 64, 48));
+        assert!(look_now(1, 1, 0), "a concurrency of one");
+    }
 
     #[test]
     fn retries_follow_the_schedule_then_the_last_wait_until_the_window_ends() {
