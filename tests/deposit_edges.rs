@@ -147,19 +147,15 @@ async fn pending_deposit_and_payout(
     let sent = withdrawals.wait("payout status 2", is("c-1", 2)).await?;
     let hash: B256 = sent.v["tx_hash"].as_str().unwrap_or_default().parse()?;
     // Announced when the node accepted it; automine mines it a moment later.
-    let until = std::time::Instant::now() + WAIT;
-    let mined = loop {
+    let block_of = || async {
         let receipt = alloy::providers::Provider::get_transaction_receipt(&w.eth, hash).await?;
-        match receipt.and_then(|r| r.block_number) {
-            Some(n) if n > 0 => break n,
-            _ => {}
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < until,
-            "the payout is not mined (automine) within {WAIT:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        anyhow::Ok(receipt.and_then(|r| r.block_number).unwrap_or_default())
     };
+    eventually("the payout is mined (automine)", || async {
+        Ok(block_of().await? > 0)
+    })
+    .await?;
+    let mined = block_of().await?;
     Ok((deposit, block, mined))
 }
 

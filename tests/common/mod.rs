@@ -242,7 +242,6 @@ pub async fn deploy_test_usdt(rpc: &DynProvider, from: Address) -> Result<Addres
     receipt.contract_address.context("token deployed")
 }
 
-/// One test's world.
 /// Directories of cleaned-up worlds kept until [`remove_deferred`], when
 /// [`defer_removals`] was called (the benchmark: see benches/gateway.rs).
 static DEFERRED: std::sync::Mutex<Option<Vec<tempfile::TempDir>>> = std::sync::Mutex::new(None);
@@ -263,6 +262,7 @@ pub fn remove_deferred() {
     drop(kept);
 }
 
+/// One test's world.
 pub struct World {
     pub name: String,
     pub anvil: Anvil,
