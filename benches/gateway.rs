@@ -1161,6 +1161,14 @@ async fn main() -> Result<()> {
     // recently freed inode), so deleting a row's 50,000 log files would
     // slow the next row's log writer. The daemon itself deletes nothing.
     defer_removals();
+    // BENCH_TRACE=1 prints the in-process daemon's logs (filtered by
+    // RUST_LOG) to stderr, with their times, to see where a row waits.
+    if std::env::var_os("BENCH_TRACE").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let mut rows = Vec::new();
     if run("ingest") {
         eprintln!("ingest…");

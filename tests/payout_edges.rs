@@ -548,3 +548,67 @@ async fn a_payout_the_node_takes_and_loses_is_replaced_and_paid_once() -> Result
     daemon.stop().await?;
     w.cleanup().await
 }
+
+/// A rebroadcast leaves a transaction signed within the last interval
+/// (`rebroadcast_secs`, 2 s in the test world) to the broadcaster that has
+/// just sent it: the node is asked to take each payout once, and again only
+/// once it has waited a whole interval unmined. The withdrawals come in four
+/// waves half a second apart, so one wave is always signed shortly before a
+/// rebroadcast (which used to send it again at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebroadcast_does_not_send_again_what_was_just_sent() -> Result<()> {
+    let mut w = World::new("young-rebroadcast").await?;
+    let proxy = rpc_proxy::RpcProxy::start(w.anvil.http(), None).await?;
+    w.config_json["eth_config"]["rpc_url"] = proxy.url().into();
+    let mut withdrawals = w.replies("withdraw_resp").await?;
+    let user = w.new_wallet(Label::User).await?;
+    w.fund(user, 100_000_000, ether(1)).await?;
+    // Nothing is mined from here on: every payout stays unmined, so each
+    // rebroadcast after its first interval sends it again.
+    let _: Value = w
+        .eth
+        .raw_request("evm_setAutomine".into(), (false,))
+        .await?;
+    let daemon = w.start().await?;
+    let to = Address::random();
+    for wave in 0..4 {
+        for i in 0..5 {
+            let id = format!("y-{wave}-{i}");
+            w.publish("withdraw", withdraw(&id, user, to, "USDT", "1")?)
+                .await?;
+        }
+        for i in 0..5 {
+            let id = format!("y-{wave}-{i}");
+            withdrawals
+                .wait("the wave sent", |v| v["queue_id"] == id && v["status"] == 2)
+                .await?;
+        }
+        // The waves' spacing in time is what the test is about.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let first: std::collections::HashSet<String> =
+        proxy.sends().into_iter().map(|(_, raw)| raw).collect();
+    assert_eq!(first.len(), 20, "one transaction per payout so far");
+    eventually("every payout sent a second time", || async {
+        let sends = proxy.sends();
+        Ok(first
+            .iter()
+            .all(|raw| sends.iter().filter(|(_, r)| r == raw).count() >= 2))
+    })
+    .await?;
+    let sends = proxy.sends();
+    for raw in &first {
+        let at: Vec<std::time::Instant> = sends
+            .iter()
+            .filter(|(_, r)| r == raw)
+            .map(|(t, _)| *t)
+            .collect();
+        let gap = at[1] - at[0];
+        assert!(
+            gap >= std::time::Duration::from_millis(1500),
+            "a payout was sent again {gap:?} after its first broadcast, within the rebroadcast interval"
+        );
+    }
+    daemon.stop().await?;
+    w.cleanup().await
+}

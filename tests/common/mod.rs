@@ -112,8 +112,21 @@ impl Anvil {
         // Read the port, then keep draining so anvil never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut sent = false;
+            // ANVIL_TEE=FILE appends anvil's output there: a line per RPC
+            // call, to see what a test or a bench row asks of the node.
+            let mut tee = std::env::var_os("ANVIL_TEE").and_then(|p| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .ok()
+            });
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if let Some(f) = tee.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
                 if !sent && let Some(addr) = line.strip_prefix("Listening on ") {
                     let port = addr
                         .rsplit(':')

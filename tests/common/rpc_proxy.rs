@@ -86,6 +86,8 @@ struct RpcShared {
     lost: Mutex<Option<String>>,
     /// How many times it was sent.
     lost_sends: std::sync::atomic::AtomicUsize,
+    /// Every raw transaction asked to be sent, with when.
+    sends: Mutex<Vec<(std::time::Instant, String)>>,
     client: alloy::transports::http::reqwest::Client,
 }
 
@@ -116,6 +118,7 @@ impl RpcProxy {
             before_logs: Mutex::new(None),
             lost: Mutex::new(None),
             lost_sends: Default::default(),
+            sends: Mutex::new(Vec::new()),
             client: alloy::transports::http::reqwest::Client::new(),
         });
         let s = shared.clone();
@@ -132,6 +135,12 @@ impl RpcProxy {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every `eth_sendRawTransaction` asked so far (alone or in a batch):
+    /// when, and the raw transaction.
+    pub fn sends(&self) -> Vec<(std::time::Instant, String)> {
+        lock(&self.shared.sends).clone()
     }
 
     /// Changes what the node refuses from now on.
@@ -267,6 +276,17 @@ async fn lose_first_send(s: &RpcShared, req: Value) -> Result<Vec<u8>> {
 /// The answer to one JSON-RPC request (or batch, forwarded as is).
 async fn answer(s: &RpcShared, body: Vec<u8>) -> Result<Vec<u8>> {
     let req: Value = serde_json::from_slice(&body)?;
+    {
+        let now = std::time::Instant::now();
+        let calls = req
+            .as_array()
+            .map_or(std::slice::from_ref(&req), Vec::as_slice);
+        lock(&s.sends).extend(calls.iter().filter_map(|c| {
+            (c["method"] == "eth_sendRawTransaction")
+                .then(|| c["params"][0].as_str().map(|r| (now, r.to_owned())))
+                .flatten()
+        }));
+    }
     let refuse = *lock(&s.refuse);
     if let Some(Refuse::LoseFirstSend) = refuse {
         return lose_first_send(s, req).await;

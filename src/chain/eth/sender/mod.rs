@@ -1,6 +1,8 @@
 //! Payouts on Ethereum: the dispatcher hands queued payouts to the nonce actor
 //! of their wallet ([`actor`]), and broadcasts again, byte for byte, whatever
 //! was signed but is not mined yet (at start, then every `rebroadcast_secs`).
+//! A transaction signed within the last interval is left to the broadcaster
+//! that has just sent it (see [`due_again`]).
 //!
 //! A payout is never signed twice with different nonces: the nonce, the raw
 //! bytes and the hash are stored before the first broadcast, and everything
@@ -128,6 +130,25 @@ fn outcome(tx: &SignedTx, result: Result<(), sign::SendError>) -> Broadcast<'_> 
     }
 }
 
+/// Whether a rebroadcast sends a transaction signed at `signed_at` (unix
+/// ms) again at `now`: at the first rebroadcast of a run always (what an
+/// earlier run signed may never have reached the node), and one the node
+/// has `refused`; otherwise only once it is at least one `interval_ms` old.
+/// A younger one was handed to its wallet's broadcaster moments ago, which
+/// sends it (or is about to): sending it again would only make the node
+/// check its signature twice (and, mined meanwhile, make us look it up by
+/// hash), so a burst of payouts that spans a rebroadcast doubled the node's
+/// work.
+pub(super) fn due_again(
+    signed_at: i64,
+    refused: bool,
+    now: i64,
+    interval_ms: i64,
+    first: bool,
+) -> bool {
+    first || refused || now.saturating_sub(signed_at) >= interval_ms
+}
+
 /// A payout the node has refused for at least `stuck_payout_secs`, in plain
 /// words (for the error log and `/healthz`).
 fn refused_for_long(p: &Payout, since_ms: i64, reason: &str) -> String {
@@ -199,10 +220,12 @@ impl Sender {
         info!(target: "m2pool::payout", collection = ?self.collection.map(|c| format!("{c:#x}")), "payout sender ready");
         let interval = self.deps.cfg.payout.rebroadcast;
         let mut last_rebroadcast = Instant::now() - interval;
+        let mut first = true;
         let mut after = 0i64;
         let result = loop {
             if last_rebroadcast.elapsed() >= interval {
-                self.rebroadcast(&shutdown).await?;
+                self.rebroadcast(first, &shutdown).await?;
+                first = false;
                 last_rebroadcast = Instant::now();
             }
             after = self.dispatch(after, &shutdown).await?;
@@ -293,15 +316,32 @@ impl Sender {
     }
 
     /// Sends every signed-but-unmined transaction again, same bytes, in nonce
-    /// order per wallet.
+    /// order per wallet; after the `first` of a run, only those the node
+    /// refused or signed at least one interval ago ([`due_again`]).
     ///
     /// Payouts whose current transaction has waited longer than
     /// `stuck_payout_secs` are handed to their wallet's actor to be replaced.
     /// One the node has refused that long is also logged as an error, shown
     /// by `/healthz` and counted, until the node takes it or a remove cancels
     /// it (higher fees do not cure "insufficient funds for gas").
-    async fn rebroadcast(&mut self, shutdown: &CancellationToken) -> Result<(), SenderError> {
-        let unmined = self.deps.store.unmined_txs(&self.deps.chain).await?;
+    async fn rebroadcast(
+        &mut self,
+        first: bool,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SenderError> {
+        let interval_ms =
+            i64::try_from(self.deps.cfg.payout.rebroadcast.as_millis()).unwrap_or(i64::MAX);
+        let read_at = crate::clock::now_ms();
+        let mut unmined = self.deps.store.unmined_txs(&self.deps.chain).await?;
+        unmined.retain(|(p, t)| {
+            due_again(
+                t.signed_at,
+                p.refused_at.is_some(),
+                read_at,
+                interval_ms,
+                first,
+            )
+        });
         let refs: Vec<&SignedTx> = unmined.iter().map(|(_, t)| t).collect();
         let results = sign::broadcast(&self.endpoints, &refs).await;
         let outcomes: Vec<Broadcast<'_>> = refs
@@ -401,5 +441,27 @@ pub(super) fn failpoint(name: &str) {
     if cfg!(debug_assertions) && std::env::var("M2POOL_FAILPOINT").as_deref() == Ok(name) {
         error!(target: "m2pool::payout", failpoint = name, "fail point reached: aborting");
         std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::due_again;
+
+    #[test]
+    fn a_rebroadcast_leaves_young_transactions_to_their_broadcaster() {
+        let (now, interval) = (1_000_000, 30_000);
+        // The first rebroadcast of a run sends everything, however young.
+        assert!(due_again(now, false, now, interval, true));
+        assert!(due_again(now - 1, false, now, interval, true));
+        // Later ones what the node refused, however young ...
+        assert!(due_again(now, true, now, interval, false));
+        // ... and otherwise only what is at least one interval old.
+        assert!(!due_again(now, false, now, interval, false));
+        assert!(!due_again(now - interval + 1, false, now, interval, false));
+        assert!(due_again(now - interval, false, now, interval, false));
+        assert!(due_again(now - 10 * interval, false, now, interval, false));
+        // A clock that went back does not make a transaction due.
+        assert!(!due_again(now + 5_000, false, now, interval, false));
     }
 }
