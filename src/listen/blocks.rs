@@ -12,6 +12,7 @@ use crate::store::{
 };
 use crate::wallet::{LedgerEntry, Movement};
 use alloy::primitives::{Address, B256, I256, U256};
+use std::collections::HashMap;
 use tracing::{error, info, warn};
 
 /// Log index of a payout's debit and of its fee in the ledger.
@@ -97,9 +98,7 @@ impl Listen {
                     .map(|t| (block.number, block.hash, t))
                     .collect();
                 self.deposits_seen(tx, &chain, &seen, fx).await?;
-                for o in &own {
-                    self.own_tx_mined(tx, &chain, &block, o).await?;
-                }
+                self.own_txs_mined(tx, &chain, &block, &own).await?;
                 self.decide_due(tx, &chain, block.number, fx).await?;
                 for p in tx.due_payouts(&chain, block.number).await? {
                     self.decide_payout(tx, &chain, p, fx).await?;
@@ -296,48 +295,66 @@ impl Listen {
         Ok(())
     }
 
-    async fn own_tx_mined(
+    /// Records which payouts the block's transactions from our wallets
+    /// mined, all in a few statements.
+    async fn own_txs_mined(
         &self,
         tx: &mut StoreTx,
         chain: &str,
         block: &BlockRef,
-        o: &OwnTx,
+        own: &[OwnTx],
     ) -> Result<(), ListenError> {
-        let Some(p) = tx.payout_by_nonce(chain, o.from, o.nonce).await? else {
+        if own.is_empty() {
             return Ok(());
-        };
-        let ours = tx.signed_tx_of(o.tx_hash).await?;
-        let displaced = ours.map(|(id, _)| id) != Some(p.id);
-        let cancel_mined = !displaced && ours.is_some_and(|(_, cancels)| cancels);
-        // What the payout asked for is judged on the receipt: reverted, or
-        // (a token) no `Transfer` of exactly that amount to that recipient.
-        let judged = if displaced || cancel_mined {
-            Ok(())
-        } else {
-            let contract = p
-                .contract
-                .or_else(|| self.tokens.contract(&p.chain, &p.symbol));
-            let native = self.tokens.is_native(&p.chain, &p.symbol);
-            paid(&p, native, contract, o)
-        };
-        let m = Mined {
-            tx_hash: o.tx_hash,
-            block: (block.number, block.hash),
-            due: block.number + self.rules(&p.chain).confirm_height,
-            success: o.success && judged.is_ok(),
-            fee: o.fee,
-            displaced,
-            cancel_mined,
-            note: judged.err(),
-        };
-        tx.mark_payout_mined(p.id, &m).await?;
-        info!(target: "m2pool::listen", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id,
-              tx = %hash_hex(&o.tx_hash), block = block.number, success = m.success, displaced, cancel_mined,
-              "payout mined");
-        if let Some(note) = &m.note {
-            warn!(target: "m2pool::listen", id = p.id, queue_id = %p.queue_id, tx = %hash_hex(&o.tx_hash),
-                  note = %note, "payout mined without paying");
         }
+        let nonces: Vec<(Address, u64)> = own.iter().map(|o| (o.from, o.nonce)).collect();
+        let mut payouts: HashMap<(Address, u64), Payout> = tx
+            .payouts_by_nonces(chain, &nonces)
+            .await?
+            .into_iter()
+            .filter_map(|p| Some(((p.payer?, p.nonce?), p)))
+            .collect();
+        let hashes: Vec<B256> = own.iter().map(|o| o.tx_hash).collect();
+        let signed = tx.signed_txs_of(&hashes).await?;
+        let mut mined = Vec::with_capacity(own.len());
+        for o in own {
+            let Some(p) = payouts.remove(&(o.from, o.nonce)) else {
+                continue;
+            };
+            let ours = signed.get(&o.tx_hash).copied();
+            let displaced = ours.map(|(id, _)| id) != Some(p.id);
+            let cancel_mined = !displaced && ours.is_some_and(|(_, cancels)| cancels);
+            // What the payout asked for is judged on the receipt: reverted, or
+            // (a token) no `Transfer` of exactly that amount to that recipient.
+            let judged = if displaced || cancel_mined {
+                Ok(())
+            } else {
+                let contract = p
+                    .contract
+                    .or_else(|| self.tokens.contract(&p.chain, &p.symbol));
+                let native = self.tokens.is_native(&p.chain, &p.symbol);
+                paid(&p, native, contract, o)
+            };
+            let m = Mined {
+                tx_hash: o.tx_hash,
+                block: (block.number, block.hash),
+                due: block.number + self.rules(&p.chain).confirm_height,
+                success: o.success && judged.is_ok(),
+                fee: o.fee,
+                displaced,
+                cancel_mined,
+                note: judged.err(),
+            };
+            info!(target: "m2pool::listen", id = p.id, queue_id = %p.queue_id, order_id = %p.order_id,
+                  tx = %hash_hex(&o.tx_hash), block = block.number, success = m.success, displaced, cancel_mined,
+                  "payout mined");
+            if let Some(note) = &m.note {
+                warn!(target: "m2pool::listen", id = p.id, queue_id = %p.queue_id, tx = %hash_hex(&o.tx_hash),
+                      note = %note, "payout mined without paying");
+            }
+            mined.push((p.id, m));
+        }
+        tx.mark_payouts_mined(&mined).await?;
         Ok(())
     }
 

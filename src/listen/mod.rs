@@ -478,6 +478,8 @@ impl Listen {
             tx.set_notify_targets(&targets).await?;
         }
         let mut adds = Vec::new();
+        let mut payouts =
+            requests::NewPayouts::for_batch(&mut tx, batch.iter().map(|i| &i.request)).await?;
         let mut receipts = Vec::with_capacity(batch.len());
         for inbound in batch.iter() {
             let r = &inbound.request;
@@ -496,7 +498,7 @@ impl Listen {
             // A caller waiting for this very request gets its answers.
             let tapped = inbound.ack.as_ref().is_some_and(|a| !a.cumulative());
             fx.tap = tapped.then(Vec::new);
-            self.apply_request(&mut tx, r, repeat, &mut adds, &mut fx)
+            self.apply_request(&mut tx, r, repeat, &mut adds, &mut payouts, &mut fx)
                 .await?;
             receipts.push(Receipt {
                 repeat,
@@ -504,7 +506,8 @@ impl Listen {
             });
         }
         self.add_watches(&mut tx, &mut adds, &mut fx).await?;
-        drop(adds);
+        payouts.write(&mut tx).await?;
+        drop((adds, payouts));
         fx.flush(&mut tx).await?;
         tx.commit().await?;
         self.wake(&fx);

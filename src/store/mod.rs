@@ -23,6 +23,7 @@ mod engine;
 mod inbox;
 mod lease;
 mod ledger;
+mod mined;
 mod outbox;
 mod payout_txs;
 mod payouts;

@@ -7,11 +7,11 @@
 //!
 //! The schema is `migrations/store/sqlite/0002_payouts.sql`.
 
-use super::{Ctx, Engine, Store, StoreError, StoreTx, address, b256, now_ms};
+use super::{Ctx, Engine, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, address, b256, now_ms};
 use crate::msg::Kind;
 use alloy::primitives::{Address, B256, U256};
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{Any, QueryBuilder, Row};
 
 /// Where a payout is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -417,6 +417,73 @@ impl StoreTx {
         }
     }
 
+    /// The keys (kind, queue_id, order_id) of the payouts of `chain` whose
+    /// `queue_id` is one of `queue_ids`: which of a batch's payout requests
+    /// name a payout already stored, in one statement per few hundred.
+    pub async fn payout_keys(
+        &mut self,
+        chain: &str,
+        queue_ids: &[&str],
+    ) -> Result<Vec<(Kind, String, String)>, StoreError> {
+        let mut keys = Vec::new();
+        for chunk in queue_ids.chunks(ROWS_PER_STATEMENT * 4) {
+            let mut q = QueryBuilder::<Any>::new(
+                "SELECT kind, queue_id, order_id FROM payouts WHERE chain = ",
+            );
+            q.push_bind(chain).push(" AND queue_id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            for r in q
+                .build()
+                .fetch_all(&mut *self.tx)
+                .await
+                .ctx("read payout keys")?
+            {
+                let kind = Kind::parse(r.get::<&str, _>(0)).ok_or(StoreError::Corrupt {
+                    what: "payouts.kind",
+                })?;
+                keys.push((kind, r.get(1), r.get(2)));
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Stores new queued payouts, a few hundred per statement (what
+    /// [`StoreTx::insert_payout`] does for one, without giving ids back).
+    pub async fn insert_payouts(&mut self, ps: &[&NewPayout]) -> Result<(), StoreError> {
+        let now = now_ms();
+        for chunk in ps.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Any>::new(
+                "INSERT INTO payouts (chain, kind, queue_id, order_id, content_hash, symbol,
+                    from_address, to_address, amount, state, created_at, updated_at, decimals, contract) ",
+            );
+            q.push_values(chunk, |mut b, p| {
+                b.push_bind(p.chain.as_str())
+                    .push_bind(p.kind.as_str())
+                    .push_bind(p.queue_id.as_str())
+                    .push_bind(p.order_id.as_str())
+                    .push_bind(p.content_hash.as_slice())
+                    .push_bind(p.symbol.as_str())
+                    .push_bind(p.from.as_slice())
+                    .push_bind(p.to.as_slice())
+                    .push_bind(p.amount.to_string())
+                    .push("'queued'")
+                    .push_bind(now)
+                    .push_bind(now)
+                    .push_bind(i64::from(p.decimals))
+                    .push_bind(p.contract.as_ref().map(|c| c.as_slice()));
+            });
+            q.build()
+                .execute(&mut *self.tx)
+                .await
+                .ctx("insert payouts")?;
+        }
+        Ok(())
+    }
+
     /// Moves payout `id` from `from` to `to` (recording `error`); `false` if it
     /// was not in `from`.
     pub async fn move_payout(
@@ -451,52 +518,6 @@ impl StoreTx {
             return Ok(None);
         }
         self.payout(id).await
-    }
-
-    /// The payout of `payer` that holds `nonce` and is not mined yet.
-    pub async fn payout_by_nonce(
-        &mut self,
-        chain: &str,
-        payer: Address,
-        nonce: u64,
-    ) -> Result<Option<Payout>, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM payouts WHERE chain = ? AND payer = ? AND nonce = ? AND state IN ('signed', 'sent')"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(chain)
-            .bind(payer.as_slice())
-            .bind(nonce as i64)
-            .fetch_optional(&mut *self.tx)
-            .await
-            .ctx("find payout by nonce")?
-            .as_ref()
-            .map(payout)
-            .transpose()
-    }
-
-    /// Records that payout `id`'s nonce was mined, as `m` says.
-    pub async fn mark_payout_mined(&mut self, id: i64, m: &Mined) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE payouts SET state = 'mined', tx_hash = ?, block_number = ?, block_hash = ?, due = ?,
-                success = ?, fee = ?, displaced = ?, cancel_mined = ?, error = ?, updated_at = ?
-             WHERE id = ?",
-        )
-        .bind(m.tx_hash.as_slice())
-        .bind(m.block.0 as i64)
-        .bind(m.block.1.as_slice())
-        .bind(m.due as i64)
-        .bind(i64::from(m.success))
-        .bind(m.fee.to_string())
-        .bind(i64::from(m.displaced))
-        .bind(i64::from(m.cancel_mined))
-        .bind(m.note.as_deref())
-        .bind(now_ms())
-        .bind(id)
-        .execute(&mut *self.tx)
-        .await
-        .ctx("mark payout mined")?;
-        Ok(())
     }
 
     /// Mined payouts whose `due` height is at or below `height`.

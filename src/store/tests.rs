@@ -705,6 +705,76 @@ async fn state_counts_match_the_tables_without_counting_them() {
     assert_eq!(kept(&s).await, counted(&s).await);
 }
 
+#[tokio::test]
+async fn payouts_are_inserted_together_and_their_keys_found() {
+    let (_d, s) = store().await;
+    let a = new_payout("w-1");
+    let mut b = new_payout("p-1");
+    b.kind = crate::msg::Kind::Pay;
+    b.order_id = "o-1".into();
+    let mut c = new_payout("p-1");
+    c.kind = crate::msg::Kind::Pay;
+    c.order_id = "o-2".into();
+    c.contract = None;
+    c.symbol = "ETH".into();
+    c.decimals = 18;
+    c.amount = U256::from(10u64).pow(U256::from(30u64));
+    let mut elsewhere = new_payout("w-1");
+    elsewhere.chain = "BSC".into();
+    let mut tx = s.begin().await.expect("begin");
+    tx.insert_payouts(&[&a, &b, &c, &elsewhere])
+        .await
+        .expect("insert");
+    let mut keys: Vec<(&str, String, String)> = tx
+        .payout_keys("ETH", &["w-1", "p-1", "unknown"])
+        .await
+        .expect("keys")
+        .into_iter()
+        .map(|(k, q, o)| (k.as_str(), q, o))
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            ("pay", "p-1".into(), "o-1".into()),
+            ("pay", "p-1".into(), "o-2".into()),
+            ("withdraw", "w-1".into(), String::new()),
+        ]
+    );
+    assert!(tx.payout_keys("ETH", &[]).await.expect("none").is_empty());
+    tx.commit().await.expect("commit");
+    let mut tx = s.begin().await.expect("begin");
+    for want in [&a, &b, &c, &elsewhere] {
+        let p = tx
+            .payout_by_key(&want.chain, want.kind, &want.queue_id, &want.order_id)
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!(p.state, PayoutState::Queued);
+        assert_eq!(
+            (
+                p.amount,
+                p.decimals,
+                p.contract,
+                p.symbol.as_str(),
+                p.from,
+                p.to
+            ),
+            (
+                want.amount,
+                Some(want.decimals),
+                want.contract,
+                want.symbol.as_str(),
+                want.from,
+                want.to
+            )
+        );
+        assert_eq!(p.content_hash, want.content_hash.to_vec());
+    }
+    // The key stays unique: the same payout again is refused.
+    assert!(tx.insert_payouts(&[&a]).await.is_err());
+}
+
 /// One transaction paying two watched addresses: logs 3 and 4 of block 100.
 fn two_transfers() -> (NewDeposit<'static>, NewDeposit<'static>) {
     let a = dep(100, 1);
@@ -1142,4 +1212,103 @@ async fn stream_positions_are_consecutive_in_commit_order_and_never_reused() {
     tx.commit().await.expect("commit");
     let next = s.sequence_outbox(10, &|_| None).await.expect("sequence");
     assert_eq!(next[0].seq, 4);
+}
+
+#[tokio::test]
+async fn a_blocks_payouts_are_found_by_nonce_and_recorded_mined_together() {
+    let (_d, s) = store().await;
+    let payer = Address::repeat_byte(1);
+    let mut tx = s.begin().await.expect("begin");
+    let mut ids = Vec::new();
+    for q in ["m-0", "m-1", "m-2", "m-3"] {
+        ids.push(tx.insert_payout(&new_payout(q)).await.expect("insert"));
+    }
+    let signed: Vec<SignedTx> = ids
+        .iter()
+        .zip(0xa0u8..)
+        .map(|(id, b)| signed_tx(*id, b))
+        .collect();
+    let nonced: Vec<(u64, &SignedTx)> = signed.iter().zip(0u64..).map(|(t, n)| (n, t)).collect();
+    assert!(
+        tx.mark_signed_many(payer, &nonced)
+            .await
+            .expect("signed")
+            .is_empty()
+    );
+    // Nonces 0, 1 and 3 of this payer (and one of another payer, and one
+    // never used) are looked up; nonce 2 is not in the block.
+    let found = tx
+        .payouts_by_nonces(
+            "ETH",
+            &[
+                (payer, 0),
+                (payer, 1),
+                (payer, 3),
+                (payer, 9),
+                (Address::repeat_byte(5), 0),
+            ],
+        )
+        .await
+        .expect("by nonce");
+    let mut nonces: Vec<(i64, Option<u64>)> = found.iter().map(|p| (p.id, p.nonce)).collect();
+    nonces.sort();
+    assert_eq!(
+        nonces,
+        vec![(ids[0], Some(0)), (ids[1], Some(1)), (ids[3], Some(3))]
+    );
+    let ours = tx
+        .signed_txs_of(&[
+            B256::repeat_byte(0xa0),
+            B256::repeat_byte(0xa3),
+            B256::repeat_byte(0xee),
+        ])
+        .await
+        .expect("ours");
+    assert_eq!(ours.len(), 2);
+    assert_eq!(ours[&B256::repeat_byte(0xa3)], (ids[3], false));
+
+    // Two paid, one displaced by a transaction that is not ours: two groups.
+    let mined = |hash: u8, fee: u64, displaced: bool| Mined {
+        tx_hash: B256::repeat_byte(hash),
+        block: (100, B256::repeat_byte(0x42)),
+        due: 120,
+        success: !displaced,
+        fee: U256::from(fee),
+        displaced,
+        cancel_mined: false,
+        note: displaced.then(|| "not ours".to_owned()),
+    };
+    tx.mark_payouts_mined(&[
+        (ids[0], mined(0xa0, 21_000, false)),
+        (ids[3], mined(0xee, 5, true)),
+        (ids[1], mined(0xa1, 52_000, false)),
+    ])
+    .await
+    .expect("mined");
+    for (id, hash, fee, displaced) in [
+        (ids[0], 0xa0, 21_000u64, false),
+        (ids[1], 0xa1, 52_000, false),
+        (ids[3], 0xee, 5, true),
+    ] {
+        let p = tx.payout(id).await.expect("read").expect("payout");
+        assert_eq!(p.state, PayoutState::Mined);
+        assert_eq!(p.tx_hash, Some(B256::repeat_byte(hash)));
+        assert_eq!(p.fee, Some(U256::from(fee)));
+        assert_eq!(
+            (p.block_number, p.block_hash),
+            (Some(100), Some(B256::repeat_byte(0x42)))
+        );
+        assert_eq!((p.displaced, p.success), (displaced, Some(!displaced)));
+        assert_eq!(p.error.is_some(), displaced);
+    }
+    let untouched = tx.payout(ids[2]).await.expect("read").expect("payout");
+    assert_eq!(untouched.state, PayoutState::Signed);
+    // Mined payouts are no longer found by their nonce.
+    assert!(
+        tx.payouts_by_nonces("ETH", &[(payer, 0)])
+            .await
+            .expect("by nonce")
+            .is_empty()
+    );
+    tx.mark_payouts_mined(&[]).await.expect("nothing to do");
 }
