@@ -151,6 +151,52 @@ async fn a_remove_cancels_a_queued_payout_and_a_later_repeat_does_not_revive_it(
     assert!(!finals.is_empty(), "the cancel is answered 0");
 }
 
+/// New payouts are written together at the end of their batch: one
+/// batch that queues a withdrawal, reuses its key with other content,
+/// cancels it and queues another sees each step as if applied one by one.
+#[tokio::test]
+async fn new_payouts_written_together_are_seen_by_the_rest_of_their_batch() {
+    let mut h = harness().await;
+    let remove = signed(json!({"queue_id": "w-3", "address": USER, "chain": "ETH",
+        "symbol": "USDT", "timestamp": 3}));
+    h.apply(vec![
+        (Kind::Withdraw, withdraw("w-3", "1")),
+        (Kind::Withdraw, withdraw("w-3", "2")),
+        (Kind::Remove, remove),
+        (Kind::Withdraw, withdraw("w-4", "4")),
+        (Kind::Withdraw, withdraw("w-4", "4")),
+    ])
+    .await;
+    let mut payouts = h.store.payouts("ETH").await.expect("payouts");
+    payouts.sort_by(|a, b| a.queue_id.cmp(&b.queue_id));
+    let seen: Vec<(&str, PayoutState, U256)> = payouts
+        .iter()
+        .map(|p| (p.queue_id.as_str(), p.state, p.amount))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("w-3", PayoutState::Cancelled, U256::from(1_000_000u64)),
+            ("w-4", PayoutState::Queued, U256::from(4_000_000u64)),
+        ]
+    );
+    let answers = h.answers("withdraw_resp").await;
+    let w3: Vec<(i64, bool)> = answers
+        .iter()
+        .filter(|a| a["queue_id"] == "w-3")
+        .map(|a| (a["status"].as_i64().unwrap_or(-1), a["amount"] == 1))
+        .collect();
+    // The reuse with amount 2 is refused; the cancel answers 0 for amount 1.
+    assert_eq!(w3, vec![(0, false), (0, true)], "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a["queue_id"] != "w-4"),
+        "the repeat of a new payout answers nothing while it is queued: {answers:?}"
+    );
+    let removes = h.answers("remove_resp").await;
+    assert_eq!(removes.len(), 1, "{removes:?}");
+    assert_eq!(removes[0]["status"], 1, "{removes:?}");
+}
+
 #[tokio::test]
 async fn a_topup_watches_once_and_a_remove_stops_it() {
     let mut h = harness().await;
