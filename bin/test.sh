@@ -34,13 +34,15 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --no-fail-fast "$@" -- --test-threads 4
 fi
-# The message store's tests once more, on the MySQL/MariaDB engine (each on a
-# database of its own): the same assertions, the other engine.
+# The message store's tests, and listen's (which apply requests and blocks
+# through it), once more on the MySQL/MariaDB engine (each on a database of
+# its own): the same assertions, the other engine.
 if [ $# -eq 0 ]; then
-    say "message store tests on MariaDB"
+    say "message store and listen tests on MariaDB"
     if cargo nextest --version >/dev/null 2>&1; then
-        M2POOL_TEST_STORE=mariadb cargo nextest run --no-fail-fast --lib -E 'test(/^store::/)'
+        M2POOL_TEST_STORE=mariadb cargo nextest run --no-fail-fast --lib -E 'test(/^store::/) | test(/^listen::/)'
     else
         M2POOL_TEST_STORE=mariadb cargo test --no-fail-fast --lib store:: -- --test-threads 4
+        M2POOL_TEST_STORE=mariadb cargo test --no-fail-fast --lib listen:: -- --test-threads 4
     fi
 fi

@@ -17,13 +17,27 @@ use super::blocks::CANCELLED;
 /// A payout's key: chain, kind, queue_id, order_id.
 type PayoutKey = (String, Kind, String, String);
 
-fn key_of(p: &NewPayout) -> PayoutKey {
-    (
-        p.chain.clone(),
-        p.kind,
-        p.queue_id.clone(),
-        p.order_id.clone(),
-    )
+/// A payout's key as a database might compare it. MySQL and MariaDB compare
+/// `queue_id` and `order_id` by the column's collation, which by default
+/// ignores case and trailing spaces (and, in some, control characters),
+/// where SQLite compares bytes: two keys the store could take for one have
+/// the same loose key, so a batch looks the second up in the store (which
+/// decides as it always did) instead of taking it for new. `None` for a key
+/// with characters beyond ASCII, whose equivalences (accents, ligatures) are
+/// the collation's to say: see [`NewPayouts::exact`].
+fn loose_key(chain: &str, kind: Kind, queue_id: &str, order_id: &str) -> Option<PayoutKey> {
+    fn loose(s: &str) -> Option<String> {
+        if !s.is_ascii() {
+            return None;
+        }
+        let kept: String = s
+            .chars()
+            .filter(|c| !c.is_ascii_control())
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        Some(kept.trim_end_matches(' ').to_owned())
+    }
+    Some((loose(chain)?, kind, loose(queue_id)?, loose(order_id)?))
 }
 
 /// The new payouts of one batch of requests, written together: a burst of
@@ -31,14 +45,19 @@ fn key_of(p: &NewPayout) -> PayoutKey {
 /// statements each (a round trip each on MySQL).
 #[derive(Default)]
 pub(super) struct NewPayouts<'r> {
-    /// Keys of the batch's payout requests that the store held when the
-    /// batch began: only these are looked up one by one (a repeat, or a key
-    /// reused with other content).
+    /// Loose keys ([`loose_key`]) of the payouts the store held when the
+    /// batch began with one of the batch's `queue_id`s: a request with such
+    /// a key is looked up one by one (a repeat, or a key reused with other
+    /// content).
     stored: HashSet<PayoutKey>,
     /// New payouts not written yet, in request order.
     pending: Vec<&'r NewPayout>,
-    /// Their keys.
+    /// Their loose keys.
     pending_keys: HashSet<PayoutKey>,
+    /// From here on every payout request of the batch is looked up and
+    /// written one by one, as before batching: set by a key beyond ASCII
+    /// (stored or asked), which a collation may take for equal to another.
+    exact: bool,
 }
 
 impl<'r> NewPayouts<'r> {
@@ -57,15 +76,22 @@ impl<'r> NewPayouts<'r> {
             }
         }
         let mut stored = HashSet::new();
+        let mut exact = false;
         for (chain, mut queue_ids) in by_chain {
             queue_ids.sort_unstable();
             queue_ids.dedup();
             for (kind, queue_id, order_id) in tx.payout_keys(chain, &queue_ids).await? {
-                stored.insert((chain.to_owned(), kind, queue_id, order_id));
+                match loose_key(chain, kind, &queue_id, &order_id) {
+                    Some(k) => {
+                        stored.insert(k);
+                    }
+                    None => exact = true,
+                }
             }
         }
         Ok(Self {
             stored,
+            exact,
             ..Self::default()
         })
     }
@@ -189,8 +215,12 @@ impl Listen {
     ) -> Result<(), ListenError> {
         for item in items {
             let decimals = item.decimals;
-            let key = key_of(item);
-            let known = if batch.stored.contains(&key) || batch.pending_keys.contains(&key) {
+            let key = loose_key(&item.chain, item.kind, &item.queue_id, &item.order_id);
+            let look = batch.exact
+                || key
+                    .as_ref()
+                    .is_none_or(|k| batch.stored.contains(k) || batch.pending_keys.contains(k));
+            let known = if look {
                 // Its earlier request may be in this very batch.
                 batch.write(tx).await?;
                 tx.payout_by_key(&item.chain, item.kind, &item.queue_id, &item.order_id)
@@ -201,7 +231,15 @@ impl Listen {
             match known {
                 None => {
                     batch.pending.push(item);
-                    batch.pending_keys.insert(key);
+                    match key {
+                        Some(k) => {
+                            batch.pending_keys.insert(k);
+                        }
+                        None => batch.exact = true,
+                    }
+                    if batch.exact {
+                        batch.write(tx).await?;
+                    }
                     info!(target: "m2pool::listen", kind = %item.kind, queue_id = %item.queue_id,
                           order_id = %item.order_id, symbol = %item.symbol, "payout queued");
                     if !fx.payout_chains.contains(&item.chain) {
@@ -433,5 +471,28 @@ fn request_lines(r: &Request) -> Vec<Line> {
             })
             .collect(),
         Routed::Refuse { .. } | Routed::Unaddressable { .. } => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loose_key;
+    use crate::msg::Kind;
+
+    #[test]
+    fn keys_a_collation_may_take_for_one_have_one_loose_key() {
+        let k = |q: &str, o: &str| loose_key("ETH", Kind::Pay, q, o);
+        assert_eq!(k("Order-1", "A"), k("order-1", "a"));
+        assert_eq!(k("order-1  ", "a "), k("order-1", "a"));
+        assert_eq!(k("order\u{1}-1", "a"), k("order-1", "a"));
+        assert_ne!(k("order-1", "a"), k("order-2", "a"));
+        assert_ne!(k(" order-1", "a"), k("order-1", "a"));
+        assert_ne!(
+            loose_key("ETH", Kind::Withdraw, "w", ""),
+            loose_key("ETH", Kind::Pay, "w", "")
+        );
+        // Beyond ASCII the collation alone knows: looked up, never assumed new.
+        assert_eq!(k("né", "a"), None);
+        assert_eq!(k("ne", "ä"), None);
     }
 }

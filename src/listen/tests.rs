@@ -22,18 +22,16 @@ fn user() -> alloy::primitives::Address {
 const TO: &str = "0x2222222222222222222222222222222222222222";
 
 struct Harness {
-    _dir: tempfile::TempDir,
+    _scratch: crate::store::TestScratch,
     store: Store,
     router: Router,
     listen: Listen,
 }
 
 async fn harness() -> Harness {
-    let dir = tempfile::tempdir().expect("tempdir");
     let config = Config::from_json(CONFIG).expect("config");
-    let store = Store::open(&dir.path().join("msg.db"))
-        .await
-        .expect("store");
+    // SQLite, or MariaDB as the store's own tests (`M2POOL_TEST_STORE`).
+    let (scratch, store) = crate::store::test_store().await;
     let wakers = Wakers {
         outbox: Arc::default(),
         stream: Arc::default(),
@@ -52,7 +50,7 @@ async fn harness() -> Harness {
     .await
     .expect("listen");
     Harness {
-        _dir: dir,
+        _scratch: scratch,
         router: Router::new(&config, Secret::new(KEY.to_vec())),
         store,
         listen,
@@ -195,6 +193,62 @@ async fn new_payouts_written_together_are_seen_by_the_rest_of_their_batch() {
     let removes = h.answers("remove_resp").await;
     assert_eq!(removes.len(), 1, "{removes:?}");
     assert_eq!(removes[0]["status"], 1, "{removes:?}");
+}
+
+/// Keys that differ only in case (or trailing spaces) are two payouts on
+/// SQLite and one key on MySQL/MariaDB, whose default collation ignores
+/// case: either way a batch holding them is applied as it would be one
+/// request at a time, never a failed insert that stops listen (run on both
+/// engines by `bin/test.sh`).
+#[tokio::test]
+async fn keys_a_database_may_take_for_equal_are_decided_by_the_database() {
+    let mut h = harness().await;
+    h.apply(vec![(Kind::Withdraw, withdraw("Case-1", "1"))])
+        .await;
+    h.apply(vec![
+        (Kind::Withdraw, withdraw("case-1", "2")),
+        (Kind::Withdraw, withdraw("Case-2", "3")),
+        (Kind::Withdraw, withdraw("CASE-2 ", "4")),
+        (Kind::Withdraw, withdraw("Né-3", "5")),
+        (Kind::Withdraw, withdraw("ne-3", "6")),
+        (Kind::Withdraw, withdraw("w-5", "7")),
+    ])
+    .await;
+    let mut queued: Vec<String> = h
+        .store
+        .payouts("ETH")
+        .await
+        .expect("payouts")
+        .into_iter()
+        .map(|p| p.queue_id)
+        .collect();
+    queued.sort();
+    let refused: Vec<String> = h
+        .answers("withdraw_resp")
+        .await
+        .into_iter()
+        .filter(|a| a["status"] == 0)
+        .filter_map(|a| a["queue_id"].as_str().map(str::to_owned))
+        .collect();
+    match h.store.engine() {
+        crate::store::Engine::Sqlite => {
+            assert_eq!(
+                queued,
+                [
+                    "CASE-2 ", "Case-1", "Case-2", "Né-3", "case-1", "ne-3", "w-5"
+                ]
+            );
+            assert!(refused.is_empty(), "{refused:?}");
+        }
+        crate::store::Engine::MySql => {
+            // The collation decides; whatever it takes for one key is one
+            // payout, the others refused as reusing it.
+            assert!(queued.contains(&"w-5".to_owned()), "{queued:?}");
+            assert_eq!(queued.len() + refused.len(), 7, "{queued:?} {refused:?}");
+            assert!(refused.contains(&"case-1".to_owned()), "{refused:?}");
+            assert!(refused.contains(&"CASE-2 ".to_owned()), "{refused:?}");
+        }
+    }
 }
 
 #[tokio::test]

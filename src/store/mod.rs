@@ -260,3 +260,7 @@ impl StoreTx {
 
 #[cfg(test)]
 mod tests;
+/// A store for another module's tests, on the engine the store's tests use
+/// (`M2POOL_TEST_STORE=mariadb`: a fresh MariaDB database).
+#[cfg(test)]
+pub(crate) use tests::{Scratch as TestScratch, store as test_store};

@@ -3,7 +3,7 @@ use alloy::primitives::U256;
 use std::collections::HashSet;
 
 /// What a test's store lives in, removed when the test ends.
-enum Scratch {
+pub(crate) enum Scratch {
     /// The SQLite file's directory.
     Dir(tempfile::TempDir),
     /// A MariaDB database of its own.
@@ -76,7 +76,7 @@ async fn reopen(scratch: &Scratch) -> Store {
 
 /// The store each test runs on: SQLite, or with `M2POOL_TEST_STORE=mariadb`
 /// (as `bin/test.sh` runs them a second time) a fresh MariaDB database.
-async fn store() -> (Scratch, Store) {
+pub(crate) async fn store() -> (Scratch, Store) {
     let scratch = scratch().await;
     let s = reopen(&scratch).await;
     (scratch, s)

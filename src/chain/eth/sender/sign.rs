@@ -276,10 +276,6 @@ pub(super) fn sign(
     })
 }
 
-/// Whether a node's refusal of `eth_sendRawTransaction` says it already has
-/// the transaction (geth, erigon, reth: "already known"; nethermind:
-/// "AlreadyKnown"; besu: "known transaction"; anvil: "transaction already
-/// imported").
 /// Why the node did not take a transaction.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(in crate::chain) enum SendError {
@@ -320,6 +316,10 @@ impl SendError {
     }
 }
 
+/// Whether a node's refusal of `eth_sendRawTransaction` says it already has
+/// the transaction (geth, erigon, reth: "already known"; nethermind:
+/// "AlreadyKnown"; besu: "known transaction"; anvil: "transaction already
+/// imported").
 pub(super) fn is_already_known(error: &str) -> bool {
     let lower = error.to_ascii_lowercase();
     [
@@ -408,7 +408,8 @@ async fn broadcast_batch(
             .collect();
     }
     let mut out = Vec::with_capacity(txs.len());
-    for (tx, waiter) in txs.iter().zip(waiters) {
+    let mut unsure = Vec::new();
+    for (i, waiter) in waiters.into_iter().enumerate() {
         let result = match waiter {
             Err(e) => Err(SendError::unreached(&e)),
             Ok(w) => match w.await {
@@ -418,20 +419,48 @@ async fn broadcast_batch(
                     if e.already_known() {
                         Ok(())
                     } else {
-                        // "nonce too low" for ours mined meanwhile, or a
-                        // wording of "already known" this list lacks: the
-                        // node has it if it can find it.
-                        match rpc.get_transaction_by_hash(tx.tx_hash).await {
-                            Ok(Some(_)) => Ok(()),
-                            _ => Err(e),
-                        }
+                        unsure.push(i);
+                        Err(e)
                     }
                 }
             },
         };
         out.push(result);
     }
+    // "Nonce too low" for ours mined meanwhile, or a wording of "already
+    // known" the list lacks: the node has it if it can find it by hash. All
+    // asked in one batch (after a restart, every payout mined while the
+    // daemon was down is answered so), not one call each.
+    if !unsure.is_empty() {
+        let hashes: Vec<B256> = unsure.iter().map(|i| txs[*i].tx_hash).collect();
+        for (i, found) in unsure.into_iter().zip(node_has(rpc, &hashes).await) {
+            if found {
+                out[i] = Ok(());
+            }
+        }
+    }
     out
+}
+
+/// Whether the node can find each of these transactions by hash (in its pool
+/// or in a block), in one JSON-RPC batch; `false` for any it cannot be asked.
+async fn node_has(rpc: &RootProvider<Ethereum>, hashes: &[B256]) -> Vec<bool> {
+    let mut batch = alloy::rpc::client::BatchRequest::new(rpc.client());
+    let mut waiters = Vec::with_capacity(hashes.len());
+    for h in hashes {
+        waiters.push(batch.add_call::<_, serde_json::Value>("eth_getTransactionByHash", &(*h,)));
+    }
+    if batch.send().await.is_err() {
+        return vec![false; hashes.len()];
+    }
+    let mut found = Vec::with_capacity(hashes.len());
+    for waiter in waiters {
+        found.push(match waiter {
+            Ok(w) => w.await.is_ok_and(|tx| !tx.is_null()),
+            Err(_) => false,
+        });
+    }
+    found
 }
 
 #[cfg(test)]
