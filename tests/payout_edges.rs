@@ -552,14 +552,19 @@ async fn a_payout_the_node_takes_and_loses_is_replaced_and_paid_once() -> Result
 /// A rebroadcast leaves a transaction signed within the last interval
 /// (`rebroadcast_secs`, 2 s in the test world) to the broadcaster that has
 /// just sent it: the node is asked to take each payout once, and again only
-/// once it has waited a whole interval unmined. The withdrawals come in four
-/// waves half a second apart, so one wave is always signed shortly before a
-/// rebroadcast (which used to send it again at once).
+/// once it has waited a whole interval unmined since it was signed. (It used
+/// to go again at the first rebroadcast after its signing, always within the
+/// interval.) The withdrawals come in four waves half a second apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebroadcast_does_not_send_again_what_was_just_sent() -> Result<()> {
     let mut w = World::new("young-rebroadcast").await?;
     let proxy = rpc_proxy::RpcProxy::start(w.anvil.http(), None).await?;
     w.config_json["eth_config"]["rpc_url"] = proxy.url().into();
+    let interval = std::time::Duration::from_secs(
+        w.config_json["eth_config"]["rebroadcast_secs"]
+            .as_u64()
+            .context("rebroadcast_secs")?,
+    );
     let mut withdrawals = w.replies("withdraw_resp").await?;
     let user = w.new_wallet(Label::User).await?;
     w.fund(user, 100_000_000, ether(1)).await?;
@@ -586,27 +591,41 @@ async fn a_rebroadcast_does_not_send_again_what_was_just_sent() -> Result<()> {
         // The waves' spacing in time is what the test is about.
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    let first: std::collections::HashSet<String> =
-        proxy.sends().into_iter().map(|(_, raw)| raw).collect();
-    assert_eq!(first.len(), 20, "one transaction per payout so far");
+    // When each payout's transaction was signed, by its raw bytes.
+    let store = w.store().await?;
+    let signed: std::collections::HashMap<String, i64> = store
+        .unmined_txs("ETH")
+        .await?
+        .into_iter()
+        .map(|(_, t)| {
+            (
+                format!("0x{}", alloy::primitives::hex::encode(&t.raw)),
+                t.signed_at,
+            )
+        })
+        .collect();
+    store.close().await;
+    assert_eq!(signed.len(), 20, "one transaction per payout");
     eventually("every payout sent a second time", || async {
         let sends = proxy.sends();
-        Ok(first
-            .iter()
+        Ok(signed
+            .keys()
             .all(|raw| sends.iter().filter(|(_, r)| r == raw).count() >= 2))
     })
     .await?;
     let sends = proxy.sends();
-    for raw in &first {
-        let at: Vec<std::time::Instant> = sends
+    for (raw, signed_at) in &signed {
+        let again = sends
             .iter()
             .filter(|(_, r)| r == raw)
             .map(|(t, _)| *t)
-            .collect();
-        let gap = at[1] - at[0];
+            .nth(1)
+            .context("sent twice")?;
+        let at_ms = again.duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
         assert!(
-            gap >= std::time::Duration::from_millis(1500),
-            "a payout was sent again {gap:?} after its first broadcast, within the rebroadcast interval"
+            at_ms >= signed_at + interval.as_millis() as i64,
+            "a payout was sent again {} ms after it was signed, within the rebroadcast interval",
+            at_ms - signed_at
         );
     }
     daemon.stop().await?;

@@ -87,7 +87,7 @@ struct RpcShared {
     /// How many times it was sent.
     lost_sends: std::sync::atomic::AtomicUsize,
     /// Every raw transaction asked to be sent, with when.
-    sends: Mutex<Vec<(std::time::Instant, String)>>,
+    sends: Mutex<Vec<(std::time::SystemTime, String)>>,
     client: alloy::transports::http::reqwest::Client,
 }
 
@@ -138,8 +138,9 @@ impl RpcProxy {
     }
 
     /// Every `eth_sendRawTransaction` asked so far (alone or in a batch):
-    /// when, and the raw transaction.
-    pub fn sends(&self) -> Vec<(std::time::Instant, String)> {
+    /// when (the wall clock, to compare with times the daemon stores), and
+    /// the raw transaction.
+    pub fn sends(&self) -> Vec<(std::time::SystemTime, String)> {
         lock(&self.shared.sends).clone()
     }
 
@@ -277,7 +278,7 @@ async fn lose_first_send(s: &RpcShared, req: Value) -> Result<Vec<u8>> {
 async fn answer(s: &RpcShared, body: Vec<u8>) -> Result<Vec<u8>> {
     let req: Value = serde_json::from_slice(&body)?;
     {
-        let now = std::time::Instant::now();
+        let now = std::time::SystemTime::now();
         let calls = req
             .as_array()
             .map_or(std::slice::from_ref(&req), Vec::as_slice);

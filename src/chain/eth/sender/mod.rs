@@ -332,16 +332,21 @@ impl Sender {
         let interval_ms =
             i64::try_from(self.deps.cfg.payout.rebroadcast.as_millis()).unwrap_or(i64::MAX);
         let read_at = crate::clock::now_ms();
-        let mut unmined = self.deps.store.unmined_txs(&self.deps.chain).await?;
-        unmined.retain(|(p, t)| {
-            due_again(
-                t.signed_at,
-                p.refused_at.is_some(),
-                read_at,
-                interval_ms,
-                first,
-            )
-        });
+        let (unmined, young): (Vec<_>, Vec<_>) = self
+            .deps
+            .store
+            .unmined_txs(&self.deps.chain)
+            .await?
+            .into_iter()
+            .partition(|(p, t)| {
+                due_again(
+                    t.signed_at,
+                    p.refused_at.is_some(),
+                    read_at,
+                    interval_ms,
+                    first,
+                )
+            });
         let refs: Vec<&SignedTx> = unmined.iter().map(|(_, t)| t).collect();
         let results = sign::broadcast(&self.endpoints, &refs).await;
         let outcomes: Vec<Broadcast<'_>> = refs
@@ -366,6 +371,13 @@ impl Sender {
         let now = crate::clock::now_ms();
         let mut refused_long = Vec::new();
         let mut replace = Vec::new();
+        // Higher fees get a transaction mined that waits in the pool, or
+        // that a node refuses as underpriced; the cancelling transfer is
+        // never replaced by the payout's own. Young ones too, should
+        // `stuck_payout_secs` be shorter than the rebroadcast interval.
+        let stuck = |p: &Payout, t: &SignedTx| {
+            now - t.signed_at.max(p.updated_at) >= stuck_ms && !t.cancels && p.payer.is_some()
+        };
         for (o, (p, t)) in outcomes.iter().zip(&unmined) {
             match &o.refused {
                 Some(reason) => {
@@ -386,13 +398,12 @@ impl Sender {
                     self.reported.remove(&p.id);
                 }
             }
-            // Higher fees get a transaction mined that waits in the pool, or
-            // that a node refuses as underpriced; the cancelling transfer is
-            // never replaced by the payout's own.
-            let waiting = now - t.signed_at.max(p.updated_at);
-            if waiting >= stuck_ms && !t.cancels && p.payer.is_some() {
+            if stuck(p, t) {
                 replace.push((p.clone(), t.clone()));
             }
+        }
+        for (p, t) in young.iter().filter(|(p, t)| stuck(p, t)) {
+            replace.push((p.clone(), t.clone()));
         }
         self.deps.metrics.refused_payouts.store(
             refused_long.len() as u64,
