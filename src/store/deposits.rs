@@ -6,7 +6,7 @@
 //! block. `due` is the height at which it is decided, so the per-block work is
 //! an index range over what matures.
 
-use super::{Ctx, Engine, StoreError, StoreTx, address, b256, now_ms};
+use super::{Ctx, Engine, StoreError, StoreTx, address, b256, now_ms, push_list};
 use alloy::primitives::{Address, B256, U256};
 use sqlx::{Any, QueryBuilder, Row};
 use std::collections::{HashMap, HashSet};
@@ -372,11 +372,7 @@ impl StoreTx {
                  FROM deposits WHERE chain = ",
             );
             q.push_bind(chain).push(" AND tx_hash IN (");
-            let mut list = q.separated(", ");
-            for h in chunk {
-                list.push_bind(h.as_slice());
-            }
-            q.push(")");
+            push_list(&mut q, chunk.iter().map(|h| h.as_slice()));
             for r in q
                 .build()
                 .fetch_all(&mut *self.tx)

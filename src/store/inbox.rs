@@ -2,7 +2,7 @@
 //! before is a redelivery or a repeat; accepted topups skip the unique
 //! body-hash index (migration 0005) and are told apart by listen.
 
-use super::{Ctx, Engine, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, now_ms};
+use super::{Ctx, Engine, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, now_ms, push_list};
 use sqlx::{Any, QueryBuilder};
 use std::collections::HashSet;
 
@@ -148,11 +148,7 @@ impl StoreTx {
                         let mut q = QueryBuilder::<Any>::new(
                             "SELECT deduped FROM inbox WHERE deduped IN (",
                         );
-                        let mut list = q.separated(", ");
-                        for h in &asked {
-                            list.push_bind(h.as_slice());
-                        }
-                        q.push(")");
+                        push_list(&mut q, asked.iter().map(|h| h.as_slice()));
                         q.build_query_scalar()
                             .fetch_all(&mut *self.tx)
                             .await

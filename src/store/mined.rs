@@ -4,7 +4,7 @@
 //! a block of 600 payouts held listen for a third of a second).
 
 use super::payouts::{COLUMNS, payout};
-use super::{Ctx, ROWS_PER_STATEMENT, StoreError, StoreTx, b256, now_ms, push_ids};
+use super::{Ctx, ROWS_PER_STATEMENT, StoreError, StoreTx, b256, now_ms, push_ids, push_list};
 use crate::store::{Mined, Payout};
 use alloy::primitives::{Address, B256};
 use sqlx::{Any, QueryBuilder, Row};
@@ -57,11 +57,7 @@ impl StoreTx {
             let mut q = QueryBuilder::<Any>::new(
                 "SELECT tx_hash, payout_id, cancels FROM payout_txs WHERE tx_hash IN (",
             );
-            let mut list = q.separated(", ");
-            for h in chunk {
-                list.push_bind(h.as_slice());
-            }
-            q.push(")");
+            push_list(&mut q, chunk.iter().map(|h| h.as_slice()));
             for r in q
                 .build()
                 .fetch_all(&mut *self.tx)

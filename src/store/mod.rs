@@ -144,14 +144,22 @@ pub struct Store {
     fence: std::sync::Arc<std::sync::OnceLock<Fence>>,
 }
 
-/// Binds `ids` as the list of an `IN (` the query has just opened, and
+/// Binds `items` as the list of an `IN (` the query has just opened, and
 /// closes it.
-fn push_ids(q: &mut QueryBuilder<Any>, ids: &[i64]) {
+fn push_list<'t, T>(q: &mut QueryBuilder<Any>, items: impl IntoIterator<Item = T>)
+where
+    T: sqlx::Encode<'t, Any> + sqlx::Type<Any>,
+{
     let mut list = q.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
+    for item in items {
+        list.push_bind(item);
     }
     q.push(")");
+}
+
+/// [`push_list`] of row ids.
+fn push_ids(q: &mut QueryBuilder<Any>, ids: &[i64]) {
+    push_list(q, ids.iter().copied());
 }
 
 impl Store {

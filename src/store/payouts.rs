@@ -7,7 +7,9 @@
 //!
 //! The schema is `migrations/store/sqlite/0002_payouts.sql`.
 
-use super::{Ctx, Engine, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, address, b256, now_ms};
+use super::{
+    Ctx, Engine, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, address, b256, now_ms, push_list,
+};
 use crate::msg::Kind;
 use alloy::primitives::{Address, B256, U256};
 use sqlx::any::AnyRow;
@@ -431,11 +433,7 @@ impl StoreTx {
                 "SELECT kind, queue_id, order_id FROM payouts WHERE chain = ",
             );
             q.push_bind(chain).push(" AND queue_id IN (");
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            q.push(")");
+            push_list(&mut q, chunk.iter().copied());
             for r in q
                 .build()
                 .fetch_all(&mut *self.tx)

@@ -3,7 +3,9 @@
 //! sequencer plans for answers, and what the dispatcher reads and records.
 //! A target group's deliveries go out in id order, one at a time.
 
-use super::{Ctx, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, StreamRow, now_ms, push_ids};
+use super::{
+    Ctx, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, StreamRow, now_ms, push_ids, push_list,
+};
 use sqlx::{Any, QueryBuilder, Row};
 
 /// Waiting for an attempt (`1`: delivered).
@@ -131,11 +133,7 @@ impl StoreTx {
             let mut q = QueryBuilder::<Any>::new(
                 "SELECT target, url FROM notify_targets WHERE target IN (",
             );
-            let mut list = q.separated(", ");
-            for (_, p) in chunk {
-                list.push_bind(p.target.as_slice());
-            }
-            q.push(")");
+            push_list(&mut q, chunk.iter().map(|(_, p)| p.target.as_slice()));
             for r in q
                 .build()
                 .fetch_all(&mut *self.tx)
@@ -207,11 +205,7 @@ impl Store {
         }
         if !full_hosts.is_empty() {
             q.push(" AND host NOT IN (");
-            let mut list = q.separated(", ");
-            for h in full_hosts {
-                list.push_bind(*h);
-            }
-            q.push(")");
+            push_list(&mut q, full_hosts.iter().copied());
         }
         q.push(
             " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
