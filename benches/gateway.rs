@@ -679,7 +679,14 @@ async fn payouts(n: usize) -> Result<Row> {
 
 /// The payout row, named `name`, with the config edited by `edit`.
 async fn payouts_on(n: usize, name: &str, edit: impl FnOnce(&mut Value)) -> Result<Row> {
-    let w = world("bench-payout", &["--block-time", "1"], edit).await?;
+    let w = world("bench-payout", &["--block-time", "1"], |c| {
+        // The defaults, not the test world's 2 s and 4 s, which make
+        // rebroadcasts and replacements fall inside the burst measured.
+        c["eth_config"]["rebroadcast_secs"] = 30.into();
+        c["eth_config"]["stuck_payout_secs"] = 180.into();
+        edit(c);
+    })
+    .await?;
     let mut replies = w.replies("withdraw_resp").await?;
     let user = w.new_wallet(Label::User).await?;
     w.fund(user, n as u64 * 2_000_000, ether(100)).await?;
