@@ -105,6 +105,44 @@ impl<'r> NewPayouts<'r> {
         }
         Ok(())
     }
+
+    /// The stored payout with `item`'s key: read from the store (after
+    /// writing what is pending) only when the store may hold one, else
+    /// `None` without a statement.
+    async fn stored(
+        &mut self,
+        tx: &mut StoreTx,
+        item: &NewPayout,
+    ) -> Result<Option<Payout>, ListenError> {
+        let may_hold = self.exact
+            || loose_key(&item.chain, item.kind, &item.queue_id, &item.order_id)
+                .is_none_or(|k| self.stored.contains(&k) || self.pending_keys.contains(&k));
+        if !may_hold {
+            return Ok(None);
+        }
+        // Its earlier request may be in this very batch.
+        self.write(tx).await?;
+        Ok(tx
+            .payout_by_key(&item.chain, item.kind, &item.queue_id, &item.order_id)
+            .await?)
+    }
+
+    /// Queues `item`, a new payout, to be written with the others; one
+    /// whose key is beyond ASCII is written at once, as is everything
+    /// after it ([`NewPayouts::exact`]).
+    async fn queue(&mut self, tx: &mut StoreTx, item: &'r NewPayout) -> Result<(), ListenError> {
+        self.pending.push(item);
+        match loose_key(&item.chain, item.kind, &item.queue_id, &item.order_id) {
+            Some(k) => {
+                self.pending_keys.insert(k);
+            }
+            None => self.exact = true,
+        }
+        if self.exact {
+            self.write(tx).await?;
+        }
+        Ok(())
+    }
 }
 
 impl Listen {
@@ -215,31 +253,9 @@ impl Listen {
     ) -> Result<(), ListenError> {
         for item in items {
             let decimals = item.decimals;
-            let key = loose_key(&item.chain, item.kind, &item.queue_id, &item.order_id);
-            let look = batch.exact
-                || key
-                    .as_ref()
-                    .is_none_or(|k| batch.stored.contains(k) || batch.pending_keys.contains(k));
-            let known = if look {
-                // Its earlier request may be in this very batch.
-                batch.write(tx).await?;
-                tx.payout_by_key(&item.chain, item.kind, &item.queue_id, &item.order_id)
-                    .await?
-            } else {
-                None
-            };
-            match known {
+            match batch.stored(tx, item).await? {
                 None => {
-                    batch.pending.push(item);
-                    match key {
-                        Some(k) => {
-                            batch.pending_keys.insert(k);
-                        }
-                        None => batch.exact = true,
-                    }
-                    if batch.exact {
-                        batch.write(tx).await?;
-                    }
+                    batch.queue(tx, item).await?;
                     info!(target: "m2pool::listen", kind = %item.kind, queue_id = %item.queue_id,
                           order_id = %item.order_id, symbol = %item.symbol, "payout queued");
                     if !fx.payout_chains.contains(&item.chain) {

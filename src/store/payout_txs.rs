@@ -204,13 +204,7 @@ impl StoreTx {
     /// The payout a signed transaction belongs to, and whether it is the
     /// transfer that cancels it; `None` for a transaction not ours.
     pub async fn signed_tx_of(&mut self, tx_hash: B256) -> Result<Option<(i64, bool)>, StoreError> {
-        let row: Option<(i64, i64)> =
-            sqlx::query_as("SELECT payout_id, cancels FROM payout_txs WHERE tx_hash = ?")
-                .bind(tx_hash.as_slice())
-                .fetch_optional(&mut *self.tx)
-                .await
-                .ctx("find payout tx")?;
-        Ok(row.map(|(id, cancels)| (id, cancels != 0)))
+        Ok(self.signed_txs_of(&[tx_hash]).await?.remove(&tx_hash))
     }
 
     /// The node refused the current transactions of these payouts (id,

@@ -8,7 +8,7 @@
 //! The schema is `migrations/store/sqlite/0002_payouts.sql`.
 
 use super::{
-    Ctx, Engine, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, address, b256, now_ms, push_list,
+    Ctx, ROWS_PER_STATEMENT, Store, StoreError, StoreTx, address, b256, now_ms, push_list,
 };
 use crate::msg::Kind;
 use alloy::primitives::{Address, B256, U256};
@@ -376,47 +376,15 @@ impl StoreTx {
             .transpose()
     }
 
-    /// Stores a new queued payout.
+    /// Stores a new queued payout; returns its row id (read back by its key:
+    /// listen writes payouts with [`StoreTx::insert_payouts`], tools and
+    /// tests one at a time).
     pub async fn insert_payout(&mut self, p: &NewPayout) -> Result<i64, StoreError> {
-        let now = now_ms();
-        // The new row's id: given back by SQLite's insert, and by MySQL's
-        // LAST_INSERT_ID() (which the driver reports with the result).
-        macro_rules! insert {
-            () => {
-                "INSERT INTO payouts (chain, kind, queue_id, order_id, content_hash, symbol,
-                    from_address, to_address, amount, state, created_at, updated_at, decimals, contract)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)"
-            };
-        }
-        let sql = match self.engine {
-            Engine::Sqlite => concat!(insert!(), " RETURNING id"),
-            Engine::MySql => insert!(),
-        };
-        let q = sqlx::query(sql)
-            .bind(&p.chain)
-            .bind(p.kind.as_str())
-            .bind(&p.queue_id)
-            .bind(&p.order_id)
-            .bind(p.content_hash.as_slice())
-            .bind(&p.symbol)
-            .bind(p.from.as_slice())
-            .bind(p.to.as_slice())
-            .bind(p.amount.to_string())
-            .bind(now)
-            .bind(now)
-            .bind(i64::from(p.decimals))
-            .bind(p.contract.as_ref().map(|c| c.as_slice()));
-        match self.engine {
-            Engine::Sqlite => {
-                let row = q.fetch_one(&mut *self.tx).await.ctx("insert payout")?;
-                Ok(row.get(0))
-            }
-            Engine::MySql => {
-                let done = q.execute(&mut *self.tx).await.ctx("insert payout")?;
-                done.last_insert_id()
-                    .ok_or(StoreError::Corrupt { what: "payouts.id" })
-            }
-        }
+        self.insert_payouts(&[p]).await?;
+        self.payout_by_key(&p.chain, p.kind, &p.queue_id, &p.order_id)
+            .await?
+            .map(|stored| stored.id)
+            .ok_or(StoreError::Corrupt { what: "payouts.id" })
     }
 
     /// The keys (kind, queue_id, order_id) of the payouts of `chain` whose
@@ -449,8 +417,7 @@ impl StoreTx {
         Ok(keys)
     }
 
-    /// Stores new queued payouts, a few hundred per statement (what
-    /// [`StoreTx::insert_payout`] does for one, without giving ids back).
+    /// Stores new queued payouts, a few hundred per statement.
     pub async fn insert_payouts(&mut self, ps: &[&NewPayout]) -> Result<(), StoreError> {
         let now = now_ms();
         for chunk in ps.chunks(ROWS_PER_STATEMENT) {
