@@ -533,6 +533,14 @@ async fn detection_two(watched: usize, transfers: usize, single: f64) -> Result<
                 .await?
                 .context("mined")?;
             let block = receipt.block_number.context("block")?;
+            // Awaited as the consumer receives them, before the outbox is
+            // read: polling the store meanwhile would take CPU from the
+            // daemon it measures (the single-network row waits the same way).
+            replies
+                .wait_count(&format!("status 2 of the {chain} block"), transfers, |v| {
+                    v["status"] == 2 && v["chain"] == *chain && v["block_height"] == block
+                })
+                .await?;
             let confirmed = broker_confirmed(&w, chain, block, transfers).await?;
             runs[i].push((confirmed - mined[i]) as f64);
         }
@@ -1202,7 +1210,7 @@ async fn main() -> Result<()> {
     }
     if run("mariadb") {
         eprintln!("message store on MariaDB…");
-        rows.push(ha::ingest(s.ingest).await?);
+        rows.extend(ha::ingest(s.ingest).await?);
         rows.push(ha::payouts(s.payouts).await?);
     }
     if run("failover") {

@@ -426,13 +426,23 @@ pub fn node_line(
     }
 }
 
-/// Runs the calling thread at a lower scheduling priority (nice 10): under
-/// load the logs wait in their queue while requests and chain work go first;
-/// nothing is dropped, the writer catches up when there is room.
+/// Runs the calling thread only on CPU time nothing else wants
+/// (`SCHED_IDLE`; nice 19 where that is refused): under load the logs wait
+/// in their queue while requests and chain work go first, and a thread of
+/// the daemon that wakes takes the CPU from the writer at once, instead of
+/// waiting out its time slice. Nothing is dropped: the writer catches up
+/// when there is room.
 fn lower_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler with pid 0 changes only the calling
+    // thread's policy on Linux; it reads `param`, which outlives the call.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if r == 0 {
+        return;
+    }
     // SAFETY: setpriority with PRIO_PROCESS and who = 0 changes only the
     // calling thread's nice value on Linux; it reads and writes no memory.
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
     if r != 0 {
         tracing::debug!(target: "m2pool::txlog", "could not lower the writer's priority");
     }
