@@ -261,3 +261,31 @@ fn a_line_kept_in_the_outbox_reads_back_the_same() {
         "too many"
     );
 }
+
+#[test]
+fn the_writer_threads_run_only_on_idle_cpu() {
+    // On a thread of its own: the policy is the calling thread's.
+    let (policy, nice) = std::thread::spawn(|| {
+        lower_priority();
+        // SAFETY: both read only the calling thread's scheduling settings.
+        unsafe {
+            (
+                libc::sched_getscheduler(0),
+                libc::getpriority(libc::PRIO_PROCESS, 0),
+            )
+        }
+    })
+    .join()
+    .expect("thread");
+    assert!(
+        policy == libc::SCHED_IDLE || nice == 19,
+        "policy {policy}, nice {nice}: the log writer would compete with the daemon's work"
+    );
+    // SAFETY: as above, for this thread, which was left alone.
+    let here = unsafe { libc::sched_getscheduler(0) };
+    assert_eq!(
+        here,
+        libc::SCHED_OTHER,
+        "only the calling thread is lowered"
+    );
+}
