@@ -1238,7 +1238,7 @@ async fn main() -> Result<()> {
     }
     if run("api") {
         eprintln!("HTTP API and webhooks…");
-        rows.push(api::http_ingest(s.http).await?);
+        rows.extend(api::http_ingest(s.http).await?);
         rows.push(api::webhooks(s.hooks).await?);
         rows.push(api::push_latency(s.push).await?);
     }
