@@ -6,7 +6,7 @@
 //! WebSocket, next to a plain client's new-head notification plus the
 //! `eth_getLogs` that finds the transfer.
 
-use super::{Row, per_sec, world};
+use super::{Row, per_sec, unix_ms, world};
 use crate::common::api::{Api, with_api};
 use crate::common::http::free_port;
 use crate::common::*;
@@ -202,12 +202,6 @@ async fn committing_server(dir: &std::path::Path) -> Result<String> {
         let _ = axum::serve(listener, app).await;
     });
     Ok(url)
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// HTTP ingest: `n` signed topups to `/v1/topup`, next to a server that

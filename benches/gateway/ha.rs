@@ -4,7 +4,7 @@
 //! active instance to the first answer of the standby, next to the lease
 //! length it must wait by design.
 
-use super::{Row, per_sec, world};
+use super::{Row, per_sec, unix_ms, world};
 use crate::common::http::{free_port, wait_health};
 use crate::common::*;
 use alloy::primitives::Address;
@@ -157,12 +157,6 @@ async fn raw_database(tag: &str) -> Result<(String, MySqlPool)> {
         .await;
     let pool = MySqlPool::connect(&format!("mysql://root@127.0.0.1:3306/{db}")).await?;
     Ok((db, pool))
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Ingest with the message store on MariaDB, next to the raw insert loop
