@@ -11,7 +11,11 @@
 //! least-recently-used set, so a million addresses do not exhaust descriptors.
 //!
 //! Writers send lines through a bounded channel to one writer thread, the only
-//! owner of the files; it hands rotated files to one compressor thread.
+//! owner of the files, which runs on idle CPU only; a catch-up thread at
+//! normal priority writes in its place while it is far behind
+//! ([`catchup`]). Rotated files go to one compressor thread.
+
+mod catchup;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -29,6 +33,14 @@ use tracing::warn;
 /// writer's slowest step; a deep queue lets a burst of requests (25 s at
 /// 10,000 a second) pass without the listen task ever waiting on the logs.
 const QUEUE: usize = 1 << 18;
+
+/// When the catch-up thread writes in the writer's place: from a quarter
+/// of the queue waiting down to a sixty-fourth, looked at ten times a second.
+const MARKS: catchup::Marks = catchup::Marks {
+    high: QUEUE / 4,
+    low: QUEUE / 64,
+    every: std::time::Duration::from_millis(100),
+};
 
 /// Size at which a file is rotated.
 pub const ROTATE_AT: u64 = 1 << 20;
@@ -128,6 +140,8 @@ pub struct WriterStats {
     pub compressed: AtomicUsize,
     /// Lines written.
     pub written: AtomicUsize,
+    /// Lines the catch-up thread wrote while the writer was far behind.
+    pub caught_up: AtomicUsize,
 }
 
 /// `exact` (a decimal text) as the Go version's `%f` wrote amounts: at least
@@ -153,44 +167,38 @@ impl TxLog {
         dir: &Path,
         max_open: usize,
     ) -> io::Result<(Self, Arc<WriterStats>, std::thread::JoinHandle<()>)> {
-        std::fs::create_dir_all(dir)?;
-        let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(WriterStats::default());
-        let (compress_tx, compress_rx) = std::sync::mpsc::channel::<PathBuf>();
-        let compressor = {
-            let stats = stats.clone();
-            std::thread::Builder::new()
-                .name("txlog-gzip".into())
-                .spawn(move || {
-                    lower_priority();
-                    for plain in compress_rx {
-                        match compress(&plain) {
-                            Ok(()) => {
-                                stats.compressed.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                warn!(target: "m2pool::txlog", file = %plain.display(), error = %e,
-                                      "cannot compress rotated log; it stays as it is");
-                            }
-                        }
-                    }
-                })?
-        };
-        for plain in leftovers(dir)? {
-            let _ = compress_tx.send(plain);
-        }
-        let writer = Writer {
-            dir: dir.to_owned(),
-            max_open: max_open.max(1),
-            open: HashMap::new(),
-            tick: 0,
-            stats: stats.clone(),
-            compress: compress_tx,
-            compressor,
-        };
+        let writer = Writer::open(dir, max_open, stats.clone())?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let queue = tx.downgrade();
         let handle = std::thread::Builder::new()
             .name("txlog".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || {
+                let handover = Arc::new(catchup::Handover::new(catchup::Shared { rx, writer }));
+                // Spawned before this thread lowers itself, which it would
+                // inherit.
+                let helper = {
+                    let handover = handover.clone();
+                    std::thread::Builder::new()
+                        .name("txlog-catchup".into())
+                        .spawn(move || {
+                            set_nice(10);
+                            handover.watch(&queue, QUEUE, MARKS);
+                        })
+                };
+                if let Err(e) = &helper {
+                    warn!(target: "m2pool::txlog", error = %e, "no catch-up thread; the log writer runs on idle CPU alone");
+                }
+                lower_priority();
+                handover.write_all();
+                if let Ok(helper) = helper {
+                    helper.thread().unpark();
+                    let _ = helper.join();
+                }
+                if let Ok(handover) = Arc::try_unwrap(handover) {
+                    handover.into_writer().finish();
+                }
+            })?;
         Ok((Self { tx: Some(tx) }, stats, handle))
     }
 
@@ -223,17 +231,57 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Line>) {
-        lower_priority();
-        while let Some(line) = rx.blocking_recv() {
-            if let Err(e) = self.write(&line) {
-                warn!(target: "m2pool::txlog", file = %line.file, error = %e, "cannot write transaction log");
-            }
+    /// The files of `dir` (made if missing), with the compressor thread
+    /// started and given the rotated files a crash left plain.
+    fn open(dir: &Path, max_open: usize, stats: Arc<WriterStats>) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let (compress_tx, compress_rx) = std::sync::mpsc::channel::<PathBuf>();
+        let compressor = {
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name("txlog-gzip".into())
+                .spawn(move || {
+                    lower_priority();
+                    for plain in compress_rx {
+                        match compress(&plain) {
+                            Ok(()) => {
+                                stats.compressed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                warn!(target: "m2pool::txlog", file = %plain.display(), error = %e,
+                                      "cannot compress rotated log; it stays as it is");
+                            }
+                        }
+                    }
+                })?
+        };
+        for plain in leftovers(dir)? {
+            let _ = compress_tx.send(plain);
         }
+        Ok(Writer {
+            dir: dir.to_owned(),
+            max_open: max_open.max(1),
+            open: HashMap::new(),
+            tick: 0,
+            stats,
+            compress: compress_tx,
+            compressor,
+        })
+    }
+
+    /// Writes one line; a failure is logged and the line is lost.
+    fn write_logged(&mut self, line: &Line) {
+        if let Err(e) = self.write(line) {
+            warn!(target: "m2pool::txlog", file = %line.file, error = %e, "cannot write transaction log");
+        }
+    }
+
+    /// Flushes the open files and waits for the compressor to finish what
+    /// it was given.
+    fn finish(mut self) {
         for (_, mut f) in self.open.drain() {
             let _ = f.file.flush();
         }
-        // The compressor finishes what it was given, then ends.
         drop(self.compress);
         let _ = self.compressor.join();
     }
@@ -431,20 +479,25 @@ pub fn node_line(
 /// in their queue while requests and chain work go first, and a thread of
 /// the daemon that wakes takes the CPU from the writer at once, instead of
 /// waiting out its time slice. Nothing is dropped: the writer catches up
-/// when there is room.
+/// when there is room, and the catch-up thread writes in its place while it
+/// is far behind.
 fn lower_priority() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler with pid 0 changes only the calling
     // thread's policy on Linux; it reads `param`, which outlives the call.
     let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if r == 0 {
-        return;
+    if r != 0 {
+        set_nice(19);
     }
+}
+
+/// Sets the calling thread's nice value (higher only, without privilege).
+fn set_nice(nice: i32) {
     // SAFETY: setpriority with PRIO_PROCESS and who = 0 changes only the
     // calling thread's nice value on Linux; it reads and writes no memory.
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
     if r != 0 {
-        tracing::debug!(target: "m2pool::txlog", "could not lower the writer's priority");
+        tracing::debug!(target: "m2pool::txlog", nice, "could not lower a log thread's priority");
     }
 }
 

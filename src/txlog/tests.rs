@@ -289,3 +289,74 @@ fn the_writer_threads_run_only_on_idle_cpu() {
         "only the calling thread is lowered"
     );
 }
+
+/// A writer on `dir` and a queue already holding `n` lines for `0xabc`
+/// (amounts `0.5`, `1.5`, …), with nobody writing yet.
+fn queued(dir: &Path, n: usize) -> (catchup::Handover, mpsc::Sender<Line>, Arc<WriterStats>) {
+    let stats = Arc::new(WriterStats::default());
+    let writer = Writer::open(dir, 4, stats.clone()).expect("writer");
+    let (tx, rx) = mpsc::channel(n + 1);
+    for i in 0..n {
+        tx.try_send(line("0xabc", i)).expect("room");
+    }
+    (
+        catchup::Handover::new(catchup::Shared { rx, writer }),
+        tx,
+        stats,
+    )
+}
+
+#[test]
+fn the_catch_up_thread_writes_down_to_the_low_mark_in_order_then_hands_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (handover, tx, stats) = queued(dir.path(), 100);
+    // The writer thread is not running (as when it gets no CPU at all):
+    // the catch-up thread writes until the low mark is left.
+    assert!(!handover.catch_up(10), "the queue is still open");
+    assert_eq!(stats.caught_up.load(Ordering::Relaxed), 90);
+    assert_eq!(stats.written.load(Ordering::Relaxed), 90);
+    // The rest, once the senders are gone, by the writer thread's loop.
+    drop(tx);
+    handover.write_all();
+    handover.into_writer().finish();
+    let amounts: Vec<String> = read_all(dir.path(), "0xabc")
+        .lines()
+        .map(|l| l.rsplit('-').next().unwrap_or_default().to_owned())
+        .collect();
+    let want: Vec<String> = (0..100).map(|i| format!("{i}.5")).collect();
+    assert_eq!(amounts, want, "every line once, in order");
+    assert_eq!(stats.caught_up.load(Ordering::Relaxed), 90);
+}
+
+#[test]
+fn the_catch_up_thread_takes_over_above_the_high_mark_and_ends_with_the_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (handover, tx, stats) = queued(dir.path(), 50);
+    let handover = Arc::new(handover);
+    let queue = tx.downgrade();
+    let marks = catchup::Marks {
+        high: 40,
+        low: 0,
+        every: Duration::from_millis(1),
+    };
+    let watcher = {
+        let handover = handover.clone();
+        std::thread::spawn(move || handover.watch(&queue, 51, marks))
+    };
+    // 50 lines wait in a queue of 51, above the high mark of 40: taken over
+    // and written to the last one, with no writer thread running.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while stats.caught_up.load(Ordering::Relaxed) < 50 {
+        assert!(
+            std::time::Instant::now() < until,
+            "caught up {} of 50",
+            stats.caught_up.load(Ordering::Relaxed)
+        );
+        std::thread::yield_now();
+    }
+    drop(tx);
+    watcher
+        .join()
+        .expect("the catch-up thread ends once the queue has no sender");
+    assert_eq!(stats.written.load(Ordering::Relaxed), 50);
+}
