@@ -195,8 +195,11 @@ impl TxLog {
                     helper.thread().unpark();
                     let _ = helper.join();
                 }
-                if let Ok(handover) = Arc::try_unwrap(handover) {
-                    handover.into_writer().finish();
+                match Arc::try_unwrap(handover) {
+                    Ok(handover) => handover.into_writer().finish(),
+                    Err(_) => {
+                        warn!(target: "m2pool::txlog", "the catch-up thread still holds the log files; rotated files may be left uncompressed until the next start");
+                    }
                 }
             })?;
         Ok((Self { tx: Some(tx) }, stats, handle))

@@ -80,25 +80,23 @@ impl Handover {
     /// queue is closed); `true` once the queue is closed and empty.
     pub(super) fn catch_up(&self, low: usize) -> bool {
         self.wanted.store(true, Ordering::Release);
-        let closed = {
-            let mut g = self.lock();
-            loop {
-                if g.rx.len() <= low && !g.rx.is_empty() {
-                    break false;
-                }
-                match g.rx.try_recv() {
-                    Ok(line) => {
-                        g.writer.write_logged(&line);
-                        g.writer.stats.caught_up.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(TryRecvError::Empty) => break false,
-                    Err(TryRecvError::Disconnected) => break true,
-                }
+        let _back = HandBack(self);
+        let mut g = self.lock();
+        loop {
+            // At the low mark it hands back; with nothing queued it asks
+            // once more, which tells an empty queue from a closed one.
+            if g.rx.len() <= low && !g.rx.is_empty() {
+                return false;
             }
-        };
-        self.wanted.store(false, Ordering::Release);
-        self.done.notify_all();
-        closed
+            match g.rx.try_recv() {
+                Ok(line) => {
+                    g.writer.write_logged(&line);
+                    g.writer.stats.caught_up.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => return true,
+            }
+        }
     }
 
     /// The catch-up thread's loop: looks at the queue every `marks.every`
@@ -110,6 +108,9 @@ impl Handover {
             // Woken early by the writer thread when it has ended.
             std::thread::park_timeout(marks.every);
             let Some(sender) = queue.upgrade() else {
+                // Every sender is gone. What the writer thread left (it
+                // ended early only if it panicked) is written here.
+                self.catch_up(0);
                 return;
             };
             let waiting = capacity.saturating_sub(sender.capacity());
@@ -126,5 +127,21 @@ impl Handover {
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner)
             .writer
+    }
+}
+
+/// Hands the files back to the writer thread when a catch-up ends, also by
+/// a panic: `wanted` is cleared under the lock, so that the writer, which
+/// checks it under the lock, cannot miss the change between its check and
+/// its wait; then the writer is woken.
+struct HandBack<'a>(&'a Handover);
+
+impl Drop for HandBack<'_> {
+    fn drop(&mut self) {
+        {
+            let _g = self.0.lock();
+            self.0.wanted.store(false, Ordering::Release);
+        }
+        self.0.done.notify_all();
     }
 }

@@ -329,34 +329,118 @@ fn the_catch_up_thread_writes_down_to_the_low_mark_in_order_then_hands_back() {
 }
 
 #[test]
-fn the_catch_up_thread_takes_over_above_the_high_mark_and_ends_with_the_queue() {
+fn the_catch_up_thread_takes_over_above_the_high_mark_hands_back_and_ends_with_the_queue() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (handover, tx, stats) = queued(dir.path(), 50);
+    // A full queue of 64 and no writer thread yet (as when it gets no CPU).
+    let (handover, tx, stats) = queued(dir.path(), 64);
     let handover = Arc::new(handover);
     let queue = tx.downgrade();
     let marks = catchup::Marks {
-        high: 40,
-        low: 0,
-        every: Duration::from_millis(1),
+        high: 8,
+        low: 2,
+        every: Duration::from_micros(50),
     };
     let watcher = {
         let handover = handover.clone();
-        std::thread::spawn(move || handover.watch(&queue, 51, marks))
+        std::thread::spawn(move || handover.watch(&queue, 65, marks))
     };
-    // 50 lines wait in a queue of 51, above the high mark of 40: taken over
-    // and written to the last one, with no writer thread running.
     let until = std::time::Instant::now() + Duration::from_secs(10);
-    while stats.caught_up.load(Ordering::Relaxed) < 50 {
+    while stats.caught_up.load(Ordering::Relaxed) < 62 {
         assert!(
             std::time::Instant::now() < until,
-            "caught up {} of 50",
+            "caught up {} of 62 (down to the low mark of 2)",
             stats.caught_up.load(Ordering::Relaxed)
         );
         std::thread::yield_now();
     }
+    // Now the writer thread too, while 20,000 more lines come: the two
+    // hand the files back and forth.
+    let writer = {
+        let handover = handover.clone();
+        std::thread::spawn(move || handover.write_all())
+    };
+    let n = 64 + 20_000;
+    for i in 64..n {
+        tx.blocking_send(line("0xabc", i)).expect("open");
+    }
     drop(tx);
-    watcher
-        .join()
-        .expect("the catch-up thread ends once the queue has no sender");
-    assert_eq!(stats.written.load(Ordering::Relaxed), 50);
+    // Both end once the queue has no sender (a lost wake-up would leave
+    // the writer asleep here).
+    let (ended, joined) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = writer.join();
+        let _ = watcher.join();
+        let _ = ended.send(());
+    });
+    joined
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the writer and the catch-up thread end with the queue");
+    let Ok(handover) = Arc::try_unwrap(handover) else {
+        panic!("both threads let go of the files");
+    };
+    handover.into_writer().finish();
+    let amounts: Vec<String> = read_all(dir.path(), "0xabc")
+        .lines()
+        .map(|l| l.rsplit('-').next().unwrap_or_default().to_owned())
+        .collect();
+    let want: Vec<String> = (0..n).map(|i| format!("{i}.5")).collect();
+    assert!(
+        amounts == want,
+        "every line once, in order ({} lines)",
+        amounts.len()
+    );
+    assert_eq!(stats.written.load(Ordering::Relaxed), n);
+}
+
+/// `(policy, nice)` of this process's threads named `name`.
+fn threads_named(name: &str) -> Vec<(i64, i64)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .expect("tasks")
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The fields after the name, which is in parentheses: the state
+        // is field 3, nice field 19, policy field 41.
+        let rest: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(-1);
+        found.push((field(41), field(19)));
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_started_writer_runs_on_idle_cpu_and_its_catch_up_thread_at_nice_ten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _, writer) = TxLog::start(dir.path(), 4).expect("starts");
+    let idle = i64::from(libc::SCHED_IDLE);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let writers = threads_named("txlog");
+        let helpers = threads_named("txlog-catchup");
+        let lowered = writers
+            .iter()
+            .any(|&(policy, nice)| policy == idle || nice == 19);
+        if lowered && helpers.contains(&(i64::from(libc::SCHED_OTHER), 10)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "writer threads (policy, nice) {writers:?}, catch-up threads {helpers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(log);
+    writer.join().expect("writer ends");
+    assert!(
+        threads_named("txlog-catchup").is_empty(),
+        "the catch-up thread ends with the writer"
+    );
 }
