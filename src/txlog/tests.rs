@@ -262,34 +262,6 @@ fn a_line_kept_in_the_outbox_reads_back_the_same() {
     );
 }
 
-#[test]
-fn the_writer_threads_run_only_on_idle_cpu() {
-    // On a thread of its own: the policy is the calling thread's.
-    let (policy, nice) = std::thread::spawn(|| {
-        lower_priority();
-        // SAFETY: both read only the calling thread's scheduling settings.
-        unsafe {
-            (
-                libc::sched_getscheduler(0),
-                libc::getpriority(libc::PRIO_PROCESS, 0),
-            )
-        }
-    })
-    .join()
-    .expect("thread");
-    assert!(
-        policy == libc::SCHED_IDLE || nice == 19,
-        "policy {policy}, nice {nice}: the log writer would compete with the daemon's work"
-    );
-    // SAFETY: as above, for this thread, which was left alone.
-    let here = unsafe { libc::sched_getscheduler(0) };
-    assert_eq!(
-        here,
-        libc::SCHED_OTHER,
-        "only the calling thread is lowered"
-    );
-}
-
 /// A writer on `dir` and a queue already holding `n` lines for `0xabc`
 /// (amounts `0.5`, `1.5`, …), with nobody writing yet.
 fn queued(dir: &Path, n: usize) -> (catchup::Handover, mpsc::Sender<Line>, Arc<WriterStats>) {
@@ -392,8 +364,8 @@ fn the_catch_up_thread_takes_over_above_the_high_mark_hands_back_and_ends_with_t
     assert_eq!(stats.written.load(Ordering::Relaxed), n);
 }
 
-/// `(policy, nice)` of this process's threads named `name`.
-fn threads_named(name: &str) -> Vec<(i64, i64)> {
+/// `(thread id, policy, nice)` of this process's threads named `name`.
+fn threads_named(name: &str) -> Vec<(String, i64, i64)> {
     let mut found = Vec::new();
     for task in std::fs::read_dir("/proc/self/task")
         .expect("tasks")
@@ -411,36 +383,71 @@ fn threads_named(name: &str) -> Vec<(i64, i64)> {
             .map(|(_, r)| r.split_whitespace().collect())
             .unwrap_or_default();
         let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(-1);
-        found.push((field(41), field(19)));
+        let tid = task.file_name().to_string_lossy().into_owned();
+        found.push((tid, field(41), field(19)));
     }
     found
+}
+
+/// The calling thread's `(policy, nice)`.
+fn this_thread() -> (i32, i32) {
+    // SAFETY: both read only the calling thread's scheduling settings.
+    unsafe {
+        (
+            libc::sched_getscheduler(0),
+            libc::getpriority(libc::PRIO_PROCESS, 0),
+        )
+    }
 }
 
 #[tokio::test]
 async fn the_started_writer_runs_on_idle_cpu_and_its_catch_up_thread_at_nice_ten() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // Threads of other writers this process may run are left out.
+    let others: Vec<String> = ["txlog", "txlog-gzip", "txlog-catchup"]
+        .iter()
+        .flat_map(|n| threads_named(n))
+        .map(|(tid, _, _)| tid)
+        .collect();
+    let mine = |name: &str| -> Vec<(String, i64, i64)> {
+        threads_named(name)
+            .into_iter()
+            .filter(|(tid, _, _)| !others.contains(tid))
+            .collect()
+    };
+    let caller = this_thread();
     let (log, _, writer) = TxLog::start(dir.path(), 4).expect("starts");
-    let idle = i64::from(libc::SCHED_IDLE);
+    let lowered = |t: &[(String, i64, i64)]| {
+        t.len() == 1 && (t[0].1 == i64::from(libc::SCHED_IDLE) || t[0].2 == 19)
+    };
     let until = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let writers = threads_named("txlog");
-        let helpers = threads_named("txlog-catchup");
-        let lowered = writers
-            .iter()
-            .any(|&(policy, nice)| policy == idle || nice == 19);
-        if lowered && helpers.contains(&(i64::from(libc::SCHED_OTHER), 10)) {
-            break;
+    let helper = loop {
+        let (writers, gzip) = (mine("txlog"), mine("txlog-gzip"));
+        let helpers = mine("txlog-catchup");
+        if lowered(&writers)
+            && lowered(&gzip)
+            && helpers.len() == 1
+            && (helpers[0].1, helpers[0].2) == (i64::from(libc::SCHED_OTHER), 10)
+        {
+            break helpers[0].0.clone();
         }
         assert!(
             std::time::Instant::now() < until,
-            "writer threads (policy, nice) {writers:?}, catch-up threads {helpers:?}"
+            "(thread, policy, nice) of the writer {writers:?}, compressor {gzip:?}, catch-up {helpers:?}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    };
+    assert_eq!(
+        this_thread(),
+        caller,
+        "the thread that started the log is left as it was"
+    );
     drop(log);
     writer.join().expect("writer ends");
     assert!(
-        threads_named("txlog-catchup").is_empty(),
+        !mine("txlog-catchup")
+            .iter()
+            .any(|(tid, _, _)| *tid == helper),
         "the catch-up thread ends with the writer"
     );
 }
