@@ -7,6 +7,13 @@
 //! the failed one go out again behind it, so the newest answer is always the
 //! last one delivered: delivery is at least once, and a repeat is the identical
 //! body.
+//!
+//! The confirmed rows of a round are marked sent by a recorder beside the
+//! relay, so the next round is read and published while they are recorded:
+//! the marks wait for the store's write lock, which listen may hold while it
+//! applies a block. The sweep reads on by id, not by the marks; before it
+//! starts over from the first unsent row, every round handed to the recorder
+//! is recorded, so no confirmed row is published twice.
 
 use super::{Broker, QueueError, amqp};
 use crate::backoff::{Backoff, sleep_or_shutdown};
@@ -18,6 +25,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
@@ -26,6 +34,9 @@ const BATCH: u32 = 4096;
 
 /// Publishes whose frames may be waiting to be written at once.
 const PUBLISH_WINDOW: usize = 256;
+
+/// Confirmed rounds that may wait for the recorder before the relay waits.
+const ROUNDS_TO_RECORD: usize = 4;
 
 /// How long the relay goes on publishing after shutdown was asked for.
 pub const FLUSH_LIMIT: Duration = Duration::from_secs(5);
@@ -83,6 +94,20 @@ impl Round {
     }
 }
 
+/// What the relay hands its recorder, in order.
+enum Record {
+    /// A round's rows, the ids of those the broker confirmed (each after
+    /// every earlier row of its kind), and when the confirms came (unix
+    /// milliseconds).
+    Round {
+        rows: Vec<OutboxRow>,
+        sent: Vec<i64>,
+        at: i64,
+    },
+    /// Answered once every round handed over before it is recorded.
+    Barrier(oneshot::Sender<()>),
+}
+
 /// The relay's fixed parts: its channel and where each kind of row goes.
 struct Relay<'b> {
     broker: &'b Broker,
@@ -131,7 +156,67 @@ pub(super) async fn relay(
             ..BasicPublishOptions::default()
         },
     };
-    relay.run(shutdown, drained).await
+    let (records, recorded) = mpsc::channel(ROUNDS_TO_RECORD);
+    // A recorder that fails ends the relay with its error here.
+    tokio::try_join!(
+        relay.run(shutdown, drained, records),
+        record_rounds(broker, recorded)
+    )?;
+    Ok(())
+}
+
+/// Records the rounds the relay hands over, in order, until the relay is
+/// done with them.
+async fn record_rounds(
+    broker: &Broker,
+    mut records: mpsc::Receiver<Record>,
+) -> Result<(), QueueError> {
+    while let Some(record) = records.recv().await {
+        match record {
+            Record::Round { rows, sent, at } => self::record(broker, rows, &sent, at).await?,
+            Record::Barrier(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Marks the confirmed rows sent (as of `at`), counts them and writes their
+/// log lines.
+async fn record(
+    broker: &Broker,
+    rows: Vec<OutboxRow>,
+    sent: &[i64],
+    at: i64,
+) -> Result<(), QueueError> {
+    broker.store.mark_sent_at(sent, at).await?;
+    broker
+        .metrics
+        .published
+        .fetch_add(sent.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let confirmed: HashSet<i64> = sent.iter().copied().collect();
+    for row in rows.into_iter().filter(|r| confirmed.contains(&r.id)) {
+        // The line made with the answer; rows written before there
+        // were such lines are read for one, as they used to be.
+        let line = row
+            .line
+            .or_else(|| crate::txlog::response_line(&row.kind, &row.body));
+        if let Some(line) = line {
+            broker.txlog.write(line).await;
+        }
+    }
+    debug!(target: "m2pool::queue", sent = sent.len(), "responses confirmed");
+    Ok(())
+}
+
+/// Waits until every round handed to the recorder is recorded.
+async fn recorded(records: &mpsc::Sender<Record>) {
+    let (done, recorded) = oneshot::channel();
+    // A recorder that is gone failed, and its error ends the relay.
+    if records.send(Record::Barrier(done)).await.is_ok() {
+        let _ = recorded.await;
+    }
 }
 
 impl Relay<'_> {
@@ -156,6 +241,7 @@ impl Relay<'_> {
         &self,
         shutdown: &CancellationToken,
         drained: &CancellationToken,
+        records: mpsc::Sender<Record>,
     ) -> Result<(), QueueError> {
         let store = &self.broker.store;
         let mut after = 0i64;
@@ -170,6 +256,7 @@ impl Relay<'_> {
             if shutdown.is_cancelled() {
                 let until = *flush_until.get_or_insert_with(|| Instant::now() + FLUSH_LIMIT);
                 if Instant::now() > until {
+                    recorded(&records).await;
                     let left = store.outbox_backlog().await?;
                     warn!(target: "m2pool::queue", left, "shutting down with responses unpublished; they go out at the next start");
                     break;
@@ -178,6 +265,7 @@ impl Relay<'_> {
             let mut rows = store.unsent(after, BATCH).await?;
             if rows.is_empty() && !blocked.is_empty() {
                 // Everything after the failures was tried: retry them, in order.
+                recorded(&records).await;
                 blocked.clear();
                 after = 0;
                 pause(backoff.next_delay().0, shutdown, flush_until).await;
@@ -210,11 +298,20 @@ impl Relay<'_> {
                 warn!(target: "m2pool::queue", "the lease may have expired: stopping with responses unpublished");
                 break;
             }
-            let round = self.publish(&rows).await?;
-            self.record(rows, &round.sent).await?;
+            let mut round = self.publish(&rows).await?;
+            let record = Record::Round {
+                rows,
+                sent: std::mem::take(&mut round.sent),
+                at: crate::clock::now_ms(),
+            };
+            if records.send(record).await.is_err() {
+                // The recorder failed; its error ends the relay.
+                break;
+            }
             if round.lost || (round.failed && round.broken.is_empty()) {
                 // The channel was lost mid-round: rows after the loss were
                 // not even published. Start the sweep over.
+                recorded(&records).await;
                 blocked.clear();
                 after = 0;
                 pause(backoff.next_delay().0, shutdown, flush_until).await;
@@ -350,28 +447,6 @@ impl Relay<'_> {
             };
             round.settle(id, kind, confirmed);
         }
-    }
-
-    /// Marks the confirmed rows sent, counts them and writes their log lines.
-    async fn record(&self, rows: Vec<OutboxRow>, sent: &[i64]) -> Result<(), QueueError> {
-        self.broker.store.mark_sent(sent).await?;
-        self.broker
-            .metrics
-            .published
-            .fetch_add(sent.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let confirmed: HashSet<i64> = sent.iter().copied().collect();
-        for row in rows.into_iter().filter(|r| confirmed.contains(&r.id)) {
-            // The line made with the answer; rows written before there
-            // were such lines are read for one, as they used to be.
-            let line = row
-                .line
-                .or_else(|| crate::txlog::response_line(&row.kind, &row.body));
-            if let Some(line) = line {
-                self.broker.txlog.write(line).await;
-            }
-        }
-        debug!(target: "m2pool::queue", sent = sent.len(), "responses confirmed");
-        Ok(())
     }
 }
 

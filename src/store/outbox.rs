@@ -53,12 +53,18 @@ impl Store {
             .collect())
     }
 
-    /// Marks outbox rows as confirmed by the broker.
+    /// Marks outbox rows as confirmed by the broker, now.
     pub async fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
+        self.mark_sent_at(ids, now_ms()).await
+    }
+
+    /// Marks outbox rows as confirmed by the broker at `now` (unix
+    /// milliseconds): when the confirms came, which may be a little before
+    /// the rows are marked.
+    pub async fn mark_sent_at(&self, ids: &[i64], now: i64) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
         let mut tx = self.begin().await?;
         for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
             let mut q = QueryBuilder::<Any>::new("UPDATE outbox SET sent_at = ");
