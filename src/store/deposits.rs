@@ -126,7 +126,21 @@ impl StoreTx {
         let now = now_ms();
         let mut out = vec![DepositSeen::New; ds.len()];
         let fresh = self.match_earlier(ds, &mut out, now).await?;
-        let mut inserted: HashSet<(String, Vec<u8>, i64)> = HashSet::with_capacity(fresh.len());
+        if fresh.is_empty() {
+            return Ok(out);
+        }
+        // MySQL: the keys inserted. SQLite: the rows skipped as already
+        // stored (rare: a transfer twice in one batch), read back by id only
+        // when there are any, instead of returning every inserted key.
+        let mut inserted: HashSet<(String, Vec<u8>, i64)> = HashSet::new();
+        let mut skipped = 0u64;
+        let last_before = match self.engine {
+            Engine::Sqlite => sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM deposits")
+                .fetch_one(&mut *self.tx)
+                .await
+                .ctx("read deposits")?,
+            Engine::MySql => 0i64,
+        };
         for chunk in fresh.chunks(200) {
             // MySQL has no RETURNING: the keys already stored are read first
             // and only the rest is inserted, each key once (as SQLite's
@@ -193,15 +207,13 @@ impl StoreTx {
             });
             match self.engine {
                 Engine::Sqlite => {
-                    q.push(
-                        " ON CONFLICT (chain, tx_hash, log_index) DO NOTHING RETURNING chain, tx_hash, log_index",
-                    );
-                    let rows: Vec<(String, Vec<u8>, i64)> = q
-                        .build_query_as()
-                        .fetch_all(&mut *self.tx)
+                    q.push(" ON CONFLICT (chain, tx_hash, log_index) DO NOTHING");
+                    let done = q
+                        .build()
+                        .execute(&mut *self.tx)
                         .await
                         .ctx("insert deposits")?;
-                    inserted.extend(rows);
+                    skipped += (chunk.len() as u64).saturating_sub(done.rows_affected());
                 }
                 Engine::MySql => {
                     q.build()
@@ -215,10 +227,25 @@ impl StoreTx {
                 }
             }
         }
+        // Every fresh transfer was inserted: each is new.
+        let all_new = self.engine == Engine::Sqlite && skipped == 0;
+        if self.engine == Engine::Sqlite && !all_new {
+            // This transaction holds the write lock: the rows above the
+            // highest id before the inserts are the ones they made.
+            inserted =
+                sqlx::query_as("SELECT chain, tx_hash, log_index FROM deposits WHERE id > ?")
+                    .bind(last_before)
+                    .fetch_all(&mut *self.tx)
+                    .await
+                    .ctx("read deposits")?
+                    .into_iter()
+                    .collect();
+        }
         for &i in &fresh {
             let d = &ds[i];
-            let key = (d.chain.to_owned(), d.tx_hash.to_vec(), d.log_index);
-            out[i] = if inserted.remove(&key) {
+            out[i] = if all_new
+                || inserted.remove(&(d.chain.to_owned(), d.tx_hash.to_vec(), d.log_index))
+            {
                 DepositSeen::New
             } else {
                 self.deposit_seen_again(d, now).await?

@@ -886,6 +886,45 @@ async fn two_equal_transfers_in_one_transaction_stay_two_deposits() {
     tx.commit().await.expect("commit");
 }
 
+/// A transfer handed over twice in one batch (a block read twice before a
+/// commit) is one deposit: the first is new, the second known, and the new
+/// ones beside them are new. On SQLite this takes the path that reads back
+/// which rows the inserts made, instead of every inserted key.
+#[tokio::test]
+async fn the_same_transfer_twice_in_one_batch_is_one_new_deposit() {
+    let (_d, s) = store().await;
+    let mut tx = s.begin().await.expect("begin");
+    let earlier = dep(99, 1);
+    assert_eq!(
+        tx.deposits_seen(std::slice::from_ref(&earlier))
+            .await
+            .expect("seen"),
+        vec![DepositSeen::New]
+    );
+    let mut a = dep(100, 2);
+    a.tx_hash = B256::repeat_byte(0xb1);
+    let mut b = a.clone();
+    b.log_index = 4;
+    b.address = Address::repeat_byte(9);
+    assert_eq!(
+        tx.deposits_seen(&[a.clone(), b.clone(), a.clone(), earlier])
+            .await
+            .expect("seen"),
+        vec![
+            DepositSeen::New,
+            DepositSeen::New,
+            DepositSeen::Known,
+            DepositSeen::Known
+        ]
+    );
+    tx.commit().await.expect("commit");
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deposits")
+        .fetch_one(&s.pool)
+        .await
+        .expect("count");
+    assert_eq!(rows, 3, "one row per transfer");
+}
+
 #[tokio::test]
 async fn a_known_only_transfer_matches_but_never_creates_a_deposit() {
     let (_d, s) = store().await;
