@@ -367,8 +367,14 @@ fn round_targets(addrs: &[Address], round: usize, step: usize, transfers: usize)
         .collect()
 }
 
-/// Blocks measured by the detection row.
-const ROUNDS: usize = 3;
+/// Blocks measured by the detection rows: 3, or `BENCH_ROUNDS`.
+fn rounds() -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3)
+}
 
 async fn detection(watched: usize, transfers: usize) -> Result<Row> {
     let w = world("bench-detect", &["--gas-limit", "1000000000"], |_| {}).await?;
@@ -383,11 +389,12 @@ async fn detection(watched: usize, transfers: usize) -> Result<Row> {
     // Three blocks, each to other addresses; the median is reported.
     let token = ITestUSDT::new(w.token, &w.eth);
     let step = (watched / transfers).max(1);
-    let mut runs = Vec::with_capacity(ROUNDS);
-    let mut received = Vec::with_capacity(ROUNDS);
-    let mut raws = Vec::with_capacity(ROUNDS);
-    let mut minings = Vec::with_capacity(ROUNDS);
-    for round in 0..ROUNDS {
+    let rounds = rounds();
+    let mut runs = Vec::with_capacity(rounds);
+    let mut received = Vec::with_capacity(rounds);
+    let mut raws = Vec::with_capacity(rounds);
+    let mut minings = Vec::with_capacity(rounds);
+    for round in 0..rounds {
         let targets = round_targets(&addrs, round, step, transfers);
         let amounts: Vec<U256> = targets.iter().map(|_| U256::from(1_000_000u64)).collect();
         let _: Value = w
@@ -452,7 +459,7 @@ async fn detection(watched: usize, transfers: usize) -> Result<Row> {
     )
     .target("< 300 ms", ms < 300.0)
     .note(format!(
-        "{transfers} transfers in one block, {watched} watched; median of {ROUNDS} blocks ({all} ms); \
+        "{transfers} transfers in one block, {watched} watched; median of {rounds} blocks ({all} ms); \
          received by a consumer: {:.0} ms; raw: eth_getLogs of that block; anvil took {:.0} ms to mine one",
         percentile(&mut received, 0.5),
         percentile(&mut minings, 0.5)
@@ -502,8 +509,9 @@ async fn detection_two(watched: usize, transfers: usize, single: f64) -> Result<
     w.wait_watched("USDT", probe, true).await?;
 
     let step = (watched / transfers).max(1);
+    let rounds = rounds();
     let mut runs: [Vec<f64>; 2] = Default::default();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let mut sent = Vec::new();
         for (i, (_, rpc, token)) in nets.iter().enumerate() {
             let targets = round_targets(&addrs[i], round, step, transfers);
@@ -527,21 +535,28 @@ async fn detection_two(watched: usize, transfers: usize, single: f64) -> Result<
         };
         let (a, b) = tokio::join!(mine(&w.eth), mine(&bsc));
         let mined = [a?, b?];
-        for (i, (chain, rpc, _)) in nets.iter().enumerate() {
+        let mut blocks = Vec::with_capacity(nets.len());
+        for (i, (_, rpc, _)) in nets.iter().enumerate() {
             let receipt = rpc
                 .get_transaction_receipt(sent[i])
                 .await?
                 .context("mined")?;
-            let block = receipt.block_number.context("block")?;
-            // Awaited as the consumer receives them, before the outbox is
-            // read: polling the store meanwhile would take CPU from the
-            // daemon it measures (the single-network row waits the same way).
-            replies
-                .wait_count(&format!("status 2 of the {chain} block"), transfers, |v| {
-                    v["status"] == 2 && v["chain"] == *chain && v["block_height"] == block
-                })
-                .await?;
-            let confirmed = broker_confirmed(&w, chain, block, transfers).await?;
+            blocks.push(receipt.block_number.context("block")?);
+        }
+        // Awaited as the consumer receives them, both networks' together,
+        // before the outbox is read: reading the store while one network
+        // is still answering would take CPU from the daemon it measures (the
+        // single-network row waits the same way).
+        replies
+            .wait_count("status 2 of both blocks", transfers * nets.len(), |v| {
+                v["status"] == 2
+                    && nets.iter().zip(&blocks).any(|((chain, _, _), block)| {
+                        v["chain"] == *chain && v["block_height"] == *block
+                    })
+            })
+            .await?;
+        for (i, (chain, _, _)) in nets.iter().enumerate() {
+            let confirmed = broker_confirmed(&w, chain, blocks[i], transfers).await?;
             runs[i].push((confirmed - mined[i]) as f64);
         }
         replies.drain();
@@ -550,6 +565,19 @@ async fn detection_two(watched: usize, transfers: usize, single: f64) -> Result<
         let _: Value = rpc.raw_request("evm_setAutomine".into(), (true,)).await?;
     }
     daemon.stop().await?;
+    // The broker alone, with the daemon stopped: one block's answers and
+    // both blocks' answers, a real body, to the queue the consumer reads.
+    let body = replies
+        .matching(|v| v["status"] == 2 && v["chain"] == "BSC")
+        .first()
+        .map(|r| r.raw.clone().into_bytes())
+        .context("an answer")?;
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        one.push(broker_alone(&w, &body, transfers).await?);
+        two.push(broker_alone(&w, &body, transfers * nets.len()).await?);
+    }
+    let (one, two) = (percentile(&mut one, 0.5), percentile(&mut two, 0.5));
     w.cleanup().await?;
     drop(second);
     let mut rows = Vec::new();
@@ -570,11 +598,56 @@ async fn detection_two(watched: usize, transfers: usize, single: f64) -> Result<
             .target("within 1.5x of one network", ms <= single * 1.5)
             .note(format!(
                 "{transfers} transfers in one block on each of ETH and BSC, mined together, {watched} watched on each; \
-                 median of {ROUNDS} blocks ({all} ms); raw column: the single-network figure of this run"
+                 median of {rounds} blocks ({all} ms); raw column: the single-network figure of this run; \
+                 the broker alone (a plain publisher, daemon stopped) confirms one block's answers in {one:.0} ms \
+                 and both blocks' in {two:.0} ms"
             )),
         );
     }
     Ok(rows)
+}
+
+/// The broker alone: a plain publisher sends `n` copies of `body` to the
+/// response queue the consumer reads, as the relay publishes (persistent,
+/// mandatory, 256 publishes in flight, publisher confirms), and waits for
+/// the last confirm; milliseconds.
+async fn broker_alone(w: &World, body: &[u8], n: usize) -> Result<f64> {
+    use lapin::BasicProperties;
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let (_, exchange, routing) = w.entry("topup_resp");
+    let ch = w.amqp.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into());
+    let opts = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let started = Instant::now();
+    let mut confirms = Vec::with_capacity(n);
+    let mut publishes = futures::stream::FuturesOrdered::new();
+    for _ in 0..n {
+        publishes.push_back(ch.basic_publish(
+            exchange.as_str().into(),
+            routing.as_str().into(),
+            opts,
+            body,
+            props.clone(),
+        ));
+        if publishes.len() >= 256 {
+            confirms.push(publishes.next().await.context("a publish")??);
+        }
+    }
+    while let Some(p) = publishes.next().await {
+        confirms.push(p?);
+    }
+    for c in confirms {
+        ensure!(c.await?.is_ack(), "the broker did not confirm a publish");
+    }
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    ch.close(200, "done".into()).await?;
+    Ok(ms)
 }
 
 fn unix_ms() -> i64 {

@@ -537,7 +537,7 @@ impl World {
     }
 
     /// The config entry `kind` (`topup`, `topup_resp`, …).
-    fn entry(&self, kind: &str) -> (String, String, String) {
+    pub fn entry(&self, kind: &str) -> (String, String, String) {
         let e = &self.config_json["rmq_config"][kind];
         (
             e["queue"].as_str().unwrap_or_default().to_owned(),
