@@ -171,9 +171,9 @@ async fn record_rounds(
     broker: &Broker,
     mut records: mpsc::Receiver<Record>,
 ) -> Result<(), QueueError> {
-    while let Some(record) = records.recv().await {
-        match record {
-            Record::Round { rows, sent, at } => self::record(broker, rows, &sent, at).await?,
+    while let Some(next) = records.recv().await {
+        match next {
+            Record::Round { rows, sent, at } => record(broker, rows, &sent, at).await?,
             Record::Barrier(done) => {
                 let _ = done.send(());
             }
